@@ -1,0 +1,82 @@
+"""A plain-torch twin of the shipped HookedTransformer, used only to train it faster on CPU.
+
+Same maths as TransformerLens' attention-only model with shortformer positions and LayerNorm
+(positions are added to the LayerNormed query and key inputs, never to the residual stream), but
+fused attention (``scaled_dot_product_attention``). ``to_hooked`` copies the weights into a
+HookedTransformer; ``train_model.py`` checks that both give the same logits before saving.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformer_lens import HookedTransformer
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_head: int) -> None:
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_head
+        self.ln = nn.LayerNorm(d_model, eps=1e-5)
+        self.qk = nn.Linear(d_model, 2 * n_heads * d_head)
+        self.v = nn.Linear(d_model, n_heads * d_head)
+        self.o = nn.Linear(n_heads * d_head, d_model)
+
+    def forward(self, resid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        b, t, _ = resid.shape  # [batch, pos, d_model]
+        x = self.ln(resid)  # [batch, pos, d_model]
+        q, k = self.qk(x + pos).split(self.n_heads * self.d_head, dim=-1)  # [batch, pos, heads*d_head] x2
+        v = self.v(x)  # [batch, pos, heads*d_head]
+        q, k, v = (z.view(b, t, self.n_heads, self.d_head).transpose(1, 2) for z in (q, k, v))  # [b, h, pos, d_head]
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [b, h, pos, d_head]
+        return self.o(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
+
+
+class FastAttnOnly(nn.Module):
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_head: int, n_ctx: int, d_vocab: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(d_vocab, d_model)
+        self.pos = nn.Embedding(n_ctx, d_model)
+        self.blocks = nn.ModuleList(Attention(d_model, n_heads, d_head) for _ in range(n_layers))
+        self.ln_final = nn.LayerNorm(d_model, eps=1e-5)
+        self.unembed = nn.Linear(d_model, d_vocab)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        resid = self.embed(tokens)  # [batch, pos, d_model]
+        pos = self.pos(torch.arange(tokens.shape[1], device=tokens.device))[None]  # [1, pos, d_model]
+        for block in self.blocks:
+            resid = resid + block(resid, pos)  # [batch, pos, d_model]
+        return self.unembed(self.ln_final(resid))  # [batch, pos, d_vocab]
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self(tokens)[:, :-1]  # [batch, pos-1, d_vocab]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def to_hooked(fast: FastAttnOnly, model: HookedTransformer) -> HookedTransformer:
+    """Copy the weights of ``fast`` into ``model`` (same architecture) and return it."""
+    n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    sd = {"embed.W_E": fast.embed.weight, "pos_embed.W_pos": fast.pos.weight,
+          "ln_final.w": fast.ln_final.weight, "ln_final.b": fast.ln_final.bias,
+          "unembed.W_U": fast.unembed.weight.T, "unembed.b_U": fast.unembed.bias}
+    for i, blk in enumerate(fast.blocks):
+        wq, wk = blk.qk.weight.split(n_heads * d_head, dim=0)  # [heads*d_head, d_model] x2
+        bq, bk = blk.qk.bias.split(n_heads * d_head, dim=0)  # [heads*d_head] x2
+        heads = lambda w: w.view(n_heads, d_head, -1).transpose(1, 2)  # [heads*d_head, d_model] -> [heads, d_model, d_head]
+        sd |= {f"blocks.{i}.ln1.w": blk.ln.weight, f"blocks.{i}.ln1.b": blk.ln.bias,
+               f"blocks.{i}.attn.W_Q": heads(wq), f"blocks.{i}.attn.W_K": heads(wk),
+               f"blocks.{i}.attn.W_V": heads(blk.v.weight),
+               f"blocks.{i}.attn.b_Q": bq.view(n_heads, d_head), f"blocks.{i}.attn.b_K": bk.view(n_heads, d_head),
+               f"blocks.{i}.attn.b_V": blk.v.bias.view(n_heads, d_head),
+               f"blocks.{i}.attn.W_O": blk.o.weight.T.reshape(n_heads, d_head, -1),
+               f"blocks.{i}.attn.b_O": blk.o.bias}
+    missing, unexpected = model.load_state_dict({k: v.clone() for k, v in sd.items()}, strict=False)
+    params = dict(model.named_parameters())
+    float_missing = [k for k in missing if k in params]
+    assert not float_missing and not unexpected, (float_missing, unexpected)
+    return model
