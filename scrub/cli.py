@@ -1,0 +1,173 @@
+"""The ``scrub`` command line: one function pair (arguments, run) per subcommand, registered in ``COMMANDS``.
+
+Owns argument parsing, human-readable tables, ``--json`` output and the error policy: bad input
+(``ModelLoadError``, ``SiteError``, ``ValueError``, ``OSError``) prints one line to stderr and exits 2.
+Progress bars go to stderr only, so ``--json`` stdout is exactly one JSON object.
+
+To add a subcommand, write ``<name>_arguments(parser)`` and ``<name>_command(args) -> int`` and add a
+``Command`` to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from scrub.model import SHIPPED_NAME, ModelLoadError
+from scrub.sites import SiteError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def progress(items, desc: str):
+    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+def quiet_load(name: str):
+    """``load_model`` with TransformerLens' "Moving model to device" print sent to stderr, not stdout."""
+    from scrub.model import load_model
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_model(name)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, out: str) -> None:
+    parser.add_argument("--model", default=SHIPPED_NAME,
+                        help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(out), help=f"figure directory (default {out})")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+# --- scrub heads ----------------------------------------------------------------------------------------
+
+def heads_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, out="scrub-output/heads")
+    parser.add_argument("--data", choices=("natural", "rrt"), default="natural",
+                        help="batch for previous-token and duplicate-token scores (prefix matching always uses "
+                             "repeated random tokens)")
+    parser.add_argument("--n", type=int, default=32, help="sequences per batch (default 32)")
+    parser.add_argument("--seq-len", type=int, default=None, help="natural-text length (default min(128, n_ctx))")
+    parser.add_argument("--exclude-common", type=int, default=None,
+                        help="drop this many most and least frequent tokens from random sequences "
+                             "(default d_vocab // 20 for scrub-tokenizer models, else 0)")
+    parser.add_argument("--prev-threshold", type=float, default=None)
+    parser.add_argument("--prefix-threshold", type=float, default=None)
+    parser.add_argument("--copying-threshold", type=float, default=None)
+
+
+HEATMAP_RANGES = {  # score -> (vmin, vmax, colormap); copying colours saturate above 1 (values are printed)
+    "previous_token": (0.0, 1.0, "viridis"),
+    "prefix_matching": (0.0, 1.0, "viridis"),
+    "duplicate_token": (0.0, 1.0, "viridis"),
+    "copying": (-1.0, 1.0, "coolwarm"),
+    "ov_eigenvalue": (-1.0, 1.0, "coolwarm"),
+}
+
+
+def heads_command(args: argparse.Namespace) -> int:
+    """Every behavioral head score, the thresholds, the heads that pass, the ICL score and heatmaps."""
+    from scrub.data import natural_batch
+    from scrub.plots import head_heatmap
+    from scrub.scores import (
+        SCORE_NAMES, Thresholds, behavioral_induction_heads, head_scores, in_context_learning,
+        previous_token_heads,
+    )
+    from scrub.tokenizer import check_compatible, load_tokenizer
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1 (got {args.n})")
+    model = quiet_load(args.model)
+    tokenizer = load_tokenizer()
+    compatible = tokenizer.vocab_size == model.cfg.d_vocab
+    if args.data == "natural":
+        check_compatible(tokenizer, model)
+    exclude = args.exclude_common if args.exclude_common is not None else (
+        model.cfg.d_vocab // 20 if compatible else 0)
+    defaults = Thresholds()
+    thresholds = Thresholds(
+        previous_token=defaults.previous_token if args.prev_threshold is None else args.prev_threshold,
+        prefix_matching=defaults.prefix_matching if args.prefix_threshold is None else args.prefix_threshold,
+        copying=defaults.copying if args.copying_threshold is None else args.copying_threshold,
+    )
+    scores = head_scores(model, data=args.data, n=args.n, seq_len=args.seq_len, seed=args.seed,
+                         exclude_common=exclude, progress=lambda steps: progress(steps, "head scores"))
+    icl = in_context_learning(model, natural_batch(args.n, model.cfg.n_ctx, seed=args.seed)) if compatible else None
+    prev_heads = [str(h) for h in previous_token_heads(scores, thresholds)]
+    induction = [str(h) for h in behavioral_induction_heads(scores, thresholds)]
+    figures = []
+    for name in SCORE_NAMES:
+        vmin, vmax, cmap = HEATMAP_RANGES[name]
+        figures.append(str(head_heatmap(scores.score(name), args.out / f"{name}.png", vmin=vmin, vmax=vmax,
+                                        cmap=cmap, title=f"{name.replace('_', '-')} score ({args.model})")))
+    if args.json:
+        print(json.dumps({
+            "model": str(args.model), "data": args.data, "n": args.n, "seed": args.seed,
+            "exclude_common": exclude, "scores": scores.per_head(), "thresholds": asdict(thresholds),
+            "previous_token_heads": prev_heads, "induction_heads": induction,
+            "in_context_learning": None if icl is None else asdict(icl) | {"score": icl.score},
+            "figures": figures,
+        }))
+        return 0
+    print(f"model {args.model}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads; previous-token and "
+          f"duplicate scores on {args.data} data, n={args.n}, seed={args.seed}")
+    print("head  " + "  ".join(f"{name:>15}" for name in SCORE_NAMES) + "  roles")
+    for head in scores.heads():
+        roles = [role for role, members in (("previous-token", prev_heads), ("induction", induction))
+                 if str(head) in members]
+        values = "  ".join(f"{float(scores.score(name)[head.layer, head.head]):>15.3f}" for name in SCORE_NAMES)
+        print(f"{str(head):<4}  {values}  {', '.join(roles)}")
+    print(f"thresholds: previous_token ≥ {thresholds.previous_token}, prefix_matching ≥ "
+          f"{thresholds.prefix_matching}, copying > {thresholds.copying}")
+    print(f"previous-token heads: {', '.join(prev_heads) or 'none'}")
+    print(f"induction heads (prefix-matching and copying): {', '.join(induction) or 'none'}")
+    if icl is not None:
+        print(f"in-context learning score: loss at {icl.late} - loss at {icl.early} = "
+              f"{icl.loss_late:.3f} - {icl.loss_early:.3f} = {icl.score:.3f}")
+    else:
+        print("in-context learning score: skipped (the model does not use the scrub tokenizer)")
+    print(f"figures: {args.out}/")
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("heads", "behavioral head scores (previous-token, prefix-matching, copying, ...)",
+            heads_arguments, heads_command),
+)
+
+
+def build_parser(commands: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scrub", description="Causal scrubbing and path patching.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands:
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv``, run the subcommand, turn bad input into one stderr line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    run = {command.name: command.run for command in COMMANDS}[args.command]
+    try:
+        return run(args)
+    except (ModelLoadError, SiteError, ValueError, OSError) as err:
+        print(f"scrub {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
