@@ -1,0 +1,173 @@
+"""Component maths on a HookedTransformer's own weights and modules, batched over many copies at once.
+
+Owns the clean run (``CleanRun``: every component's output on a batch, split per source) and the
+functions that recompute heads, MLPs and the unembedding from arbitrary input residuals. LayerNorms, MLPs
+and the unembedding are the model's own modules; attention is re-derived from its weights because
+TransformerLens only takes per-head inputs when config flags are switched on, and scrub never changes
+the user's model. ``check_supported`` names the architectures this does not cover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import einops
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.sites import Component, Embed, Head, Logits, Mlp, Pos, hook_name
+
+
+class UnsupportedModelError(ValueError):
+    """The model uses an architecture feature the engine does not implement."""
+
+
+def check_supported(model: HookedTransformer) -> None:
+    cfg = model.cfg
+    problems = []
+    if cfg.positional_embedding_type not in ("standard", "shortformer"):
+        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (standard and shortformer are supported)")
+    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+        problems.append("grouped-query attention")
+    if getattr(cfg, "attn_scores_soft_cap", -1.0) > 0:
+        problems.append("attention soft-capping")
+    if getattr(cfg, "use_qk_norm", False):
+        problems.append("q/k normalisation")
+    if getattr(cfg, "parallel_attn_mlp", False):
+        problems.append("parallel attention and MLP")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        problems.append("normalisation after attention")
+    if getattr(cfg, "attention_dir", "causal") != "causal":
+        problems.append("bidirectional attention")
+    if getattr(cfg, "use_local_attn", False) or getattr(cfg, "attn_types", None):
+        problems.append("local attention")
+    if problems:
+        raise UnsupportedModelError(f"scrub cannot scrub this model: it uses {', '.join(problems)}")
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """Every component's output on one batch, so any datum's contribution is an index away."""
+
+    tokens: Tensor  # [batch, seq]
+    embed: Tensor  # [batch, seq, d_model]
+    pos: Tensor  # [batch, seq, d_model]
+    heads: tuple[Tensor, ...]  # per layer [batch, seq, head, d_model] (without b_O)
+    attn_bias: tuple[Tensor, ...]  # per layer [d_model]
+    mlps: tuple[Tensor, ...]  # per layer [batch, seq, d_model] (empty tuple if attention-only)
+    logits: Tensor  # [batch, seq, d_vocab]
+    shortformer: bool
+
+    def out(self, component: Component) -> Tensor:
+        """The clean output of a source component, [batch, seq, d_model]."""
+        match component:
+            case Embed():
+                return self.embed
+            case Pos():
+                return self.pos
+            case Head(layer=layer, head=head):
+                return self.heads[layer][:, :, head]
+            case Mlp(layer=layer):
+                return self.mlps[layer]
+        raise ValueError(f"{component} is not a source")
+
+    def sources_before(self, receiver: Component) -> list[Component]:
+        """The claimable components whose outputs are summed into ``receiver``'s input."""
+        out: list[Component] = [Embed()] + ([] if self.shortformer else [Pos()])
+        for layer in range(len(self.heads)):
+            out += [Head(layer, h) for h in range(self.heads[layer].shape[2]) if Head(layer, h).depth < receiver.depth]
+            if self.mlps and Mlp(layer).depth < receiver.depth:
+                out.append(Mlp(layer))
+        return out
+
+    def resid_before(self, receiver: Component) -> Tensor:
+        """The clean residual stream that ``receiver`` reads (before its LayerNorm), [batch, seq, d_model]."""
+        resid = self.embed if self.shortformer else self.embed + self.pos
+        for layer in range(len(self.heads)):
+            if Head(layer, 0).depth >= receiver.depth:
+                break
+            resid = resid + self.heads[layer].sum(2) + self.attn_bias[layer]
+            if self.mlps and Mlp(layer).depth < receiver.depth:
+                resid = resid + self.mlps[layer]
+        return resid
+
+    def constant_before(self, receiver: Component) -> Tensor:
+        """The data-independent part of ``receiver``'s input: the attention biases of earlier layers."""
+        total = torch.zeros_like(self.embed[0, 0])
+        for layer in range(len(self.heads)):
+            if Head(layer, 0).depth < receiver.depth:
+                total = total + self.attn_bias[layer]
+        return total  # [d_model]
+
+
+@torch.no_grad()
+def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
+    """One plain forward pass, caching each source's output."""
+    cfg = model.cfg
+    names = {hook_name(Embed()), hook_name(Pos())}
+    names |= {hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)}
+    if not cfg.attn_only:
+        names |= {hook_name(Mlp(layer)) for layer in range(cfg.n_layers)}
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    heads = tuple(
+        einops.einsum(cache[hook_name(Head(layer, 0))], model.blocks[layer].attn.W_O,
+                      "batch seq head d_head, head d_head d_model -> batch seq head d_model")
+        for layer in range(cfg.n_layers)
+    )
+    mlps = () if cfg.attn_only else tuple(cache[hook_name(Mlp(layer))] for layer in range(cfg.n_layers))
+    pos = cache[hook_name(Pos())]
+    return CleanRun(
+        tokens=tokens,
+        embed=cache[hook_name(Embed())],
+        pos=pos.expand(tokens.shape[0], -1, -1) if pos.shape[0] == 1 else pos,
+        heads=heads,
+        attn_bias=tuple(model.blocks[layer].attn.b_O.detach() for layer in range(cfg.n_layers)),
+        mlps=mlps,
+        logits=logits,
+        shortformer=cfg.positional_embedding_type == "shortformer",
+    )
+
+
+@torch.no_grad()
+def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in: Tensor, k_in: Tensor, v_in: Tensor,
+                  pos: Tensor | None) -> Tensor:
+    """Outputs of many copies of heads in one layer, each with its own input residuals.
+
+    head_index [copy]; q_in, k_in, v_in [copy, batch, seq, d_model]; pos [seq, d_model] for shortformer
+    models (added to the normalised q and k inputs), else None. Returns [copy, batch, seq, d_model]
+    without the layer's b_O.
+    """
+    block, attn = model.blocks[layer], model.blocks[layer].attn
+    xq, xk, xv = block.ln1(q_in), block.ln1(k_in), block.ln1(v_in)  # [copy, batch, seq, d_model] x3
+    if pos is not None:
+        xq, xk = xq + pos, xk + pos
+    w_q, w_k, w_v, w_o = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))  # [copy, d_model, d_head] / [copy, d_head, d_model]
+    b_q, b_k, b_v = (b[head_index][:, None, None] for b in (attn.b_Q, attn.b_K, attn.b_V))  # [copy, 1, 1, d_head]
+    q = einops.einsum(xq, w_q, "c b s d, c d h -> c b s h") + b_q  # [copy, batch, seq, d_head]
+    k = einops.einsum(xk, w_k, "c b s d, c d h -> c b s h") + b_k  # [copy, batch, seq, d_head]
+    v = einops.einsum(xv, w_v, "c b s d, c d h -> c b s h") + b_v  # [copy, batch, seq, d_head]
+    scores = einops.einsum(q, k, "c b q h, c b k h -> c b q k") / attn.attn_scale  # [copy, batch, q, k]
+    seq = scores.shape[-1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()  # [q, k]
+    pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # [copy, batch, q, k]
+    z = einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
+    return einops.einsum(z, w_o, "c b s h, c h d -> c b s d")  # [copy, batch, seq, d_model]
+
+
+@torch.no_grad()
+def mlp_forward(model: HookedTransformer, layer: int, x: Tensor) -> Tensor:
+    """MLP outputs for input residuals x [copy, batch, seq, d_model] -> [copy, batch, seq, d_model]."""
+    block = model.blocks[layer]
+    flat = x.reshape(-1, *x.shape[2:])  # [copy*batch, seq, d_model]
+    return block.mlp(block.ln2(flat)).reshape(x.shape)
+
+
+@torch.no_grad()
+def unembed(model: HookedTransformer, resid: Tensor) -> Tensor:
+    """Logits from final residuals [batch, seq, d_model] -> [batch, seq, d_vocab]."""
+    return model.unembed(model.ln_final(resid))
+
+
+def is_source(component: Component) -> bool:
+    return not isinstance(component, Logits)

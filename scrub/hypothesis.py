@@ -1,0 +1,259 @@
+"""Hypothesis graphs: how users write claims, how they are loaded and validated, and built-in graphs.
+
+A hypothesis is a ``networkx.DiGraph`` whose nodes are components (``embed``, ``pos``, ``"L.H"``,
+``"mlp.L"``, ``logits``) and whose edges say "this component's output enters that one". An edge into a
+head names the input(s) it enters with the edge attribute ``via`` (``"q"``, ``"k"``, ``"v"``, or several
+at once: ``via="kv"`` or ``via=("k", "v")``); edges into MLPs and ``logits`` take no ``via``. Optional
+attributes: node ``feature`` (a ``scrub.features.Feature``), node ``component`` (to give one component
+several graph nodes, i.e. claim it differently on different paths), edge ``positions`` (a function
+tokens -> bool mask [batch, seq]: the receiver positions where the edge is claimed). The claim is the
+set of input -> logits paths of the graph. ``validate`` turns a graph into a frozen ``Claim`` or raises
+``HypothesisError`` naming the file, the node or edge, and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import networkx as nx
+from torch import Tensor
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from scrub.features import Feature, as_feature
+from scrub.sites import (
+    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, parse_channel,
+    parse_component,
+)
+
+PositionFn = Callable[[Tensor], Tensor]
+
+
+class HypothesisError(ValueError):
+    """A hypothesis that cannot be run; the message names where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ClaimNode:
+    id: str
+    component: Component
+    feature: Feature | None = None
+
+
+@dataclass(frozen=True)
+class ClaimEdge:
+    """``source``'s output enters ``target`` through ``channel``, claimed at ``positions`` (None: everywhere)."""
+
+    source: str
+    target: str
+    channel: Channel
+    positions: PositionFn | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A validated hypothesis: the nodes and per-channel edges of the claimed paths, and the root id."""
+
+    name: str
+    nodes: tuple[ClaimNode, ...]
+    edges: tuple[ClaimEdge, ...]
+    root: str | None  # id of the logits node; None for the empty hypothesis
+    description: str = ""
+
+    def node(self, node_id: str) -> ClaimNode:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    def inputs_of(self, node_id: str) -> tuple[ClaimEdge, ...]:
+        return tuple(e for e in self.edges if e.target == node_id)
+
+    def n_paths(self) -> int:
+        """Number of input -> logits paths (counting each channel separately)."""
+        if self.root is None:
+            return 0
+        memo: dict[str, int] = {}
+
+        def count(node_id: str) -> int:
+            if node_id not in memo:
+                ins = self.inputs_of(node_id)
+                comp = self.node(node_id).component
+                memo[node_id] = (1 if isinstance(comp, (Embed, Pos)) else 0) + sum(count(e.source) for e in ins)
+            return memo[node_id]
+
+        return count(self.root)
+
+
+# --- writing graphs by hand ----------------------------------------------------------------------------
+
+Step = str | tuple[str, str]
+
+
+def add_path(graph: nx.DiGraph, *steps: Step) -> nx.DiGraph:
+    """Add one path, e.g. ``add_path(g, "embed", ("0.0", "v"), ("1.6", "k"), "logits")``.
+
+    A step ``(node, channel)`` says the previous node enters ``node`` through ``channel``. Channels of an
+    existing edge are merged, so the same pair may be entered through several inputs.
+    """
+    names = [s[0] if isinstance(s, tuple) else s for s in steps]
+    for prev, step, name in zip(names, steps[1:], names[1:]):
+        via = step[1] if isinstance(step, tuple) else None
+        if graph.has_edge(prev, name):
+            old = _channels(graph.edges[prev, name].get("via"))
+            new = old | _channels(via)
+            if new:
+                graph.edges[prev, name]["via"] = "".join(sorted(c.value for c in new))
+        else:
+            graph.add_edge(prev, name, **({"via": via} if via else {}))
+    return graph
+
+
+def _channels(via: object) -> set[Channel]:
+    if via is None:
+        return set()
+    if isinstance(via, (str, Channel)):
+        text = via.value if isinstance(via, Channel) else via
+        items: Iterable[str] = [text] if text in ("in",) else list(text.replace(",", "").replace(" ", ""))
+    else:
+        items = [c.value if isinstance(c, Channel) else str(c) for c in via]  # type: ignore[union-attr]
+    return {parse_channel(c) for c in items}
+
+
+def full_graph(model: HookedTransformer | HookedTransformerConfig) -> nx.DiGraph:
+    """Every path of the model: with identity features this reproduces the clean run exactly."""
+    cfg = getattr(model, "cfg", model)
+    g = nx.DiGraph()
+    g.add_node("logits")
+    senders: list[str] = ["embed"]
+    if cfg.positional_embedding_type == "standard":
+        senders.append("pos")
+    for layer in range(cfg.n_layers):
+        heads = [str(h) for h in all_heads(cfg) if h.layer == layer]
+        for head in heads:
+            for s in senders:
+                g.add_edge(s, head, via="qkv")
+            if cfg.positional_embedding_type == "shortformer":
+                g.add_edge("pos", head, via="qk")
+        layer_senders = list(senders) + heads
+        if not cfg.attn_only:
+            for s in layer_senders:
+                g.add_edge(s, f"mlp.{layer}")
+            layer_senders.append(f"mlp.{layer}")
+        senders = layer_senders
+    for s in senders:
+        g.add_edge(s, "logits")
+    return g
+
+
+def empty_graph() -> nx.DiGraph:
+    """No path claimed: every input of the logits is resampled."""
+    return nx.DiGraph()
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConfig, *, origin: str = "<graph>") -> Claim:
+    """Check a hypothesis graph against the model and freeze it into a ``Claim``."""
+    cfg = getattr(model, "cfg", model)
+    where = f"{origin}: "
+    if isinstance(graph, nx.MultiGraph):
+        raise HypothesisError(f"{where}use a networkx.DiGraph, not a MultiDiGraph: write several inputs of one edge as via='kv'")
+    if not isinstance(graph, nx.DiGraph):
+        raise HypothesisError(f"{where}hypothesis(model) must return a networkx.DiGraph, got {type(graph).__name__}")
+    nodes = []
+    for node_id, attrs in graph.nodes(data=True):
+        name = attrs.get("component", node_id)
+        try:
+            component = parse_component(str(name), cfg)
+        except SiteError as err:
+            raise HypothesisError(f"{where}node {node_id!r}: {err}") from None
+        try:
+            feature = as_feature(attrs.get("feature"), where=f"node {node_id!r}: ")
+        except TypeError as err:
+            raise HypothesisError(f"{where}{err}") from None
+        if feature is not None and isinstance(component, Logits):
+            raise HypothesisError(f"{where}node {node_id!r}: logits always see the reference input; remove its feature")
+        nodes.append(ClaimNode(str(node_id), component, feature))
+    by_id = {n.id: n for n in nodes}
+    roots = [n.id for n in nodes if isinstance(n.component, Logits)]
+    if len(roots) > 1:
+        raise HypothesisError(f"{where}several logits nodes {roots}: a hypothesis has one 'logits' node")
+    try:
+        cycle = nx.find_cycle(graph)
+        raise HypothesisError(f"{where}the graph has a cycle {' -> '.join(str(e[0]) for e in cycle)} -> {cycle[0][0]}: "
+                              f"paths must run from inputs towards the logits")
+    except nx.NetworkXNoCycle:
+        pass
+    edges = []
+    for src, dst, attrs in graph.edges(data=True):
+        s, d = by_id[str(src)], by_id[str(dst)]
+        label = f"edge {src!r} -> {dst!r}"
+        edges.extend(_check_edge(s, d, attrs, cfg, where, label))
+    for n in nodes:
+        if n.id not in roots and not (roots and nx.has_path(graph, n.id, roots[0])):
+            raise HypothesisError(f"{where}node {n.id!r} lies on no path that reaches 'logits': add an edge from it "
+                                  f"towards 'logits' or remove it")
+    name = Path(origin).stem if origin != "<graph>" else "graph"
+    return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None)
+
+
+def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, cfg: HookedTransformerConfig, where: str, label: str) -> list[ClaimEdge]:
+    if isinstance(s.component, Logits):
+        raise HypothesisError(f"{where}{label} leaves 'logits': logits are the end of every path")
+    if isinstance(d.component, (Embed, Pos)):
+        raise HypothesisError(f"{where}{label} enters an input ({d.component}): inputs have no inputs of their own")
+    if s.component.depth >= d.component.depth:
+        raise HypothesisError(f"{where}{label} goes backwards or sideways in depth: {s.component} is computed "
+                              f"{'after' if s.component.depth > d.component.depth else 'alongside'} {d.component}, "
+                              f"so it cannot feed it; reverse the edge or pick a later receiver")
+    positions = attrs.get("positions")
+    if positions is not None and not callable(positions):
+        raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq]")
+    try:
+        channels = _channels(attrs.get("via"))
+    except SiteError as err:
+        raise HypothesisError(f"{where}{label}: {err}") from None
+    shortformer = cfg.positional_embedding_type == "shortformer"
+    if isinstance(d.component, Head):
+        if not channels or Channel.IN in channels:
+            raise HypothesisError(f"{where}{label} enters head {d.component} without saying how: add via='q', 'k', "
+                                  f"'v' or several, e.g. g.add_edge({s.id!r}, {d.id!r}, via='kv')")
+        if shortformer and isinstance(s.component, Pos) and Channel.V in channels:
+            raise HypothesisError(f"{where}{label} via 'v': in this shortformer model positions enter only the q and k "
+                                  f"inputs of heads; use via='qk'")
+    else:
+        if channels - {Channel.IN}:
+            raise HypothesisError(f"{where}{label} has via={attrs.get('via')!r}, but {d.component} has a single input: "
+                                  f"drop 'via' (only edges into heads name q, k or v)")
+        if shortformer and isinstance(s.component, Pos):
+            raise HypothesisError(f"{where}{label}: in this shortformer model positions enter only the q and k inputs "
+                                  f"of heads, not {d.component}")
+        channels = {Channel.IN}
+    order = {c: i for i, c in enumerate((*HEAD_CHANNELS, Channel.IN))}
+    return [ClaimEdge(s.id, d.id, c, positions) for c in sorted(channels, key=order.__getitem__)]
+
+
+# --- hypothesis files ----------------------------------------------------------------------------------
+
+def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
+    """Import a hypothesis file, call its ``hypothesis(model)`` and validate the graph it returns."""
+    path = Path(path)
+    if not path.is_file():
+        raise HypothesisError(f"no hypothesis file at {path}: pass a .py file that defines hypothesis(model)")
+    module_name = f"scrub_hypothesis_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise HypothesisError(f"{path}: not a Python file; a hypothesis file is a .py module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(module_name, None)
+    fn = getattr(module, "hypothesis", None)
+    if not callable(fn):
+        raise HypothesisError(f"{path}: defines no function hypothesis(model) -> networkx.DiGraph; add one")
+    graph = fn(model)
+    claim = validate(graph, model, origin=str(path))
+    return replace(claim, description=(module.__doc__ or "").strip())

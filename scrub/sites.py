@@ -1,0 +1,169 @@
+"""Typed names for model components and their inputs, and the one place they become TransformerLens hook names.
+
+Components are written the same way everywhere: ``embed``, ``pos``, heads ``"L.H"`` (e.g. ``"1.6"``),
+MLPs ``"mlp.L"`` and ``logits``. Strings are parsed once, here, into frozen dataclasses; TransformerLens
+hook-name strings are rendered only by ``hook_name``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Union
+
+from transformer_lens import HookedTransformerConfig
+
+
+class SiteError(ValueError):
+    """A component name or input channel that the model does not have; the message says the fix."""
+
+
+class Channel(str, Enum):
+    """The input of a component that an edge enters. Heads have q, k, v; MLPs and logits have one input."""
+
+    Q = "q"
+    K = "k"
+    V = "v"
+    IN = "in"
+
+
+HEAD_CHANNELS = (Channel.Q, Channel.K, Channel.V)
+
+
+@dataclass(frozen=True, order=True)
+class Head:
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.head}"
+
+    @property
+    def depth(self) -> float:
+        return self.layer
+
+
+@dataclass(frozen=True, order=True)
+class Mlp:
+    layer: int
+
+    def __str__(self) -> str:
+        return f"mlp.{self.layer}"
+
+    @property
+    def depth(self) -> float:
+        return self.layer + 0.5  # after the attention of its own layer
+
+
+@dataclass(frozen=True, order=True)
+class Embed:
+    def __str__(self) -> str:
+        return "embed"
+
+    @property
+    def depth(self) -> float:
+        return -1.0
+
+
+@dataclass(frozen=True, order=True)
+class Pos:
+    def __str__(self) -> str:
+        return "pos"
+
+    @property
+    def depth(self) -> float:
+        return -1.0
+
+
+@dataclass(frozen=True, order=True)
+class Logits:
+    def __str__(self) -> str:
+        return "logits"
+
+    @property
+    def depth(self) -> float:
+        return float("inf")
+
+
+Component = Union[Head, Mlp, Embed, Pos, Logits]
+INPUTS = (Embed(), Pos())
+
+_HEAD = re.compile(r"^(\d+)\.(\d+)$")
+_MLP = re.compile(r"^mlp\.(\d+)$")
+
+
+def parse_component(name: str | Component, cfg: HookedTransformerConfig) -> Component:
+    """Turn ``"1.6"``, ``"mlp.0"``, ``"embed"``, ``"pos"`` or ``"logits"`` into a component of this model."""
+    if isinstance(name, (Head, Mlp, Embed, Pos, Logits)):
+        name = str(name)
+    text = str(name).strip()
+    if text == "embed":
+        return Embed()
+    if text == "logits":
+        return Logits()
+    if text == "pos":
+        if cfg.positional_embedding_type not in ("standard", "shortformer"):
+            raise SiteError(f"'pos' names a learned positional embedding; this model uses {cfg.positional_embedding_type!r}")
+        return Pos()
+    if m := _HEAD.match(text):
+        layer, head = int(m[1]), int(m[2])
+        if layer >= cfg.n_layers or head >= cfg.n_heads:
+            raise SiteError(
+                f"unknown head {text!r}: this model has {cfg.n_layers} layers x {cfg.n_heads} heads, "
+                f"so heads run from '0.0' to '{cfg.n_layers - 1}.{cfg.n_heads - 1}'"
+            )
+        return Head(layer, head)
+    if m := _MLP.match(text):
+        layer = int(m[1])
+        if cfg.attn_only:
+            raise SiteError(f"unknown component {text!r}: this model is attention-only and has no MLPs")
+        if layer >= cfg.n_layers:
+            raise SiteError(f"unknown MLP {text!r}: this model has {cfg.n_layers} layers ('mlp.0' to 'mlp.{cfg.n_layers - 1}')")
+        return Mlp(layer)
+    raise SiteError(
+        f"cannot read component name {text!r}: write 'embed', 'pos', a head as 'LAYER.HEAD' (e.g. '1.6'), "
+        f"an MLP as 'mlp.LAYER' (e.g. 'mlp.0'), or 'logits'"
+    )
+
+
+def parse_channel(value: str | Channel) -> Channel:
+    try:
+        return Channel(value.value if isinstance(value, Channel) else str(value).lower())
+    except ValueError:
+        raise SiteError(f"unknown input channel {value!r}: heads take 'q', 'k' or 'v'") from None
+
+
+def all_heads(cfg: HookedTransformerConfig) -> list[Head]:
+    return [Head(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+
+
+def hook_name(component: Component, kind: str = "out") -> str:
+    """The TransformerLens hook that carries ``component``'s activation of ``kind``.
+
+    kinds: ``"out"`` (the component's output: hook_embed, hook_pos_embed, blocks.L.attn.hook_z for a head,
+    blocks.L.hook_mlp_out), ``"pattern"`` (a head's attention pattern), ``"q_input"``/``"k_input"``/``"v_input"``
+    (the per-head split inputs, only with ``use_split_qkv_input``), ``"resid_pre"``.
+    """
+    match component, kind:
+        case Embed(), "out":
+            return "hook_embed"
+        case Pos(), "out":
+            return "hook_pos_embed"
+        case Head(layer=layer), "out":
+            return f"blocks.{layer}.attn.hook_z"
+        case Head(layer=layer), "result":
+            return f"blocks.{layer}.attn.hook_result"
+        case Head(layer=layer), "pattern":
+            return f"blocks.{layer}.attn.hook_pattern"
+        case Head(layer=layer), ("q_input" | "k_input" | "v_input"):
+            return f"blocks.{layer}.hook_{kind}"
+        case (Head(layer=layer) | Mlp(layer=layer)), "resid_pre":
+            return f"blocks.{layer}.hook_resid_pre"
+        case Mlp(layer=layer), "out":
+            return f"blocks.{layer}.hook_mlp_out"
+        case Mlp(layer=layer), "in":
+            return f"blocks.{layer}.hook_resid_mid"
+        case Logits(), "resid":
+            return "ln_final.hook_normalized"
+    raise SiteError(f"no TransformerLens hook for {kind!r} of {component}")
