@@ -38,7 +38,8 @@ def test_check_length_message():
                                   attn_only=True, act_fn="gelu")
     model = HookedTransformer(cfg)
     check_length(torch.zeros(2, 16, dtype=torch.long), model)
-    with pytest.raises(ValueError, match=r"sequence of length 17 is longer than the model's n_ctx 16; use --seq-len ≤ 16"):
+    message = r"sequence of length 17 is longer than the model.s n_ctx 16; use --seq-len ≤ 16"
+    with pytest.raises(ValueError, match=message):
         check_length(torch.zeros(2, 17, dtype=torch.long), model)
     with pytest.raises(ValueError):
         check_length(20, model)

@@ -1,0 +1,23 @@
+"""scrub: causal scrubbing and path patching on TransformerLens models. Public API re-exports only.
+
+Re-exported here: model loading, component names, tokenizer, data batches and behavioral head scores.
+The scrubbing entry points (``scrub.experiment.run``, patching) are imported from their modules.
+"""
+
+from scrub.data import (
+    all_positions, check_length, induction_candidates, loss_mask, natural_batch, repeated_random_tokens,
+)
+from scrub.model import ModelLoadError, load_model, save_checkpoint
+from scrub.scores import (
+    HeadScores, IclScore, Thresholds, behavioral_induction_heads, head_scores, in_context_learning,
+    previous_token_heads,
+)
+from scrub.sites import Head, SiteError, parse_component
+from scrub.tokenizer import Tokenizer, check_compatible, load_tokenizer
+
+__all__ = [
+    "load_model", "save_checkpoint", "ModelLoadError", "Head", "SiteError", "parse_component",
+    "Tokenizer", "load_tokenizer", "check_compatible", "natural_batch", "repeated_random_tokens",
+    "induction_candidates", "all_positions", "loss_mask", "check_length", "head_scores", "in_context_learning",
+    "HeadScores", "IclScore", "Thresholds", "previous_token_heads", "behavioral_induction_heads",
+]
