@@ -11,6 +11,7 @@ resampled; ``reference.py`` does the same literally, for the tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,35 +41,60 @@ class EvalStats:
 @torch.no_grad()
 def evaluate(model: HookedTransformer, root: TreeNode, data: Assignments, clean: CleanRun) -> tuple[Tensor, EvalStats]:
     """Logits [batch, seq, d_vocab] of the treeified claim under the given data assignments."""
-    nodes = [n for n in root.walk() if n is not root]
-    values: dict[tuple[str, ...], _Value] = {}
-    for n in nodes:
-        if isinstance(n.component, (Embed, Pos)):
-            values[n.path] = _Value(None, data[n].datum)
+    (logits,), stats = evaluate_many(model, [root], [data], clean)
+    return logits, stats
+
+
+@torch.no_grad()
+def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[Assignments], clean: CleanRun,
+                  reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[list[Tensor], EvalStats]:
+    """Evaluate several trees on one clean run, stacking their copies of each layer into shared batched
+    calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``)."""
+    jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
+    values: dict[tuple[int, tuple[str, ...]], _Value] = {}
+    for job in jobs:
+        if isinstance(job.node.component, (Embed, Pos)):
+            values[job.key] = _Value(None, job.data[job.node].datum)
     recomputed = 0
-    for depth in sorted({n.component.depth for n in nodes if not isinstance(n.component, (Embed, Pos))}):
-        layer_nodes = [n for n in nodes if n.component.depth == depth]
+    for depth in sorted({j.node.component.depth for j in jobs if not isinstance(j.node.component, (Embed, Pos))}):
         todo = []
-        for n in layer_nodes:
-            channels = HEAD_CHANNELS if isinstance(n.component, Head) else (Channel.IN,)
-            ons = [_clean_on(n, c, data, clean, values) for c in channels]
+        for job in (j for j in jobs if j.node.component.depth == depth):
+            channels = HEAD_CHANNELS if isinstance(job.node.component, Head) else (Channel.IN,)
+            ons = [_clean_on(job, c, clean, values) for c in channels]
             if ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons):
-                values[n.path] = _Value(None, ons[0])
+                values[job.key] = _Value(None, ons[0])
             else:
-                todo.append(n)
+                todo.append(job)
         recomputed += len(todo)
-        _recompute(model, todo, data, clean, values)
-    on = _clean_on(root, Channel.IN, data, clean, values)
-    if on is not None:
-        logits = clean.logits[on]
-    else:
-        logits = unembed(model, _input(root, Channel.IN, data, clean, values))
-    return logits, EvalStats(copies=len(nodes), recomputed=recomputed)
+        _recompute(model, todo, clean, values)
+    outputs = []
+    for i, (root, data) in enumerate(zip(roots, datas)):
+        job = _Job(root, data, i)
+        on = _clean_on(job, Channel.IN, clean, values)
+        logits = clean.logits[on] if on is not None else unembed(model, _input(job, Channel.IN, clean, values))
+        outputs.append(logits if reduce is None else reduce(logits))
+    return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
 
 
-def _materialise(node: TreeNode, clean: CleanRun, values: dict) -> Tensor:
-    v = values[node.path]
-    return v.tensor if v.tensor is not None else clean.out(node.component)[v.clean_on]  # [batch, seq, d_model]
+@dataclass(frozen=True)
+class _Job:
+    """One tree copy to evaluate, with the assignments of its tree and the tree's index."""
+
+    node: TreeNode
+    data: Assignments
+    tree: int
+
+    @property
+    def key(self) -> tuple[int, tuple[str, ...]]:
+        return (self.tree, self.node.path)
+
+    def child(self, node: TreeNode) -> "_Job":
+        return _Job(node, self.data, self.tree)
+
+
+def _materialise(job: _Job, clean: CleanRun, values: dict) -> Tensor:
+    v = values[job.key]
+    return v.tensor if v.tensor is not None else clean.out(job.node.component)[v.clean_on]  # [batch, seq, d_model]
 
 
 def _claimed(node: TreeNode, channel: Channel, clean: CleanRun):
@@ -77,15 +103,16 @@ def _claimed(node: TreeNode, channel: Channel, clean: CleanRun):
     return [i for i in node.inputs if i.channel == channel and not (clean.shortformer and isinstance(i.child.component, Pos))]
 
 
-def _clean_on(node: TreeNode, channel: Channel, data: Assignments, clean: CleanRun, values: dict) -> Tensor | None:
-    """The datum d if ``node``'s input on ``channel`` equals the clean input on d row by row, else None."""
+def _clean_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor | None:
+    """The datum d if the copy's input on ``channel`` equals the clean input on d row by row, else None."""
+    node, data = job.node, job.data
     claimed = _claimed(node, channel, clean)
     reads: list[Tensor] = []
     covered: set[Component] = set()
     for inp in claimed:
         if isinstance(inp.child.component, Pos):
             continue  # data-independent
-        child = values[inp.child.path]
+        child = values[job.child(inp.child).key]
         if child.clean_on is None:
             return None
         reads.append(child.clean_on)
@@ -105,8 +132,9 @@ def _clean_on(node: TreeNode, channel: Channel, data: Assignments, clean: CleanR
     return first if all(torch.equal(r, first) for r in reads[1:]) else None
 
 
-def _input(node: TreeNode, channel: Channel, data: Assignments, clean: CleanRun, values: dict) -> Tensor:
-    """The treeified input residual of ``node`` on ``channel``: [batch, seq, d_model]."""
+def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor:
+    """The treeified input residual of the copy on ``channel``: [batch, seq, d_model]."""
+    node, data = job.node, job.data
     comp = node.component
     if data.options.independent:
         pick = lambda s: data.unclaimed(node, channel, str(s))  # noqa: E731
@@ -118,14 +146,14 @@ def _input(node: TreeNode, channel: Channel, data: Assignments, clean: CleanRun,
     tokens = clean.tokens[data[node].datum]  # [batch, seq] the receiver's own datum
     for inp in _claimed(node, channel, clean):
         src = inp.child.component
-        delta = _materialise(inp.child, clean, values) - clean.out(src)[pick(src)]  # [batch, seq, d_model]
+        delta = _materialise(job.child(inp.child), clean, values) - clean.out(src)[pick(src)]  # [batch, seq, d_model]
         if inp.positions is not None:
             delta = delta * inp.positions(tokens).to(delta.dtype)[..., None]
         resid = resid + delta
     return resid
 
 
-def _recompute(model: HookedTransformer, todo: list[TreeNode], data: Assignments, clean: CleanRun, values: dict) -> None:
+def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, values: dict) -> None:
     """Compute the copies in ``todo`` (all of one depth) in stacked chunks."""
     if not todo:
         return
@@ -134,13 +162,13 @@ def _recompute(model: HookedTransformer, todo: list[TreeNode], data: Assignments
     pos = clean.pos[0] if clean.shortformer else None  # [seq, d_model]
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        comp = part[0].component
+        comp = part[0].node.component
         if isinstance(comp, Head):
-            q, k, v = (torch.stack([_input(n, c, data, clean, values) for n in part]) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model]
-            heads = torch.tensor([n.component.head for n in part])
+            q, k, v = (torch.stack([_input(j, c, clean, values) for j in part]) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model]
+            heads = torch.tensor([j.node.component.head for j in part])
             out = heads_forward(model, comp.layer, heads, q, k, v, pos)  # [copy, batch, seq, d_model]
         else:
-            x = torch.stack([_input(n, Channel.IN, data, clean, values) for n in part])  # [copy, batch, seq, d_model]
+            x = torch.stack([_input(j, Channel.IN, clean, values) for j in part])  # [copy, batch, seq, d_model]
             out = mlp_forward(model, comp.layer, x)
-        for n, o in zip(part, out):
-            values[n.path] = _Value(o, None)
+        for j, o in zip(part, out):
+            values[j.key] = _Value(o, None)
