@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 
 from scrub.compute import check_supported, clean_run
 from scrub.engine import evaluate
-from scrub.features import earlier_occurrence
+from scrub.data import induction_candidates
 from scrub.hypothesis import Claim, HypothesisError, empty_graph, load_hypothesis, validate
 from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, token_losses
 from scrub.treeify import SamplingOptions, assign_data, treeify
@@ -85,7 +85,7 @@ def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
     elif positions == "all":
         mask = torch.ones_like(tokens, dtype=torch.bool)
     elif positions == "candidates":
-        mask = earlier_occurrence(tokens)  # the current token occurred before: induction can help
+        mask = induction_candidates(tokens)  # the current token occurred before: induction can help
     else:
         raise ValueError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, got {positions!r}")
     return mask[:, :-1]

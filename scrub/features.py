@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from scrub.data import induction_candidates
+
 TokenFn = Callable[[Tensor], Tensor]
 
 
@@ -80,9 +82,7 @@ def _fmt(at: int | slice) -> str:
 
 def earlier_occurrence(tokens: Tensor) -> Tensor:
     """True at t when tokens[t] occurred at some position < t of the same sequence."""
-    same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
-    earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril(-1)  # [q, k]
-    return (same & earlier).any(-1)  # [batch, seq]
+    return induction_candidates(tokens)  # [batch, seq]
 
 
 # --- position masks for edges: where along the receiver's sequence a claimed input is claimed -------
