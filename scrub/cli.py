@@ -144,9 +144,78 @@ def heads_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- scrub run -----------------------------------------------------------------------------------------
+
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hypothesis", type=Path, help="a hypothesis file defining hypothesis(model) -> networkx.DiGraph")
+    parser.add_argument("--model", default=SHIPPED_NAME,
+                        help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--data", choices=("natural", "rrt"), default="natural",
+                        help="natural text from the validation split, or repeated random tokens")
+    parser.add_argument("--baseline", type=Path, default=None, help="baseline hypothesis file (default: the empty one)")
+    parser.add_argument("--n", type=int, default=64, help="number of examples (default 64)")
+    parser.add_argument("--seq-len", type=int, default=128, help="natural-text length; RRT is 1 + 2 x (seq-len // 2)")
+    parser.add_argument("--positions", choices=("all", "candidates"), default="all",
+                        help="score all positions or only induction candidates (current token seen before)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch; resampling draws within a batch")
+    parser.add_argument("--independent", action="store_true", help="one random draw per unclaimed input, not per node")
+    parser.add_argument("--allow-self", action="store_true", help="let a draw return the datum it is drawn for")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def scrub_data(model, kind: str, n: int, seq_len: int, seed: int):
+    """The examples a scrubbing run scores: validation text or repeated random tokens."""
+    from scrub.data import check_length, natural_batch, repeated_random_tokens
+    from scrub.tokenizer import check_compatible, load_tokenizer
+
+    if n < 2:
+        raise ValueError(f"--n must be at least 2 (got {n}): resampling draws inputs from the other examples")
+    if kind == "natural":
+        check_compatible(load_tokenizer(), model)
+        check_length(seq_len, model)
+        return natural_batch(n, seq_len, seed=seed)
+    half = seq_len // 2
+    check_length(1 + 2 * half, model)
+    return repeated_random_tokens(n, half, 2, seed=seed, vocab_size=model.cfg.d_vocab,
+                                  exclude_common=model.cfg.d_vocab // 20)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Scrub one hypothesis and print loss recovered with its interval and the per-example spread."""
+    import torch
+
+    from scrub.experiment import run
+    from scrub.treeify import SamplingOptions
+
+    model = quiet_load(args.model)
+    data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
+    result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
+                 batch_size=args.batch_size, options=SamplingOptions(args.independent, args.allow_self),
+                 progress=sys.stderr.isatty())
+    per = result.per_example_recovered()
+    per = per[torch.isfinite(per)]
+    quantiles = torch.quantile(per.double(), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist() if per.numel() else []
+    worse = float((torch.tensor(result.per_example_scrubbed) > torch.tensor(result.per_example_baseline)).float().mean())
+    if args.json:
+        print(json.dumps(result.to_dict() | {
+            "data": args.data, "positions": args.positions, "seed": args.seed, "model": str(args.model),
+            "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles)),
+            "share_examples_worse_than_baseline": worse,
+        }))
+        return 0
+    print(result.summary())
+    if quantiles:
+        print("per-example loss recovered: " + ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles)) +
+              f"; {worse:.0%} of examples do worse than the baseline")
+    print(f"draws equal to the datum they were drawn for: {result.self_sample_rate:.1%}")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("heads", "behavioral head scores (previous-token, prefix-matching, copying, ...)",
             heads_arguments, heads_command),
+    Command("run", "scrub a hypothesis file: loss recovered with a bootstrap interval", run_arguments, run_command),
 )
 
 
