@@ -166,7 +166,8 @@ def mlp_forward(model: HookedTransformer, layer: int, x: Tensor) -> Tensor:
 @torch.no_grad()
 def unembed(model: HookedTransformer, resid: Tensor) -> Tensor:
     """Logits from final residuals [batch, seq, d_model] -> [batch, seq, d_vocab]."""
-    return model.unembed(model.ln_final(resid))
+    final_norm = getattr(model, "ln_final", None)  # absent in models without normalisation
+    return model.unembed(resid if final_norm is None else final_norm(resid))
 
 
 def is_source(component: Component) -> bool:

@@ -131,7 +131,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         mask = score_mask(tokens, positions)  # [batch, seq-1]
         salt = f"batch{i}"
         scrub_data = assign_data(tree, tokens, seed=seed, salt=salt, options=options)
-        base_data = assign_data(base_tree, tokens, seed=seed, salt=salt + ":baseline", options=options)
+        base_data = assign_data(base_tree, tokens, seed=seed, salt=salt, options=options)  # common random numbers
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
         for key, logits in (("clean", clean.logits), ("baseline", baselined), ("scrubbed", scrubbed)):

@@ -88,7 +88,7 @@ def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
     if missing:
         raise ModelLoadError(f"checkpoint {weights_path} lacks weights {missing[:3]}...; it does not match config.json")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()
 
 
 def load_model(name_or_path: str | Path = SHIPPED_NAME, *, device: str = "cpu") -> HookedTransformer:

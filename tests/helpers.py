@@ -1,0 +1,49 @@
+"""Small random models and random hypotheses shared by the engine tests."""
+
+from __future__ import annotations
+
+import networkx as nx
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from scrub.hypothesis import full_graph
+
+
+def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, pos: str = "shortformer",
+               norm: str | None = "LN", d_vocab: int = 20, n_ctx: int = 12, seed: int = 0, scale: float = 0.5) -> HookedTransformer:
+    """A random-init model with large weights, so that resampling visibly changes the logits."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, n_heads=n_heads, d_model=16, d_head=4, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu",
+        attn_only=attn_only, d_mlp=None if attn_only else 24, positional_embedding_type=pos,
+        normalization_type=norm, seed=seed, default_prepend_bos=False,
+    )
+    model = HookedTransformer(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def subgraph(model: HookedTransformer, keep: list[bool]) -> nx.DiGraph:
+    """The full graph restricted to the edges (channel by channel) where ``keep`` is True, pruned to the
+    nodes that still reach the logits."""
+    full = full_graph(model)
+    g = nx.DiGraph()
+    flags = iter(keep)
+    for src, dst, attrs in full.edges(data=True):
+        via = attrs.get("via")
+        if via is None:
+            if next(flags, False):
+                g.add_edge(src, dst)
+        else:
+            chosen = "".join(c for c in via if next(flags, False))
+            if chosen:
+                g.add_edge(src, dst, via=chosen)
+    if "logits" not in g:
+        return nx.DiGraph()
+    return g.subgraph(nx.ancestors(g, "logits") | {"logits"}).copy()
+
+
+def n_channel_edges(model: HookedTransformer) -> int:
+    return sum(len(a.get("via") or "x") for _, _, a in full_graph(model).edges(data=True))
