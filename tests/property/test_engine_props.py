@@ -1,0 +1,157 @@
+"""Property tests (hypothesis library): the contract of the resampling engine.
+
+- the full hypothesis reproduces the clean loss exactly, for random model shapes;
+- the empty hypothesis reproduces the all-resampled baseline; loss recovered of full = 1, of empty = 0;
+- every sampled datum agrees with its parent on the node's feature;
+- the engine equals the naive reference on random hypotheses over random small models;
+- zeroing a head's weights makes claiming or not claiming its paths irrelevant;
+- adding a path never changes which data the other nodes see.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scrub.compute import clean_run
+from scrub.engine import evaluate
+from scrub.experiment import run
+from scrub.features import Feature, sample_agreeing
+from scrub.hypothesis import empty_graph, full_graph, validate
+from scrub.reference import naive_logits
+from scrub.treeify import SamplingOptions, assign_data, treeify
+from tests.helpers import n_channel_edges, subgraph, tiny_model
+
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+shapes = st.fixed_dictionaries({
+    "n_layers": st.integers(1, 3),
+    "n_heads": st.integers(1, 3),
+    "attn_only": st.booleans(),
+    "pos": st.sampled_from(["standard", "shortformer"]),
+    "norm": st.sampled_from(["LN", "LNPre", None]),
+    "seed": st.integers(0, 1000),
+})
+
+
+def batch(seed: int, n: int = 5, seq: int = 10) -> torch.Tensor:
+    return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def scrub(model, graph, tokens, options=SamplingOptions(), seed=0):
+    tree = treeify(validate(graph, model))
+    data = assign_data(tree, tokens, seed=seed, options=options)
+    logits, _ = evaluate(model, tree, data, clean_run(model, tokens))
+    return logits, tree, data
+
+
+@SETTINGS
+@given(shape=shapes, data_seed=st.integers(0, 10_000))
+def test_full_hypothesis_reproduces_clean_loss(shape, data_seed):
+    model = tiny_model(**shape)
+    tokens = batch(data_seed)
+    result = run(model, full_graph(model), tokens, progress=False, n_bootstrap=50, batch_size=5)
+    assert result.loss_scrubbed == result.loss_clean
+    assert result.loss_recovered == 1.0 or result.loss_baseline == result.loss_clean
+
+
+@SETTINGS
+@given(shape=shapes, data_seed=st.integers(0, 10_000), independent=st.booleans())
+def test_empty_hypothesis_is_the_resampled_baseline(shape, data_seed, independent):
+    model = tiny_model(**shape)
+    tokens = batch(data_seed)
+    options = SamplingOptions(independent=independent)
+    logits, tree, data = scrub(model, empty_graph(), tokens, options)
+    if not independent:  # one draw for all inputs: the whole model runs on another example
+        assert torch.equal(logits, model(tokens[data[tree].other]).detach())
+    result = run(model, empty_graph(), tokens, progress=False, n_bootstrap=50, options=options)
+    assert result.loss_scrubbed == result.loss_baseline
+    assert result.loss_recovered == 0.0 or result.loss_baseline == result.loss_clean
+
+
+@SETTINGS
+@given(n=st.integers(2, 30), n_classes=st.integers(1, 5), width=st.integers(1, 3), seed=st.integers(0, 10_000),
+       allow_self=st.booleans())
+def test_sampled_data_agree_with_their_parent(n, n_classes, width, seed, allow_self):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, n_classes, (n, width), generator=gen)
+    parent = torch.randint(0, n, (n,), generator=gen)
+    draw = sample_agreeing(codes, parent, gen, allow_self=allow_self)
+    assert torch.equal(codes[draw.index], codes[parent])
+    if not allow_self:
+        unique = [(codes == codes[p]).all(-1).sum() == 1 for p in parent.tolist()]
+        assert torch.equal(draw.forced_self, torch.tensor(unique))
+        assert bool(((draw.index != parent) | draw.forced_self).all())
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_classes=st.integers(1, 4))
+def test_tree_copies_agree_with_their_parent_copy(seed, n_classes):
+    """Through a whole tree: each copy's datum agrees with its parent copy's datum on the copy's feature."""
+    model = tiny_model(n_layers=2, n_heads=2, seed=seed)
+    tokens = batch(seed, n=12)
+    feature = Feature(f"first-token-mod-{n_classes}", lambda t: t[:, :1] % n_classes)
+    graph = full_graph(model)
+    for node in graph.nodes:
+        if node not in ("logits", "pos"):
+            graph.nodes[node]["feature"] = feature
+    tree = treeify(validate(graph, model))
+    data = assign_data(tree, tokens, seed=seed)
+    codes = feature.codes(tokens)
+    for node in tree.walk():
+        for inp in node.inputs:
+            assert torch.equal(codes[data[inp.child].datum], codes[data[node].datum])
+
+
+@SETTINGS
+@given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000),
+       independent=st.booleans(), density=st.floats(0.1, 0.9))
+def test_engine_equals_naive_reference_on_random_hypotheses(shape, data_seed, keep_seed, independent, density):
+    model = tiny_model(**{**shape, "n_layers": min(shape["n_layers"], 2)})
+    gen = torch.Generator().manual_seed(keep_seed)
+    keep = (torch.rand(n_channel_edges(model), generator=gen) < density).tolist()
+    graph = subgraph(model, keep)
+    tokens = batch(data_seed, n=4, seq=8)
+    logits, tree, data = scrub(model, graph, tokens, SamplingOptions(independent=independent))
+    reference = naive_logits(model, tree, data, tokens)
+    assert torch.allclose(logits, reference, atol=1e-4, rtol=1e-4)
+
+
+@SETTINGS
+@given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000), head_pick=st.integers(0, 100))
+def test_zeroed_head_makes_its_paths_irrelevant(shape, data_seed, keep_seed, head_pick):
+    model = tiny_model(**shape)
+    layer, head = divmod(head_pick % (model.cfg.n_layers * model.cfg.n_heads), model.cfg.n_heads)
+    with torch.no_grad():
+        model.blocks[layer].attn.W_O[head].zero_()
+    gen = torch.Generator().manual_seed(keep_seed)
+    graph = subgraph(model, (torch.rand(n_channel_edges(model), generator=gen) < 0.5).tolist())
+    without = graph.copy()
+    if f"{layer}.{head}" in without:
+        without.remove_node(f"{layer}.{head}")
+        without = without.subgraph(nx.ancestors(without, "logits") | {"logits"}).copy() if "logits" in without else nx.DiGraph()
+    tokens = batch(data_seed)
+    a, _, _ = scrub(model, graph, tokens)
+    b, _, _ = scrub(model, without, tokens)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@SETTINGS
+@given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000), independent=st.booleans())
+def test_adding_a_path_never_changes_other_nodes_data(shape, data_seed, keep_seed, independent):
+    model = tiny_model(**shape)
+    n = n_channel_edges(model)
+    gen = torch.Generator().manual_seed(keep_seed)
+    keep = (torch.rand(n, generator=gen) < 0.4).tolist()
+    more = [k or bool(torch.rand(1, generator=gen) < 0.3) for k in keep]
+    tokens = batch(data_seed)
+    options = SamplingOptions(independent=independent)
+    small_tree = treeify(validate(subgraph(model, keep), model))
+    big_tree = treeify(validate(subgraph(model, more), model))
+    small = assign_data(small_tree, tokens, seed=1, options=options)
+    big = assign_data(big_tree, tokens, seed=1, options=options)
+    for path, a in small.by_path.items():
+        b = big.by_path[path]
+        assert torch.equal(a.datum, b.datum) and torch.equal(a.other, b.other)
