@@ -247,10 +247,15 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
         raise HypothesisError(f"{path}: not a Python file; a hypothesis file is a .py module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # the file's folder and its parent are importable while it loads (e.g. `from hypotheses import _heads`)
+    extra = [str(path.resolve().parent), str(path.resolve().parent.parent)]
+    sys.path[:0] = extra
     try:
         spec.loader.exec_module(module)
     finally:
         sys.modules.pop(module_name, None)
+        for entry in extra:
+            sys.path.remove(entry)
     fn = getattr(module, "hypothesis", None)
     if not callable(fn):
         raise HypothesisError(f"{path}: defines no function hypothesis(model) -> networkx.DiGraph; add one")
