@@ -1,0 +1,163 @@
+"""Graph builders shared by the induction hypothesis files: the Redwood induction baseline, the "thirds"
+and the two-head mechanism with optional refinements. Each hypothesis file is one call to these.
+
+Convention (Chan et al. 2022, "Causal scrubbing: results on induction heads"): start from the full graph,
+remove every edge into the induction heads (the Redwood baseline: their inputs resampled), then add back
+the claimed paths into them. A previous-token head on a mechanism path is a separate graph node (an
+alias, node attr ``component``) whose own inputs are claimed as in the mechanism: V reads the token
+embedding, Q/K read the positions only, while the head's ordinary node keeps its full inputs elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+from transformer_lens import HookedTransformer
+
+from scrub.features import after_earlier_occurrence
+from scrub.hypothesis import full_graph
+from scrub.sites import parse_component
+
+from hypotheses._heads import HeadRoles
+
+
+def _shortformer(model: HookedTransformer) -> bool:
+    return model.cfg.positional_embedding_type == "shortformer"
+
+
+def senders_before(model: HookedTransformer, head: str) -> list[str]:
+    """Every component whose output can enter ``head``: embed, pos, heads of earlier layers."""
+    layer = parse_component(head, model.cfg).layer
+    heads = [f"{lay}.{h}" for lay in range(layer) for h in range(model.cfg.n_heads)]
+    return ["embed", "pos", *heads]
+
+
+def _via(model: HookedTransformer, sender: str, channels: str) -> str:
+    """``channels`` minus what ``sender`` cannot enter (positions never enter v in a shortformer model)."""
+    return channels.replace("v", "") if sender == "pos" and _shortformer(model) else channels
+
+
+def add_edge(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str, channels: str,
+             positions=None) -> None:
+    """Claim ``sender`` -> ``receiver`` through ``channels``, merged with an existing unrestricted edge. A
+    position-restricted edge where the pair already has an edge goes through a full copy of ``sender``
+    (a graph has one edge per pair, and one edge has one ``positions``)."""
+    via = _via(model, sender, channels)
+    if not via:
+        return
+    if g.has_edge(sender, receiver):
+        old = g.edges[sender, receiver]
+        if positions is None and old.get("positions") is None:
+            g.edges[sender, receiver]["via"] = "".join(sorted(set(old["via"]) | set(via)))
+            return
+        sender = full_copy(g, model, sender, f"{receiver}:{via}")
+    g.add_edge(sender, receiver, via=via, **({"positions": positions} if positions is not None else {}))
+
+
+def full_copy(g: nx.DiGraph, model: HookedTransformer, component: str, tag: str) -> str:
+    """A copy of ``component`` with all its inputs claimed (the same as its full-graph node)."""
+    node = f"{component}#{tag}"
+    g.add_node(node, component=component)
+    if component not in ("embed", "pos"):
+        for sender in senders_before(model, component):
+            add_edge(g, model, sender, node, "qkv")
+    return node
+
+
+def remove_inputs(g: nx.DiGraph, heads: tuple[str, ...]) -> nx.DiGraph:
+    """Drop every edge into ``heads``: their inputs become unclaimed (resampled)."""
+    g.remove_edges_from([(s, t) for s, t in list(g.edges) if t in heads])
+    return g
+
+
+def mechanism_alias(g: nx.DiGraph, model: HookedTransformer, head: str, receiver: str) -> str:
+    """A copy of layer-0 ``head`` for the mechanism path into ``receiver``: V reads the embedding, Q and K
+    the positions (its attention is claimed to be positional); nothing else of its input is claimed."""
+    node = f"{head}~{receiver}"
+    g.add_node(node, component=head)
+    add_edge(g, model, "embed", node, "v")
+    add_edge(g, model, "pos", node, "qk")
+    return node
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Which paths into an induction head are claimed. The defaults are the minimal two-head mechanism
+    (Elhage et al. 2021): Q and V read the token embedding, K reads the previous-token head."""
+
+    q: bool = True  # claim Q by the mechanism (False: Q keeps all its inputs)
+    k: bool = True
+    v: bool = True
+    k_heads: str = "previous"  # "previous": the strongest previous-token head; "like": all previous-token-like
+    further_back: bool = False  # K also reads layer-0 heads that attend 2-4 tokens back
+    positions: bool = False  # pos into Q and K of the induction heads
+    qv_layer0: bool = False  # Q and V also read every layer-0 head (full inputs)
+    k_embed: bool = False  # K also reads the embedding directly
+    restricted: bool = False  # at key positions where no match is possible, K and V read all their inputs
+
+
+def _k_heads(roles: HeadRoles, mech: Mechanism) -> list[str]:
+    heads = [roles.previous_token] if mech.k_heads == "previous" else list(roles.previous_like)
+    return heads + (list(roles.further_back) if mech.further_back else [])
+
+
+def no_match_keys(tokens):
+    """Key positions whose previous token occurs only once: no induction match can land there."""
+    return ~after_earlier_occurrence(tokens)  # [batch, seq]
+
+
+def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, receiver: str, mech: Mechanism) -> None:
+    """Add the claimed paths into ``receiver`` (whose inputs were removed) as ``mech`` says."""
+    layer0 = [f"0.{h}" for h in range(model.cfg.n_heads)]
+    claimed = {"q": set(), "k": set(), "v": set()}
+    for channel, on in (("q", mech.q), ("k", mech.k), ("v", mech.v)):
+        if not on:  # this channel is not under test: it keeps every input
+            for sender in senders_before(model, receiver):
+                add_edge(g, model, sender, receiver, channel)
+            continue
+        if channel in "qv" or mech.k_embed:
+            add_edge(g, model, "embed", receiver, channel)
+            claimed[channel].add("embed")
+        if channel in "qk" and mech.positions:
+            add_edge(g, model, "pos", receiver, channel)
+        if channel in "qv" and mech.qv_layer0:
+            for head in layer0:
+                add_edge(g, model, head, receiver, channel)
+                claimed[channel].add(head)
+        if channel == "k":
+            for head in _k_heads(roles, mech):
+                if parse_component(receiver, model.cfg).layer > 0:
+                    add_edge(g, model, mechanism_alias(g, model, head, receiver), receiver, "k")
+                    claimed["k"].add(head)
+    if mech.restricted:
+        for channel in "kv":
+            if getattr(mech, channel):
+                for sender in senders_before(model, receiver):
+                    if sender not in claimed[channel] and sender != "pos":
+                        add_edge(g, model, sender, receiver, channel, positions=no_match_keys)
+
+
+def induction_baseline(model: HookedTransformer, roles: HeadRoles, receivers: tuple[str, ...] | None = None) -> nx.DiGraph:
+    """The full graph with every input of the induction heads resampled (Redwood's induction baseline)."""
+    return remove_inputs(full_graph(model), receivers or roles.induction)
+
+
+def mechanism_graph(model: HookedTransformer, roles: HeadRoles, mech: Mechanism = Mechanism(),
+                    receivers: tuple[str, ...] | None = None) -> nx.DiGraph:
+    """The induction baseline plus the claimed paths of ``mech`` into each receiver."""
+    receivers = receivers or roles.induction
+    g = induction_baseline(model, roles, receivers)
+    for receiver in receivers:
+        claim_mechanism(g, model, roles, receiver, mech)
+    return g
+
+
+def behavioral_graph(model: HookedTransformer, roles: HeadRoles) -> nx.DiGraph:
+    """Only the behavioral induction heads reach the logits, each with all its inputs (full subgraph)."""
+    heads = roles.behavioral or roles.induction
+    g = full_graph(model)
+    g.remove_edges_from([(s, "logits") for s in list(g.predecessors("logits")) if s not in heads])
+    keep = nx.ancestors(g, "logits") | {"logits"}
+    g.remove_nodes_from([n for n in list(g.nodes) if n not in keep])
+    return g

@@ -1,0 +1,10 @@
+"""Refinement: other layer-0 heads. The minimal mechanism, but Q and V also read every layer-0 head
+(with all their inputs), not only the direct token embedding."""
+
+from hypotheses._build import Mechanism, mechanism_graph
+from hypotheses._heads import head_roles
+
+
+def hypothesis(model, roles=None):
+    roles = roles or head_roles(model)
+    return mechanism_graph(model, roles, Mechanism(qv_layer0=True))
