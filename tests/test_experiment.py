@@ -1,0 +1,116 @@
+"""``run`` and ``scrub run``: loss recovered end to end, determinism, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from scrub.cli import main
+from scrub.experiment import run
+from scrub.hypothesis import add_path, empty_graph, full_graph
+from scrub.model import ArchSpec, save_checkpoint
+from tests.helpers import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(n_layers=2, n_heads=3)
+
+
+def tokens(n=8, seq=12, seed=0):
+    return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def partial_graph():
+    g = nx.DiGraph()
+    add_path(g, "embed", ("0.1", "v"), ("1.2", "k"), "logits")
+    add_path(g, "embed", ("1.2", "q"), "logits")
+    return g
+
+
+def test_full_recovers_one_and_empty_zero(model):
+    data = tokens()
+    full = run(model, full_graph(model), data, progress=False, batch_size=4)
+    empty = run(model, empty_graph(), data, progress=False, batch_size=4)
+    assert full.loss_recovered == 1.0 and full.ci_low == full.ci_high == 1.0
+    assert empty.loss_recovered == 0.0
+    assert full.loss_clean == empty.loss_clean and full.loss_baseline == empty.loss_baseline
+    assert full.n_examples == 8 and full.n_tokens == 8 * 11
+
+
+def test_partial_claim_is_between_and_deterministic(model):
+    data = tokens(n=16)
+    a = run(model, partial_graph(), data, progress=False, seed=3)
+    b = run(model, partial_graph(), data, progress=False, seed=3)
+    c = run(model, partial_graph(), data, progress=False, seed=4)
+    assert a == b
+    assert a.loss_scrubbed != c.loss_scrubbed
+    assert a.ci_low <= a.loss_recovered <= a.ci_high
+    assert len(a.per_example_scrubbed) == 16
+    assert a.loss_scrubbed not in (a.loss_clean, a.loss_baseline)
+
+
+def test_candidate_positions_score_fewer_tokens(model):
+    data = tokens(n=8, seq=12)
+    every = run(model, partial_graph(), data, progress=False)
+    cands = run(model, partial_graph(), data, positions="candidates", progress=False)
+    assert 0 < cands.n_tokens < every.n_tokens
+
+
+def test_a_named_baseline_is_used(model):
+    data = tokens()
+    result = run(model, partial_graph(), data, baseline=partial_graph(), progress=False)
+    assert result.loss_recovered == 0.0 and result.loss_baseline == result.loss_scrubbed
+
+
+@pytest.mark.parametrize("data, message", [
+    (torch.zeros(4, 13, dtype=torch.long), "longer than the model's n_ctx 12"),
+    (torch.full((4, 6), 25), "outside the model's vocabulary of 20"),
+    (torch.zeros(1, 6, dtype=torch.long), "at least 2 examples"),
+    (torch.zeros(6, dtype=torch.long), "LongTensor of token ids"),
+])
+def test_bad_data_is_refused(model, data, message):
+    with pytest.raises(ValueError, match=message):
+        run(model, full_graph(model), data, progress=False)
+
+
+def test_bad_positions_are_refused(model):
+    with pytest.raises(ValueError, match="positions must be 'all', 'candidates'"):
+        run(model, full_graph(model), tokens(), positions="first", progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    torch.manual_seed(0)
+    save_checkpoint(HookedTransformer(ArchSpec(d_model=32, d_head=8, n_heads=2, n_ctx=64).to_config()), path)
+    return path
+
+
+def test_cli_run_json(checkpoint, tmp_path, capsys):
+    hyp = tmp_path / "claim.py"
+    hyp.write_text('"""K reads 0.0."""\nfrom scrub.hypothesis import add_path\nimport networkx as nx\n'
+                   'def hypothesis(model):\n    g = nx.DiGraph()\n'
+                   '    add_path(g, "embed", ("0.0", "v"), ("1.1", "k"), "logits")\n    return g\n')
+    for data in ("natural", "rrt"):
+        code = main(["run", str(hyp), "--model", str(checkpoint), "--n", "6", "--seq-len", "32", "--data", data, "--json"])
+        out = json.loads(capsys.readouterr().out)
+        assert code == 0
+        for key in ("loss_clean", "loss_baseline", "loss_scrubbed", "loss_recovered", "ci_low", "ci_high",
+                    "n_examples", "n_tokens"):
+            assert key in out
+        assert out["n_examples"] == 6 and out["hypothesis"] == "claim"
+
+
+def test_cli_run_errors_are_one_line(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text('import networkx as nx\ndef hypothesis(model):\n    return nx.DiGraph([("embed", "3.9", {"via": "v"}), ("3.9", "logits")])\n')
+    assert main(["run", str(bad), "--model", str(checkpoint), "--n", "4", "--seq-len", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown head '3.9'" in err and "Traceback" not in err
+    assert main(["run", str(bad), "--model", str(checkpoint), "--seq-len", "100"]) == 2
+    assert "longer than the model's n_ctx 64" in capsys.readouterr().err
