@@ -212,10 +212,83 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- scrub patch ----------------------------------------------------------------------------------------
+
+def patch_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, out="scrub-output/patch")
+    parser.add_argument("--senders", nargs="+", default=None, metavar="HEAD", help="sender heads, e.g. 0.0 0.3 (default all)")
+    parser.add_argument("--receivers", nargs="+", default=None, metavar="HEAD",
+                        help="receiver heads, e.g. 1.6 (default all; only those after a sender are patched)")
+    parser.add_argument("--input", nargs="+", default=["q", "k", "v"], metavar="q|k|v",
+                        help="receiver input channel(s) (default q k v)")
+    parser.add_argument("--metric", default="loss", help="'loss' (default) or 'logit_diff', at second-repeat positions")
+    parser.add_argument("--n", type=int, default=16, help="repeated-random-token sequences (default 16)")
+    parser.add_argument("--length", type=int, default=40, help="length of each repeat (default 40: 1 + 2x40 tokens)")
+
+
+def patch_command(args: argparse.Namespace) -> int:
+    """Effects of every sender -> receiver:channel -> logits and sender -> logits path, table and heatmap."""
+    from scrub.data import check_length, repeated_random_tokens
+    from scrub.patching import make_metric, patch_heatmap, patch_matrix, second_repeat_positions
+    from scrub.sites import Head, parse_channel, parse_component
+    from scrub.tokenizer import load_tokenizer
+
+    if args.n < 1 or args.length < 2:
+        raise ValueError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
+    channels = tuple(parse_channel(c) for c in args.input)
+    if any(c.value == "in" for c in channels):
+        raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    model = quiet_load(args.model)
+    cfg = model.cfg
+
+    def heads(names):
+        if names is None:
+            return None
+        parsed = [parse_component(name, cfg) for name in names]
+        if bad := [str(c) for c in parsed if not isinstance(c, Head)]:
+            raise SiteError(f"{', '.join(bad)}: senders and receivers are heads written 'LAYER.HEAD', e.g. '1.6'")
+        return parsed
+
+    senders, receivers = heads(args.senders), heads(args.receivers)
+    check_length(1 + 2 * args.length, model)
+    exclude = cfg.d_vocab // 20 if load_tokenizer().vocab_size == cfg.d_vocab else 0
+    reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab, exclude_common=exclude)
+    corrupted = repeated_random_tokens(args.n, args.length, 2, seed=args.seed + 1, vocab_size=cfg.d_vocab,
+                                       exclude_common=exclude)  # a fresh random sequence, same shape
+    metric = make_metric(args.metric, reference, corrupted, second_repeat_positions(args.length))
+    matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, receivers=receivers, channels=channels)
+    figure = patch_heatmap(matrix, args.out / "path_patching.png",
+                           title=f"path patching ({args.model}, {args.metric}, n={args.n})")
+    if args.json:
+        print(json.dumps({"model": str(args.model), "n": args.n, "length": args.length, "seed": args.seed,
+                          **matrix.to_dict(), "figure": str(figure)}))
+        return 0
+    print(f"model {args.model}: path patching on {args.n} repeated random sequences (1 + 2x{args.length}); corrupted: "
+          f"fresh random sequences; {args.metric} at second-repeat positions: clean {matrix.clean:.4f}, "
+          f"corrupted {matrix.corrupted:.4f}; cells are patched - clean")
+    cols = [r for r in matrix.receivers if any(r.layer > s.layer for s in matrix.senders)]
+    for k, channel in enumerate(matrix.channels):
+        if not cols:
+            break
+        print(f"\nsender -> receiver:{channel.value} -> logits")
+        print("      " + " ".join(f"{str(r):>7}" for r in cols))
+        for i, s in enumerate(matrix.senders):
+            cells = [matrix.effects[i, matrix.receivers.index(r), k] for r in cols]
+            print(f"{str(s):<5} " + " ".join("      ." if v.isnan() else f"{float(v):>7.3f}" for v in cells))
+    print("\nsender -> logits")
+    for s, v in zip(matrix.senders, matrix.to_logits):
+        print(f"{str(s):<5} {float(v):>7.3f}")
+    print("\nlargest effects: " + "; ".join(f"{p} {v:+.3f}" for p, v in matrix.top(5)))
+    print(f"figure: {figure}")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("heads", "behavioral head scores (previous-token, prefix-matching, copying, ...)",
             heads_arguments, heads_command),
     Command("run", "scrub a hypothesis file: loss recovered with a bootstrap interval", run_arguments, run_command),
+    Command("patch", "path patching: effect of every sender -> receiver (q/k/v) and head -> logits path",
+            patch_arguments, patch_command),
 )
 
 
