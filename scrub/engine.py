@@ -47,9 +47,11 @@ def evaluate(model: HookedTransformer, root: TreeNode, data: Assignments, clean:
 
 @torch.no_grad()
 def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[Assignments], clean: CleanRun,
-                  reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[list[Tensor], EvalStats]:
+                  reduce: Callable[[Tensor], Tensor] | None = None,
+                  positions: Tensor | None = None) -> tuple[list[Tensor], EvalStats]:
     """Evaluate several trees on one clean run, stacking their copies of each layer into shared batched
-    calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``)."""
+    calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``). ``positions``
+    [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab]."""
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
     values: dict[tuple[int, tuple[str, ...]], _Value] = {}
     for job in jobs:
@@ -71,7 +73,11 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     for i, (root, data) in enumerate(zip(roots, datas)):
         job = _Job(root, data, i)
         on = _clean_on(job, Channel.IN, clean, values)
-        logits = clean.logits[on] if on is not None else unembed(model, _input(job, Channel.IN, clean, values))
+        if on is not None:
+            logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
+        else:
+            resid = _input(job, Channel.IN, clean, values)  # [batch, seq, d_model]
+            logits = unembed(model, resid if positions is None else resid[:, positions])
         outputs.append(logits if reduce is None else reduce(logits))
     return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
 

@@ -1,0 +1,353 @@
+"""Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023) as a special case of treeified evaluation.
+
+Owns ``PatchPath`` (a sender's route to the logits through named receiver inputs), the tree and data
+assignments that patch a set of paths, the batched sender x receiver effect matrix (``patch_matrix``),
+the metrics it reports and ``hooked_patch_logits``, a literal TransformerLens-hook implementation used
+by the tests and benchmarks. No new engine: a set of patched paths becomes a ``TreeNode`` tree in which
+every copy on a patched path claims the next copy towards the sender, the sender's copy reads the
+corrupted datum and everything unclaimed reads the clean reference, then ``engine.evaluate_many`` runs it.
+
+Data convention: one ``CleanRun`` on ``torch.cat([reference, corrupted])``, so datum ``i`` is reference
+row ``i`` and datum ``n + i`` its corrupted partner. Patching a path ``s -> R:c -> logits`` replaces
+``s``'s contribution to ``R``'s input ``c`` by its output on the corrupted input and adds the resulting
+change of ``R``'s output to the logits directly; all other paths keep their clean values. If a path
+and a longer path through it are both patched, the shorter one covers the longer (it patches all inputs
+of the sender's copy).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.compute import CleanRun, check_supported, clean_run
+from scrub.engine import evaluate_many
+from scrub.sites import (
+    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, hook_name,
+    parse_channel, parse_component,
+)
+from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
+
+TREES_PER_CALL = 64  # trees stacked into one evaluate_many call (bounds the stacked q/k/v inputs)
+
+
+@dataclass(frozen=True)
+class PatchPath:
+    """``sender`` -> receivers[0] (through its input channel) -> ... -> logits."""
+
+    sender: Component
+    via: tuple[tuple[Component, Channel], ...] = ()
+
+    def __str__(self) -> str:
+        return " -> ".join([str(self.sender), *(f"{r}:{c.value}" for r, c in self.via), "logits"])
+
+    def from_logits(self) -> tuple[tuple[Component, Channel], ...]:
+        """The (component, channel it enters the previous one through) steps, walking from the logits."""
+        comps = [r for r, _ in self.via][::-1] + [self.sender]
+        chans = [Channel.IN] + [c for _, c in self.via][::-1]
+        return tuple(zip(comps, chans))
+
+
+def parse_path(text: str, model: HookedTransformer) -> PatchPath:
+    """``"0.0 -> 1.6:k -> logits"`` (the final ``logits`` may be omitted) into a checked ``PatchPath``."""
+    cfg = model.cfg
+    parts = [p.strip() for p in text.split("->") if p.strip()]
+    if parts and parts[-1] == "logits":
+        parts = parts[:-1]
+    if not parts:
+        raise SiteError(f"empty path {text!r}: write e.g. '0.0 -> 1.6:k -> logits'")
+    sender = parse_component(parts[0], cfg)
+    if isinstance(sender, Logits):
+        raise SiteError(f"path {text!r} starts at the logits; a path starts at a sender")
+    via: list[tuple[Component, Channel]] = []
+    prev = sender
+    for part in parts[1:]:
+        name, _, chan = part.partition(":")
+        comp = parse_component(name, cfg)
+        if isinstance(comp, Head):
+            if not chan:
+                raise SiteError(f"path {text!r}: say which input of head {comp} the path enters, e.g. '{comp}:k'")
+            channel = parse_channel(chan)
+            if channel == Channel.IN:
+                raise SiteError(f"unknown input channel {chan!r}: heads take 'q', 'k' or 'v'")
+        elif isinstance(comp, Mlp) and not chan:
+            channel = Channel.IN
+        else:
+            raise SiteError(f"path {text!r}: {part!r} cannot receive a path step (use heads 'L.H:q|k|v' or 'mlp.L')")
+        if comp.depth <= prev.depth:
+            raise SiteError(f"path {text!r}: {comp} is not computed after {prev}, so {prev} cannot feed it")
+        via.append((comp, channel))
+        prev = comp
+    return PatchPath(sender, tuple(via))
+
+
+# --- the tree and its data ----------------------------------------------------------------------------
+
+def _key(component: Component, channel: Channel) -> str:
+    return f"{component}:{channel.value}"
+
+
+def patch_tree(paths: Sequence[PatchPath]) -> tuple[TreeNode, frozenset[tuple[str, ...]]]:
+    """The tree of copies that patches ``paths``, and the tree paths of the copies that read the corrupted
+    datum (the senders). Copies off the patched paths are not built: they read the clean reference."""
+    trie: dict = {}
+    for p in paths:
+        node = trie
+        for step in p.from_logits()[:-1]:
+            node = node.setdefault(step, {})
+            if node is _SENDER:
+                break
+        else:
+            node[p.from_logits()[-1]] = _SENDER  # covers any longer path through this sender copy
+    senders: set[tuple[str, ...]] = set()
+
+    def build(component: Component, path: tuple[str, ...], sub) -> TreeNode:
+        if sub is _SENDER:
+            senders.add(path)
+            return TreeNode(component, path, None, ())
+        inputs = tuple(TreeInput(chan, build(comp, path + (_key(comp, chan),), child), None)
+                       for (comp, chan), child in sorted(sub.items(), key=lambda kv: _key(*kv[0])))
+        return TreeNode(component, path, None, inputs)
+
+    return build(Logits(), ("logits",), trie), frozenset(senders)
+
+
+_SENDER: dict = {"__sender__": True}  # trie marker (never mutated)
+
+
+def patch_assignments(root: TreeNode, senders: frozenset[tuple[str, ...]], n: int) -> Assignments:
+    """Sender copies read datum ``n + i`` (corrupted), every other copy datum ``i`` (reference)."""
+    ref, corr = torch.arange(n), torch.arange(n) + n  # [n] x2
+    no = torch.zeros(n, dtype=torch.bool)
+    out = Assignments()
+    for node in root.walk():
+        d = corr if node.path in senders else ref
+        out.by_path[node.path] = Assignment(d, d, no, torch.ones(n, dtype=torch.bool))
+    return out
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar of logits at ``positions`` (prediction positions, [n_pos]): mean next-token ``loss`` against
+    the reference labels, or mean ``logit_diff`` = logit(reference next token) - logit(corrupted next token)."""
+
+    kind: str
+    positions: Tensor  # [n_pos] sequence indices t, scored on tokens[t + 1]
+    labels: Tensor  # [batch, n_pos] reference next tokens
+    foils: Tensor  # [batch, n_pos] corrupted next tokens
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """logits [batch, n_pos, d_vocab] -> scalar."""
+        if self.kind == "loss":
+            logprobs = logits.log_softmax(-1)  # [batch, n_pos, d_vocab]
+            return -logprobs.gather(-1, self.labels[..., None]).mean()
+        if self.kind == "logit_diff":
+            return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
+        raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
+
+
+def make_metric(kind: str, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
+    """``positions`` [n_pos]: prediction positions (each < seq - 1)."""
+    if kind not in ("loss", "logit_diff"):
+        raise ValueError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
+    if positions.numel() == 0 or int(positions.max()) >= reference.shape[1] - 1:
+        raise ValueError("metric positions must be non-empty prediction positions below seq - 1")
+    return Metric(kind, positions, reference[:, positions + 1], corrupted[:, positions + 1])
+
+
+def second_repeat_positions(length: int) -> Tensor:
+    """Prediction positions whose next token lies in the second repeat and is predictable by induction
+    (BOS + ``length`` tokens repeated twice): t = length + 1 .. 2 * length - 1."""
+    return torch.arange(length + 1, 2 * length)  # [length - 1]
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+def _check_pair(model: HookedTransformer, reference: Tensor, corrupted: Tensor) -> None:
+    check_supported(model)
+    if reference.shape != corrupted.shape or reference.dim() != 2:
+        raise ValueError(f"reference and corrupted must be token batches of one shape [n, seq]; got "
+                         f"{tuple(reference.shape)} and {tuple(corrupted.shape)}")
+
+
+def pair_run(model: HookedTransformer, reference: Tensor, corrupted: Tensor) -> CleanRun:
+    """One clean run over reference rows then corrupted rows."""
+    _check_pair(model, reference, corrupted)
+    return clean_run(model, torch.cat([reference, corrupted]))  # on [2n, seq]
+
+
+@torch.no_grad()
+def patched_logits(model: HookedTransformer, reference: Tensor, corrupted: Tensor, paths: Sequence[PatchPath],
+                   clean: CleanRun | None = None) -> Tensor:
+    """Logits [n, seq, d_vocab] on ``reference`` with ``paths`` patched from ``corrupted``."""
+    clean = clean or pair_run(model, reference, corrupted)
+    root, senders = patch_tree(paths)
+    (logits,), _ = evaluate_many(model, [root], [patch_assignments(root, senders, reference.shape[0])], clean)
+    return logits
+
+
+@torch.no_grad()
+def patch_effects(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
+                  path_sets: Sequence[Sequence[PatchPath]], metric: Callable[[Tensor], Tensor], *,
+                  clean: CleanRun | None = None, positions: Tensor | None = None,
+                  trees_per_call: int = TREES_PER_CALL) -> Tensor:
+    """``metric`` of the logits for each set of patched paths, [n_sets]; copies of many sets share batched
+    calls. With ``positions`` only those positions are unembedded (the metric then sees [n, n_pos, vocab])."""
+    clean = clean or pair_run(model, reference, corrupted)
+    n = reference.shape[0]
+    out = []
+    for start in range(0, len(path_sets), trees_per_call):
+        trees = [patch_tree(ps) for ps in path_sets[start : start + trees_per_call]]
+        roots = [t for t, _ in trees]
+        datas = [patch_assignments(t, s, n) for t, s in trees]
+        values, _ = evaluate_many(model, roots, datas, clean, reduce=metric, positions=positions)
+        out += [float(v) for v in values]
+    return torch.tensor(out)  # [n_sets]
+
+
+@dataclass(frozen=True)
+class PatchMatrix:
+    """Effects (patched - clean metric) of every sender -> receiver:channel -> logits path and every
+    sender -> logits path. ``effects[s, r, c]`` is NaN where the receiver is not after the sender."""
+
+    senders: tuple[Head, ...]
+    receivers: tuple[Head, ...]
+    channels: tuple[Channel, ...]
+    effects: Tensor  # [sender, receiver, channel]
+    to_logits: Tensor  # [sender]
+    metric: str
+    clean: float
+    corrupted: float
+
+    def to_dict(self) -> dict:
+        pairs = {f"{s} -> {r}:{c.value}": float(self.effects[i, j, k])
+                 for i, s in enumerate(self.senders) for j, r in enumerate(self.receivers)
+                 for k, c in enumerate(self.channels) if not torch.isnan(self.effects[i, j, k])}
+        return {"metric": self.metric, "clean": self.clean, "corrupted": self.corrupted, "paths": pairs,
+                "to_logits": {f"{s} -> logits": float(v) for s, v in zip(self.senders, self.to_logits)}}
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` paths with the largest absolute effect."""
+        items = [(p, v) for p, v in self.to_dict()["paths"].items()] + list(self.to_dict()["to_logits"].items())
+        return sorted(items, key=lambda kv: -abs(kv[1]))[:k]
+
+
+@torch.no_grad()
+def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor, metric: Metric, *,
+                 senders: Sequence[Head] | None = None, receivers: Sequence[Head] | None = None,
+                 channels: Sequence[Channel] = HEAD_CHANNELS) -> PatchMatrix:
+    """Every sender -> receiver:channel -> logits and sender -> logits effect, batched into few calls."""
+    heads = all_heads(model.cfg)
+    senders, receivers = tuple(senders or heads), tuple(receivers or heads)
+    channels = tuple(parse_channel(c) for c in channels)
+    if Channel.IN in channels:
+        raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    clean = pair_run(model, reference, corrupted)
+    cells = [(i, j, k) for i, s in enumerate(senders) for j, r in enumerate(receivers) for k in range(len(channels))
+             if r.layer > s.layer]
+    sets = [[PatchPath(senders[i], ((receivers[j], channels[k]),))] for i, j, k in cells]
+    sets += [[PatchPath(s)] for s in senders] + [[]]
+    values = patch_effects(model, reference, corrupted, sets, metric, clean=clean, positions=metric.positions)
+    base = float(values[-1])
+    effects = torch.full((len(senders), len(receivers), len(channels)), float("nan"))
+    for (i, j, k), v in zip(cells, values):
+        effects[i, j, k] = v - base
+    n = reference.shape[0]
+    corrupted_value = float(metric(clean.logits[n:][:, metric.positions]))
+    return PatchMatrix(senders, receivers, channels, effects, values[len(cells):-1] - base, metric.kind, base,
+                       corrupted_value)
+
+
+def every_path_to_logits(model: HookedTransformer) -> list[PatchPath]:
+    """One path per source straight into the logits: patching them all is running on the corrupted input."""
+    cfg = model.cfg
+    sources: list[Component] = [Embed()] + ([Pos()] if cfg.positional_embedding_type == "standard" else [])
+    for layer in range(cfg.n_layers):
+        sources += [h for h in all_heads(cfg) if h.layer == layer] + ([] if cfg.attn_only else [Mlp(layer)])
+    return [PatchPath(s) for s in sources]
+
+
+# --- the literal TransformerLens-hook implementation (tests and benchmarks) ---------------------------
+
+def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
+    """A copy of ``model`` with per-head q/k/v input hooks switched on (the user's model is not changed)."""
+    hooked = copy.deepcopy(model)
+    hooked.cfg.use_split_qkv_input = True
+    hooked.setup()
+    return hooked
+
+
+@torch.no_grad()
+def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted: Tensor, path: PatchPath,
+                        clean_cache=None, corrupted_cache=None) -> Tensor:
+    """Patch one path ``sender -> logits`` or ``sender -> R:c -> logits`` with plain hooks: cache both runs,
+    freeze every head (and MLP) output at its clean value except the receiver, which is recomputed with
+    the sender's corrupted-minus-clean output added to its input ``c``. ``hooked``: ``split_qkv_copy``."""
+    cfg = hooked.cfg
+    if len(path.via) > 1 or not isinstance(path.sender, Head) or any(not isinstance(r, Head) for r, _ in path.via):
+        raise ValueError("hooked_patch_logits handles head -> logits and head -> head:channel -> logits only")
+    outs = [hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)]
+    outs += [] if cfg.attn_only else [hook_name(Mlp(layer)) for layer in range(cfg.n_layers)]
+    if clean_cache is None:
+        _, clean_cache = hooked.run_with_cache(reference, names_filter=lambda n: n in outs)
+    if corrupted_cache is None:
+        _, corrupted_cache = hooked.run_with_cache(corrupted, names_filter=lambda n: n in outs)
+    s = path.sender
+    receiver = path.via[0][0] if path.via else None
+
+    def freeze(act, hook):
+        frozen = clean_cache[hook.name].clone()
+        if receiver is not None and hook.name == hook_name(receiver):
+            frozen[:, :, receiver.head] = act[:, :, receiver.head]  # recomputed
+        if receiver is None and hook.name == hook_name(s):
+            frozen[:, :, s.head] = corrupted_cache[hook.name][:, :, s.head]
+        return frozen
+
+    hooks = [(name, freeze) for name in outs]
+    if receiver is not None:
+        w_o = hooked.blocks[s.layer].attn.W_O[s.head]  # [d_head, d_model]
+        delta = (corrupted_cache[hook_name(s)][:, :, s.head] - clean_cache[hook_name(s)][:, :, s.head]) @ w_o
+
+        def add(act, hook):
+            act[:, :, receiver.head] = act[:, :, receiver.head] + delta
+            return act
+
+        hooks.append((hook_name(receiver, f"{path.via[0][1].value}_input"), add))
+    return hooked.run_with_hooks(reference, fwd_hooks=hooks)
+
+
+def patch_heatmap(matrix: PatchMatrix, path: str | Path, *, title: str) -> Path:
+    """One PNG: a sender x receiver panel per channel and a sender -> logits column, diverging colours."""
+    rows = [i for i, s in enumerate(matrix.senders) if any(r.layer > s.layer for r in matrix.receivers)]
+    cols = [j for j, r in enumerate(matrix.receivers) if any(r.layer > s.layer for s in matrix.senders)]
+    panels = [(f"-> receiver:{c.value}", matrix.effects[rows][:, cols, k], [matrix.senders[i] for i in rows],
+               [matrix.receivers[j] for j in cols]) for k, c in enumerate(matrix.channels) if rows]
+    panels.append(("-> logits", matrix.to_logits[:, None], list(matrix.senders), ["logits"]))
+    finite = torch.cat([p[~torch.isnan(p)].flatten() for _, p, _, _ in panels])
+    vmax = float(finite.abs().max()) if finite.numel() else 1.0
+    width = sum(0.32 * p.shape[1] + 1.2 for _, p, _, _ in panels)
+    fig = Figure(figsize=(width + 1.5, 0.3 * len(matrix.senders) + 1.8))
+    axes = fig.subplots(1, len(panels), width_ratios=[p.shape[1] + 3 for _, p, _, _ in panels], squeeze=False)[0]
+    for ax, (label, values, ys, xs) in zip(axes, panels):
+        image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys], fontsize=7)
+        ax.set_title(label, fontsize=9)
+    axes[0].set_ylabel("sender")
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=list(axes), label=f"change in {matrix.metric} (patched - clean)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
