@@ -42,3 +42,109 @@ def head_heatmap(scores: torch.Tensor, path: str | Path, *, title: str, vmin: fl
     ax.set_title(title)
     fig.colorbar(image, ax=ax)
     return _save(fig, path)
+
+
+# --- figures of the induction study (experiments/induction_study.py) ---------------------------------
+
+def recovery_ladder(labels: list[str], values: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                    series: list[str], path: str | Path, *, title: str, reference: list[float | None] | None = None,
+                    reference_label: str = "published") -> Path:
+    """Horizontal bars of loss recovered per hypothesis (rows) for each series (e.g. natural, RRT) with
+    95% interval whiskers; ``values``/``low``/``high`` are [series, hypothesis]; optional reference marks."""
+    n_series, n_hyp = values.shape
+    fig = Figure(figsize=(8.0, 0.42 * n_hyp * max(1, n_series) / 1.5 + 1.6))
+    ax = fig.add_subplot()
+    height = 0.8 / n_series
+    for s in range(n_series):
+        y = [i + (s - (n_series - 1) / 2) * height for i in range(n_hyp)]
+        v, lo, hi = values[s].tolist(), low[s].tolist(), high[s].tolist()
+        err = [[max(0.0, a - b) for a, b in zip(v, lo)], [max(0.0, b - a) for a, b in zip(v, hi)]]
+        ax.barh(y, v, height=height, xerr=err, capsize=2, label=series[s], alpha=0.85)
+    if reference is not None:
+        ys = [i for i, r in enumerate(reference) if r is not None]
+        ax.scatter([reference[i] for i in ys], ys, marker="D", color="black", zorder=3, label=reference_label)
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(n_hyp), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("loss recovered (95% bootstrap interval)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def per_example_distribution(labels: list[str], per_example: list[list[float]], path: str | Path, *, title: str,
+                             clip: tuple[float, float] = (-1.0, 2.0)) -> Path:
+    """Box plots of per-example loss recovered (one box per hypothesis), clipped to ``clip`` for display."""
+    lo, hi = clip
+    data = [[min(hi, max(lo, x)) for x in xs] or [float("nan")] for xs in per_example]
+    fig = Figure(figsize=(8.0, 0.45 * len(labels) + 1.4))
+    ax = fig.add_subplot()
+    ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
+    ax.set_yticks(range(1, len(labels) + 1), labels)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"per-example loss recovered (clipped to [{lo}, {hi}])")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def context_scatter(x: torch.Tensor, y: torch.Tensor, yerr: torch.Tensor, names: list[str], highlight: list[str],
+                    path: str | Path, *, title: str, xlabel: str, ylabel: str) -> Path:
+    """One point per head (``names``), ``highlight``ed heads drawn in red; every point labelled."""
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.add_subplot()
+    colors = ["tab:red" if n in highlight else "tab:blue" for n in names]
+    ax.errorbar(x.tolist(), y.tolist(), yerr=yerr.tolist(), fmt="none", ecolor="lightgrey", zorder=1)
+    ax.scatter(x.tolist(), y.tolist(), c=colors, zorder=2)
+    for xi, yi, n in zip(x.tolist(), y.tolist(), names):
+        ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+CHANNEL_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "in": "dimgrey"}
+
+
+def hypothesis_graph(graph, path: str | Path, *, title: str, depth, focus: tuple[str, ...] = ()) -> Path:
+    """Draw a hypothesis graph (networkx DiGraph) in columns by ``depth(node) -> float`` (inputs left,
+    logits right); one arrow per claimed input channel, coloured q/k/v; dashed = position-restricted.
+    With ``focus`` nodes, edges into them are drawn strong and every other edge faint."""
+    import networkx as nx
+
+    columns: dict[float, list[str]] = {}
+    for node in graph.nodes:
+        columns.setdefault(depth(node), []).append(str(node))
+    order = sorted(columns)
+    pos = {}
+    for x, d in enumerate(order):
+        names = sorted(columns[d])
+        for i, name in enumerate(names):
+            pos[name] = (x, -(i - (len(names) - 1) / 2))
+    tall = max(len(v) for v in columns.values())
+    fig = Figure(figsize=(2.6 * len(order) + 1.5, 0.45 * tall + 2.0))
+    ax = fig.add_subplot()
+    for channel, color in CHANNEL_COLORS.items():
+        for dashed in (False, True):
+            for strong in (False, True):
+                edges = [(s, t) for s, t, a in graph.edges(data=True)
+                         if channel in (a.get("via") or "in") and (a.get("positions") is not None) == dashed
+                         and (not focus or (t in focus)) == strong]
+                if edges:
+                    nx.draw_networkx_edges(graph, pos, edgelist=edges, ax=ax, edge_color=color,
+                                           alpha=0.75 if strong else 0.12, width=1.6 if strong else 0.8,
+                                           style="dashed" if dashed else "solid", arrows=True, arrowsize=8,
+                                           node_size=300, connectionstyle="arc3,rad=0.08")
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=300, node_color="white", edgecolors="black")
+    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=6)
+    for channel, color in CHANNEL_COLORS.items():
+        ax.plot([], [], color=color, label=channel)
+    ax.plot([], [], color="black", ls="dashed", label="position-restricted")
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.set_title(title)
+    ax.set_axis_off()
+    return _save(fig, path)
