@@ -1,0 +1,87 @@
+"""Context sensitivity of every head (after Redwood's REMIX exercise): resample the part of a head's
+input that comes from far-away positions and measure how much the late-position loss goes up.
+
+The engine's edge ``positions`` mask is over the receiver's key positions and cannot depend on the query,
+so "keys more than W tokens before *this* query" is not expressible as a hypothesis. This module does it
+exactly with TransformerLens hooks instead: for head h and query t, keys j with t - j > W use the K and V
+of another example (same positions), keys within W keep the clean K and V; the head's output replaces its
+clean output and flows on through the rest of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.metrics import token_losses
+
+
+def far_mixed_z(q: Tensor, k: Tensor, v: Tensor, k_far: Tensor, v_far: Tensor, window: int, scale: float) -> Tensor:
+    """A head's output when keys more than ``window`` before the query use ``k_far``/``v_far``.
+
+    q, k, v, k_far, v_far: [batch, seq, d_head]. Returns z [batch, seq, d_head]. Pure.
+    """
+    seq = q.shape[1]
+    t = torch.arange(seq)[:, None]  # [q, 1]
+    j = torch.arange(seq)[None, :]  # [1, k]
+    far = (t - j) > window  # [q, k]
+    near_scores = torch.einsum("bqd,bkd->bqk", q, k) / scale  # [batch, q, k]
+    far_scores = torch.einsum("bqd,bkd->bqk", q, k_far) / scale  # [batch, q, k]
+    scores = torch.where(far, far_scores, near_scores).masked_fill(j > t, float("-inf"))  # [batch, q, k]
+    pattern = scores.softmax(-1)  # [batch, q, k]
+    near_p = pattern * (~far).to(pattern.dtype)  # [batch, q, k]
+    far_p = pattern * far.to(pattern.dtype)  # [batch, q, k]
+    return near_p @ v + far_p @ v_far  # [batch, q, d_head]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Per head: the increase of the mean loss at late positions when its far-away input is resampled."""
+
+    window: int
+    late_start: int
+    increase: Tensor  # [n_layers, n_heads] nats
+    stderr: Tensor  # [n_layers, n_heads] standard error over examples
+    loss_clean: float
+
+
+@torch.no_grad()
+def context_sensitivity(model: HookedTransformer, tokens: Tensor, *, window: int, seed: int = 0,
+                        late_start: int | None = None, step=None) -> Sensitivity:
+    """Resample far-away K/V input of each head in turn; scored at prediction positions >= ``late_start``
+    (default: half the sequence, and always > ``window`` so every scored query has far keys)."""
+    n, seq = tokens.shape
+    late_start = max(window + 1, seq // 2) if late_start is None else late_start
+    gen = torch.Generator().manual_seed(seed)
+    other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # [n] another example each
+    names = [f"blocks.{lay}.attn.hook_{x}" for lay in range(model.cfg.n_layers) for x in "kv"]
+    _, cache_other = model.run_with_cache(tokens[other], names_filter=lambda name: name in names)
+    clean_loss = token_losses(model(tokens), tokens)[:, late_start:]  # [n, late]
+    inc = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
+    err = torch.zeros_like(inc)
+    for layer in range(model.cfg.n_layers):
+        scale = float(model.blocks[layer].attn.attn_scale)
+        for head in range(model.cfg.n_heads):
+            keep: dict[str, Tensor] = {}
+
+            def save(act, hook, keep=keep):
+                keep[hook.name.rsplit("_", 1)[-1]] = act[:, :, head]  # [batch, seq, d_head]
+
+            def replace(z, hook, keep=keep, layer=layer, head=head, scale=scale):
+                z = z.clone()
+                z[:, :, head] = far_mixed_z(keep["q"], keep["k"], keep["v"],
+                                            cache_other[f"blocks.{layer}.attn.hook_k"][:, :, head],
+                                            cache_other[f"blocks.{layer}.attn.hook_v"][:, :, head], window, scale)
+                return z
+
+            hooks = [(f"blocks.{layer}.attn.hook_{x}", save) for x in "qkv"] + [(f"blocks.{layer}.attn.hook_z", replace)]
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [n, seq, vocab]
+            diff = (token_losses(logits, tokens)[:, late_start:] - clean_loss).mean(1)  # [n]
+            inc[layer, head] = diff.mean()
+            err[layer, head] = diff.std() / n ** 0.5
+            if step:
+                step()
+    return Sensitivity(window, late_start, inc, err, float(clean_loss.mean()))

@@ -1,0 +1,88 @@
+"""Scrub many hypotheses on one dataset at once: one clean run per batch, every hypothesis and baseline
+evaluated together by ``scrub.engine.evaluate_many``, per-example losses kept for several position modes,
+so loss recovered against any baseline is a cheap function of the stored losses.
+
+Draws follow ``scrub.experiment.run``: seed, batch salt ``batch{i}``, and the tree path (so trees that
+share a path also share its draw: common random numbers between a hypothesis and its baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.compute import clean_run
+from scrub.engine import evaluate_many
+from scrub.hypothesis import Claim
+from scrub.metrics import ExampleLosses, bootstrap_recovered, recovered, token_losses
+from scrub.treeify import assign_data, treeify
+
+MaskFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Loss recovered of one hypothesis against one baseline at one position mode, with its interval."""
+
+    hypothesis: str
+    baseline: str
+    positions: str
+    value: float
+    ci_low: float
+    ci_high: float
+    loss_clean: float
+    loss_baseline: float
+    loss_scrubbed: float
+    n_examples: int
+    n_tokens: int
+    per_example: tuple[float, ...]  # loss recovered of each example alone
+    data: str = ""  # which dataset ("natural", "rrt")
+
+
+@dataclass(frozen=True)
+class ManyLosses:
+    """Per-example summed losses: ``total[tree, mode, example]``, ``clean[mode, example]``, ``count[mode, example]``."""
+
+    names: tuple[str, ...]
+    modes: tuple[str, ...]
+    total: Tensor  # [tree, mode, example]
+    clean: Tensor  # [mode, example]
+    count: Tensor  # [mode, example]
+
+    def recovery(self, hypothesis: str, baseline: str, mode: str, *, n_bootstrap: int = 1000, seed: int = 0) -> Recovery:
+        h, b, m = self.names.index(hypothesis), self.names.index(baseline), self.modes.index(mode)
+        keep = self.count[m] > 0  # [example]
+        count = self.count[m][keep]
+        clean, base, scrub = (ExampleLosses(t[keep], count) for t in (self.clean[m], self.total[b, m], self.total[h, m]))
+        lc, lb, ls = clean.mean(), base.mean(), scrub.mean()
+        ci = bootstrap_recovered(clean, base, scrub, n_resamples=n_bootstrap, seed=seed)
+        per = recovered(clean.per_example(), base.per_example(), scrub.per_example())  # [example]
+        return Recovery(hypothesis, baseline, mode, float(recovered(lc, lb, ls)), ci.low, ci.high, lc, lb, ls,
+                        int(keep.sum()), int(count.sum()), tuple(per.tolist()))
+
+
+@torch.no_grad()
+def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor, masks: tuple[tuple[str, MaskFn], ...], *,
+               seed: int, batch_size: int, step: Callable[[], None] | None = None) -> ManyLosses:
+    """Evaluate every claim on ``data`` [n, seq]; ``masks`` name the scored prediction positions."""
+    trees = [treeify(c) for c in claims]
+    totals, cleans, counts = [], [], []
+    for i, start in enumerate(range(0, data.shape[0], batch_size)):
+        tokens = data[start : start + batch_size]  # [batch, seq]
+        clean = clean_run(model, tokens)
+        datas = [assign_data(t, tokens, seed=seed, salt=f"batch{i}") for t in trees]
+        logits, _ = evaluate_many(model, trees, datas, clean, reduce=lambda lg: token_losses(lg, tokens))
+        loss = torch.stack(logits)  # [tree, batch, seq-1]
+        clean_loss = token_losses(clean.logits, tokens)  # [batch, seq-1]
+        mask = torch.stack([fn(tokens)[:, :-1] for _, fn in masks]).float()  # [mode, batch, seq-1]
+        totals.append(torch.einsum("tbs,mbs->tmb", loss, mask))
+        cleans.append(torch.einsum("bs,mbs->mb", clean_loss, mask))
+        counts.append(mask.sum(-1))  # [mode, batch]
+        if step:
+            step()
+    return ManyLosses(tuple(c.name for c in claims), tuple(n for n, _ in masks), torch.cat(totals, -1),
+                      torch.cat(cleans, -1), torch.cat(counts, -1))
