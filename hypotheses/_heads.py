@@ -41,6 +41,10 @@ class HeadRoles:
     scores: HeadScores
     further_back_score: torch.Tensor  # [n_layers, n_heads]
 
+    def behavioral_receivers(self) -> tuple[str, ...]:
+        """Behavioral induction heads that can receive the mechanism (after layer 0); the fallback otherwise."""
+        return tuple(h for h in self.behavioral if not h.startswith("0.")) or self.induction
+
 
 def further_back_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """Mean attention from query t to keys t-2..t-4 (queries t >= 4): [n_layers, n_heads]."""
