@@ -283,12 +283,43 @@ def patch_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- scrub study -----------------------------------------------------------------------------------------
+
+def study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="test-sized run (< 2 min) into experiments/results/quick/")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--model", default=None, help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=int, default=None, help="context sensitivity: keys more than W tokens back")
+    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick])")
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """The induction study lives in the repository's experiments/ (it imports scrub, never the reverse):
+    load it by path, like a hypothesis file, and hand it the arguments."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "induction_study.py"
+    if not path.is_file():
+        raise OSError(f"no study at {path}: `scrub study` runs from a source checkout of scrub (experiments/)")
+    spec = importlib.util.spec_from_file_location("scrub_induction_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [flag for flag, on in (("--quick", args.quick), ("--json", args.json)) if on] + ["--seed", str(args.seed)]
+    for flag, value in (("--model", args.model), ("--window", args.window), ("--out", args.out)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return module.main(argv)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("heads", "behavioral head scores (previous-token, prefix-matching, copying, ...)",
             heads_arguments, heads_command),
     Command("run", "scrub a hypothesis file: loss recovered with a bootstrap interval", run_arguments, run_command),
     Command("patch", "path patching: effect of every sender -> receiver (q/k/v) and head -> logits path",
             patch_arguments, patch_command),
+    Command("study", "the induction-head study: hypotheses, loss recovered, context sensitivity, report",
+            study_arguments, study_command),
 )
 
 
