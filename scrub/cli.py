@@ -304,6 +304,7 @@ def study_command(args: argparse.Namespace) -> int:
         raise OSError(f"no study at {path}: `scrub study` runs from a source checkout of scrub (experiments/)")
     spec = importlib.util.spec_from_file_location("scrub_induction_study", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     argv = [flag for flag, on in (("--quick", args.quick), ("--json", args.json)) if on] + ["--seed", str(args.seed)]
     for flag, value in (("--model", args.model), ("--window", args.window), ("--out", args.out)):
