@@ -113,7 +113,11 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     """Scrub ``hypothesis`` on ``data`` [n, seq] and report loss recovered against ``baseline``
     (default: the empty hypothesis, every path resampled)."""
     check_supported(model)
-    device = device or str(next(model.parameters()).device)
+    model_device = next(model.parameters()).device
+    if device is not None and torch.device(device) != model_device:
+        raise ValueError(f"the model is on {model_device} but device={device!r}; move it first with "
+                         f"model.to({device!r}) (scrub never moves or changes your model)")
+    device = model_device
     data = _check_tokens(model, data)
     claim = as_claim(hypothesis, model)
     base = as_claim(baseline if baseline is not None else empty_graph(), model, name="empty")
