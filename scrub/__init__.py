@@ -1,6 +1,6 @@
 """scrub: causal scrubbing and path patching on TransformerLens models. Public API re-exports only.
 
-Re-exported here: model loading, component names, tokenizer, data batches and behavioral head scores.
+Re-exported here: model loading, component names, tokenizer, data batches, behavioral head scores,
 and the scrubbing entry points (``run``, hypothesis helpers).
 """
 
