@@ -109,6 +109,8 @@ def recoveries(losses, names, data: str, cfg: StudyConfig) -> list[Recovery]:
 def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True) -> StudyResults:
     start = time.time()
     torch.manual_seed(cfg.seed)
+    n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
+    cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
     bar = tqdm(total=8, desc="induction study", file=sys.stderr, disable=not progress)
 
     def stage(name: str) -> None:

@@ -80,7 +80,7 @@ def per_example_distribution(labels: list[str], per_example: list[list[float]], 
     data = [[min(hi, max(lo, x)) for x in xs] or [float("nan")] for xs in per_example]
     fig = Figure(figsize=(8.0, 0.45 * len(labels) + 1.4))
     ax = fig.add_subplot()
-    ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
+    ax.boxplot(data, orientation="horizontal", showfliers=True, flierprops={"markersize": 2})
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.invert_yaxis()
     ax.axvline(0.0, color="grey", lw=0.8)
