@@ -111,15 +111,19 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     torch.manual_seed(cfg.seed)
     n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
     cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
-    bar = tqdm(total=8, desc="induction study", file=sys.stderr, disable=not progress)
+    batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
+    total = 5 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads
+    bar = tqdm(total=total, desc="induction study", file=sys.stderr, disable=not progress)
 
-    def stage(name: str) -> None:
+    def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
         bar.set_postfix_str(name)
         bar.update(1)
 
+    tick = lambda: bar.update(1)  # noqa: E731
+    bar.set_postfix_str("scores")
     roles = head_roles(model, seed=cfg.seed)
     scores_rrt = head_scores(model, data="rrt", n=32, seed=cfg.seed, exclude_common=model.cfg.d_vocab // 20)
-    stage("scores")
+    stage("hypotheses")
     infos, claims = [], []
     for stem, label in HYPOTHESES:
         claim, info = load_claim(stem, model, roles)
@@ -131,32 +135,32 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
         for name, graph in ((f"mechanism {head}", mechanism_graph(model, roles, Mechanism(), (head,))),
                             (f"baseline {head}", induction_baseline(model, roles, (head,)))):
             head_claims.append(replace(validate(graph, model), name=name))
-    stage("hypotheses")
+    stage("natural text")
     natural = natural_batch(cfg.n_natural, cfg.seq_len, seed=cfg.seed)  # [n, seq]
     rrt = repeated_random_tokens(cfg.n_rrt, cfg.rrt_length, 2, seed=cfg.seed, vocab_size=model.cfg.d_vocab,
                                  exclude_common=model.cfg.d_vocab // 20)  # [n, 1 + 2L]
     nat = scrub_many(model, tuple(claims) + tuple(head_claims), natural, position_masks(), seed=cfg.seed,
-                     batch_size=cfg.batch_size)
-    stage("natural text")
-    rep = scrub_many(model, tuple(claims), rrt, position_masks(), seed=cfg.seed, batch_size=cfg.batch_size)
-    stage("repeated random tokens")
+                     batch_size=cfg.batch_size, step=tick)
+    bar.set_postfix_str("repeated random tokens")
+    rep = scrub_many(model, tuple(claims), rrt, position_masks(), seed=cfg.seed, batch_size=cfg.batch_size, step=tick)
+    bar.set_postfix_str("loss recovered")
     names = [stem for stem, _ in HYPOTHESES]
     rows = recoveries(nat, names, "natural", cfg) + recoveries(rep, names, "rrt", cfg)
     heads = [replace(nat.recovery(f"mechanism {h}", f"baseline {h}", mode, n_bootstrap=cfg.n_bootstrap,
                                   seed=cfg.seed), hypothesis=h, data="natural")
              for h in per_head for mode in MODES]
-    stage("loss recovered")
-    sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed)
     stage("context sensitivity")
+    sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed, step=tick)
+    bar.set_postfix_str("figures")
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=())
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
-    stage("figures")
+    stage("report")
     results = replace(results, figures=tuple(figures), elapsed=time.time() - start)
     write_report(results, out)
-    stage("report")
+    stage("done")
     bar.close()
     return results
 

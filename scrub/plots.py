@@ -110,12 +110,27 @@ def context_scatter(x: torch.Tensor, y: torch.Tensor, yerr: torch.Tensor, names:
 CHANNEL_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "in": "dimgrey"}
 
 
-def hypothesis_graph(graph, path: str | Path, *, title: str, depth, focus: tuple[str, ...] = ()) -> Path:
-    """Draw a hypothesis graph (networkx DiGraph) in columns by ``depth(node) -> float`` (inputs left,
-    logits right); one arrow per claimed input channel, coloured q/k/v; dashed = position-restricted.
-    With ``focus`` nodes, edges into them are drawn strong and every other edge faint."""
+def _name_depth(graph):
+    """Column of a node from its component name (node attr ``component`` or its id): inputs, layers, logits."""
+    def depth(node) -> float:
+        name = str(graph.nodes[node].get("component", node))
+        if name in ("embed", "pos"):
+            return -1.0
+        if name == "logits":
+            return float("inf")
+        if name.startswith("mlp."):
+            return int(name.split(".")[1]) + 0.5
+        return float(int(name.split(".")[0]))
+    return depth
+
+
+def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: tuple[str, ...] = ()) -> Path:
+    """Draw a hypothesis graph (networkx DiGraph) in columns by ``depth(node) -> float`` (default: from the
+    component names; inputs left, logits right); one arrow per claimed input channel, coloured q/k/v;
+    dashed = position-restricted. With ``focus`` nodes, edges into them are strong and the rest faint."""
     import networkx as nx
 
+    depth = depth or _name_depth(graph)
     columns: dict[float, list[str]] = {}
     for node in graph.nodes:
         columns.setdefault(depth(node), []).append(str(node))
