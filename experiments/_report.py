@@ -20,8 +20,10 @@ REDWOOD_SOURCE = ("Chan et al. (Redwood Research), \"Causal scrubbing: results o
                   "that resamples every input of the induction heads")
 REDWOOD = (("induction_v_only", 0.90, "0.90"), ("induction_q_only", 0.51, "0.51"), ("induction_k_only", 0.83, "0.83"),
            ("induction_minimal", 0.36, "0.35–0.37"), ("induction_refined", 0.89, "0.89 (their refined hypothesis)"))
-KEY = ("induction_v_only", "induction_q_only", "induction_k_only", "induction_minimal", "induction_refined",
-       "induction_behavioral")
+KEY = (("induction_v_only", "induction_baseline"), ("induction_q_only", "induction_baseline"),
+       ("induction_k_only", "induction_baseline"), ("induction_minimal", "induction_baseline"),
+       ("induction_refined", "induction_baseline"), ("induction_behavioral", "empty"))  # (hypothesis, baseline)
+NOT_ON_INDUCTION_SCALE = ("induction_behavioral", "empty")  # they drop paths the induction baseline keeps
 REFINEMENTS = ("induction_prev_heads", "induction_positions", "induction_long_prefix", "induction_layer0_qv",
                "induction_direct_k", "induction_restricted", "induction_refined")
 SENSITIVE_NATS = 0.01  # a head is context-sensitive if resampling its far input costs >= this and > 2 s.e.
@@ -54,7 +56,10 @@ class StudyResults:
         return next(r for r in self.rows if (r.data, r.hypothesis, r.baseline, r.positions) == (data, hypothesis, baseline, positions))
 
     def label(self, name: str) -> str:
-        return next(h.label for h in self.hypotheses if h.name == name)
+        return self.info(name).label
+
+    def info(self, name: str) -> HypothesisInfo:
+        return next(h for h in self.hypotheses if h.name == name)
 
     def sensitive(self) -> list[str]:
         s = self.sensitivity
@@ -72,6 +77,11 @@ class StudyResults:
                                         "increase": self.sensitivity.increase.tolist(),
                                         "stderr": self.sensitivity.stderr.tolist()},
                 "figures": list(self.figures)}
+
+
+def _same_graph(a: nx.DiGraph, b: nx.DiGraph) -> bool:
+    key = lambda g: {(s, t, frozenset(d.get("via", "")), d.get("positions")) for s, t, d in g.edges(data=True)}  # noqa: E731
+    return key(a) == key(b)
 
 
 def _fmt(r) -> str:
@@ -93,10 +103,10 @@ def write_figures(res: StudyResults, out: Path, model) -> list[str]:
             ("context_sensitivity", res.sensitivity.increase, None, None, "magma")):
         figs.append(head_heatmap(values, out / f"heads_{name}.png", vmin=lo, vmax=hi, cmap=cmap,
                                  title=name.replace("_", " "), fmt="{:.3f}" if name == "context_sensitivity" else "{:.2f}"))
-    names = [h.name for h in res.hypotheses]
-    labels = [h.label for h in res.hypotheses]
     redwood = {n: v for n, v, _ in REDWOOD}
     for base, mode in (("induction_baseline", "candidates"), ("induction_baseline", "all"), ("empty", "candidates")):
+        names = [h.name for h in res.hypotheses if base == "empty" or h.name not in NOT_ON_INDUCTION_SCALE]
+        labels = [res.label(n) for n in names]
         rows = [[res.row(d, n, base, mode) for n in names] for d in ("natural", "rrt")]
         t = lambda f: torch.tensor([[f(r) for r in rs] for rs in rows])  # noqa: E731  [series, hypothesis]
         figs.append(recovery_ladder(labels, t(lambda r: r.value), t(lambda r: r.ci_low), t(lambda r: r.ci_high),
@@ -105,9 +115,10 @@ def write_figures(res: StudyResults, out: Path, model) -> list[str]:
                                     reference=[redwood.get(n) for n in names] if base == "induction_baseline" else None,
                                     reference_label="Redwood (their model)"))
     for data in ("natural", "rrt"):
-        per = [list(res.row(data, n).per_example) for n in KEY]
-        figs.append(per_example_distribution([res.label(n) for n in KEY], per, out / f"per_example_{data}.png",
-                                             title=f"per-example loss recovered, {data}, candidates, vs induction baseline"))
+        per = [list(res.row(data, n, b).per_example) for n, b in KEY]
+        figs.append(per_example_distribution([f"{res.label(n)} (vs {b.replace('_', ' ')})" for n, b in KEY], per,
+                                             out / f"per_example_{data}.png",
+                                             title=f"per-example loss recovered, {data}, candidate positions"))
     heads = [f"{lay}.{h}" for lay in range(s.prefix_matching.shape[0]) for h in range(s.prefix_matching.shape[1])]
     figs.append(context_scatter(s.prefix_matching.flatten(), res.sensitivity.increase.flatten(),
                                 res.sensitivity.stderr.flatten(), heads, list(roles.behavioral),
@@ -131,6 +142,8 @@ def _table(res: StudyResults, base: str, mode: str) -> list[str]:
     lines = ["| hypothesis | paths | natural text | repeated random tokens | Redwood (their model) |",
              "|---|---:|---|---|---|"]
     for h in res.hypotheses:
+        if base == "induction_baseline" and h.name in NOT_ON_INDUCTION_SCALE:
+            continue
         lines.append(f"| {h.label} (`{h.name}`) | {h.n_paths} | {_fmt(res.row('natural', h.name, base, mode))} | "
                      f"{_fmt(res.row('rrt', h.name, base, mode))} | {redwood.get(h.name, '') if base == 'induction_baseline' else ''} |")
     return lines
@@ -146,11 +159,14 @@ def _findings(res: StudyResults) -> list[str]:
               f"a difference of {gap:.3f}, {'with overlapping intervals' if gap > 0 else 'not a shortfall on natural text'}.")]
     out.append(f"- Gap to the full model on natural text: {1 - nat.value:.3f}. Each refinement adds one idea to the minimal "
                "mechanism; gain over the minimal mechanism and the share of that gap it closes:")
+    minimal = res.info("induction_minimal").graph
     for name in REFINEMENTS:
         r, rr = res.row("natural", name), res.row("rrt", name)
         share = (r.value - nat.value) / (1 - nat.value) if abs(1 - nat.value) > 1e-9 else float("nan")
+        same = " — the same graph as the minimal one on this model (no head qualifies)" if _same_graph(
+            res.info(name).graph, minimal) else ""
         out.append(f"  - {res.label(name)}: natural {_fmt(r)} (gain {r.value - nat.value:+.3f}, {100 * share:.0f}% of "
-                   f"the gap); RRT {_fmt(rr)} (gain {rr.value - rrt.value:+.3f})")
+                   f"the gap); RRT {_fmt(rr)} (gain {rr.value - rrt.value:+.3f}){same}")
     beh_e, beh_n = res.row("natural", "induction_behavioral", "empty"), res.row("rrt", "induction_behavioral", "empty")
     out.append(f"- The behavioral heads alone (every other path to the logits resampled) recover {_fmt(beh_n)} of the "
                f"loss on RRT and {_fmt(beh_e)} on natural text against the empty baseline (candidate positions).")
@@ -163,7 +179,8 @@ def _sanity(res: StudyResults) -> list[str]:
     empty = [r for r in res.rows if r.hypothesis == "empty" and r.baseline == "empty"]
     base = [r for r in res.rows if r.hypothesis == "induction_baseline" and r.baseline == "induction_baseline"]
     pos = max(abs(res.row(d, "induction_positions").value - res.row(d, "induction_minimal").value) for d in ("natural", "rrt"))
-    widths = [r.ci_high - r.ci_low for r in res.rows if r.hypothesis not in ("full", "empty", "induction_baseline")]
+    widths = [r.ci_high - r.ci_low for r in res.rows if r.hypothesis not in ("full", "empty", "induction_baseline")
+              and not (r.baseline == "induction_baseline" and r.hypothesis in NOT_ON_INDUCTION_SCALE)]
     denominators = [r.loss_baseline - r.loss_clean for r in res.rows if r.baseline == "induction_baseline" and r.hypothesis == "full"]
     return [f"- full graph: loss recovered within {worst:.1e} of 1 in all {len(full)} settings "
             f"({'OK' if worst < 1e-3 else 'NOT 1: engine problem'}).",
@@ -178,10 +195,10 @@ def _sanity(res: StudyResults) -> list[str]:
 def _per_example(res: StudyResults) -> list[str]:
     lines = ["| data | hypothesis | p10 | p25 | median | p75 | p90 | share < 0 | share > 1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for data in ("natural", "rrt"):
-        for name in KEY:
-            per = torch.tensor(res.row(data, name).per_example)
+        for name, base in KEY:
+            per = torch.tensor(res.row(data, name, base).per_example)
             q = torch.quantile(per, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])).tolist()
-            lines.append(f"| {data} | {res.label(name)} | " + " | ".join(f"{x:.2f}" for x in q)
+            lines.append(f"| {data} | {res.label(name)} (vs {base.replace('_', ' ')}) | " + " | ".join(f"{x:.2f}" for x in q)
                          + f" | {float((per < 0).float().mean()):.2f} | {float((per > 1).float().mean()):.2f} |")
     return lines
 
@@ -237,8 +254,11 @@ def write_report(res: StudyResults, out: Path) -> Path:
         L += [f"### Against the {base.replace('_', ' ')}, {mode} positions", "",
               f"![ladder](ladder_{base}_{mode}.png)" if f"ladder_{base}_{mode}.png" in res.figures else "", ""]
         L += _table(res, base, mode) + [""]
+        if base == "induction_baseline":
+            L += ["(The behavioral and empty hypotheses resample paths this baseline keeps, so they are reported "
+                  "against the empty baseline only.)", ""]
     L += ["## 4. What the numbers say", ""] + _findings(res) + ["", "Sanity checks:", ""] + _sanity(res)
-    L += ["", "## 5. Per-example distribution (candidates, against the induction baseline)", "",
+    L += ["", "## 5. Per-example distribution (candidate positions)", "",
           "Per-example loss recovered is noisy where an example's baseline and clean losses are close; the point is "
           "that a good mean is not the net of large gains and losses.", ""] + _per_example(res)
     L += ["", "![natural](per_example_natural.png) ![rrt](per_example_rrt.png)", "",

@@ -92,7 +92,7 @@ class Mechanism:
     k_heads: str = "previous"  # "previous": the strongest previous-token head; "like": all previous-token-like
     further_back: bool = False  # K also reads layer-0 heads that attend 2-4 tokens back
     positions: bool = False  # pos into Q and K of the induction heads
-    qv_layer0: bool = False  # Q and V also read every layer-0 head (full inputs)
+    qv_layer0: bool = False  # Q and V also read the layer-0 heads that are not previous-token-like (full inputs)
     k_embed: bool = False  # K also reads the embedding directly
     restricted: bool = False  # at key positions where no match is possible, K and V read all their inputs
 
@@ -109,7 +109,7 @@ def no_match_keys(tokens):
 
 def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, receiver: str, mech: Mechanism) -> None:
     """Add the claimed paths into ``receiver`` (whose inputs were removed) as ``mech`` says."""
-    layer0 = [f"0.{h}" for h in range(model.cfg.n_heads)]
+    others = [h for h in (*roles.further_back, *roles.other_layer0)]  # layer-0 heads other than previous-token-like
     claimed = {"q": set(), "k": set(), "v": set()}
     for channel, on in (("q", mech.q), ("k", mech.k), ("v", mech.v)):
         if not on:  # this channel is not under test: it keeps every input
@@ -122,7 +122,7 @@ def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, r
         if channel in "qk" and mech.positions:
             add_edge(g, model, "pos", receiver, channel)
         if channel in "qv" and mech.qv_layer0:
-            for head in layer0:
+            for head in others:
                 add_edge(g, model, head, receiver, channel)
                 claimed[channel].add(head)
         if channel == "k":

@@ -1,5 +1,5 @@
 """All refinements together: K reads every previous-token-like head, the heads attending further
-back and the embedding; Q and V read the embedding and every layer-0 head; positions enter Q and K; at
+back and the embedding; Q and V read the embedding and the other layer-0 heads; positions enter Q and K; at
 key positions where no match is possible K and V read everything."""
 
 from hypotheses._build import Mechanism, mechanism_graph
