@@ -138,8 +138,16 @@ def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in
     models (added to the normalised q and k inputs), else None. Returns [copy, batch, seq, d_model]
     without the layer's b_O.
     """
-    block, attn = model.blocks[layer], model.blocks[layer].attn
-    xq, xk, xv = block.ln1(q_in), block.ln1(k_in), block.ln1(v_in)  # [copy, batch, seq, d_model] x3
+    block = model.blocks[layer]
+    return heads_forward_normed(model, layer, head_index, block.ln1(q_in), block.ln1(k_in), block.ln1(v_in), pos)
+
+
+@torch.no_grad()
+def heads_forward_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
+                         pos: Tensor | None) -> Tensor:
+    """``heads_forward`` from inputs already passed through the layer's ``ln1`` (so a normalised input shared
+    by many copies is normalised once): xq, xk, xv [copy, batch, seq, d_model] -> [copy, batch, seq, d_model]."""
+    attn = model.blocks[layer].attn
     if pos is not None:
         xq, xk = xq + pos, xk + pos
     w_q, w_k, w_v, w_o = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))  # [copy, d_model, d_head] / [copy, d_head, d_model]

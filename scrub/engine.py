@@ -10,14 +10,14 @@ resampled; ``reference.py`` does the same literally, for the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, heads_forward, mlp_forward, unembed
+from scrub.compute import CleanRun, heads_forward_normed, mlp_forward, unembed
 from scrub.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
 from scrub.treeify import Assignments, TreeNode
 
@@ -54,6 +54,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab]."""
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
     values: dict[tuple[int, tuple[str, ...]], _Value] = {}
+    cache = _Cache()
     for job in jobs:
         if isinstance(job.node.component, (Embed, Pos)):
             values[job.key] = _Value(None, job.data[job.node].datum)
@@ -68,7 +69,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
             else:
                 todo.append(job)
         recomputed += len(todo)
-        _recompute(model, todo, clean, values)
+        _recompute(model, todo, clean, values, cache)
     outputs = []
     for i, (root, data) in enumerate(zip(roots, datas)):
         job = _Job(root, data, i)
@@ -76,10 +77,24 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
         if on is not None:
             logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
         else:
-            resid = _input(job, Channel.IN, clean, values)  # [batch, seq, d_model]
+            resid = _input(job, Channel.IN, clean, values, cache)  # [batch, seq, d_model]
             logits = unembed(model, resid if positions is None else resid[:, positions])
         outputs.append(logits if reduce is None else reduce(logits))
     return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
+
+
+@dataclass
+class _Cache:
+    """Tensors shared by many copies within one ``evaluate_many`` call: the clean residual before each depth,
+    and ``ln1`` of a clean residual that many copies read unchanged (keyed by layer and datum rows)."""
+
+    resid: dict = field(default_factory=dict)
+    normed: dict = field(default_factory=dict)
+
+    def resid_before(self, clean: CleanRun, comp: Component) -> Tensor:
+        if comp.depth not in self.resid:
+            self.resid[comp.depth] = clean.resid_before(comp)  # [batch, seq, d_model]
+        return self.resid[comp.depth]
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ def _clean_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Ten
     return first if all(torch.equal(r, first) for r in reads[1:]) else None
 
 
-def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor:
+def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict, cache: _Cache) -> Tensor:
     """The treeified input residual of the copy on ``channel``: [batch, seq, d_model]."""
     node, data = job.node, job.data
     comp = node.component
@@ -148,7 +163,7 @@ def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor
     else:
         other = data[node].other
         pick = lambda s: other  # noqa: E731
-        resid = clean.resid_before(comp)[other]  # [batch, seq, d_model]
+        resid = cache.resid_before(clean, comp)[other]  # [batch, seq, d_model]
     tokens = clean.tokens[data[node].datum]  # [batch, seq] the receiver's own datum
     for inp in _claimed(node, channel, clean):
         src = inp.child.component
@@ -159,7 +174,42 @@ def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor
     return resid
 
 
-def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, values: dict) -> None:
+def _unchanged_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor | None:
+    """The datum d if the copy's input on ``channel`` is exactly the clean residual on d, as ``_input`` would
+    compute it (every claimed child is the clean output on the unclaimed datum, so each delta is exactly 0)."""
+    if job.data.options.independent:
+        return None
+    other = job.data[job.node].other
+    for inp in _claimed(job.node, channel, clean):
+        child = values[job.child(inp.child).key]
+        if child.clean_on is None or not torch.equal(child.clean_on, other):
+            return None
+    return other
+
+
+def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel, clean: CleanRun, values: dict,
+                   cache: _Cache) -> Tensor:
+    """``ln1`` of the copies' inputs on ``channel``, [copy, batch, seq, d_model]; an input that is a clean
+    residual is normalised once per call and shared."""
+    comp = part[0].node.component
+    ln1 = model.blocks[comp.layer].ln1
+    rows: list[Tensor | None] = []
+    fresh = []
+    for j in part:
+        on = _unchanged_on(j, channel, clean, values)
+        if on is None:
+            rows.append(None)
+            fresh.append(_input(j, channel, clean, values, cache))
+            continue
+        key = (comp.layer, tuple(on.tolist()))
+        if key not in cache.normed:
+            cache.normed[key] = ln1(cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
+        rows.append(cache.normed[key])
+    normed = iter(ln1(torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
+    return torch.stack([r if r is not None else next(normed) for r in rows])  # [copy, batch, seq, d_model]
+
+
+def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, values: dict, cache: _Cache) -> None:
     """Compute the copies in ``todo`` (all of one depth) in stacked chunks."""
     if not todo:
         return
@@ -170,11 +220,11 @@ def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, valu
         part = todo[start : start + chunk]
         comp = part[0].node.component
         if isinstance(comp, Head):
-            q, k, v = (torch.stack([_input(j, c, clean, values) for j in part]) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model]
+            xq, xk, xv = (_normed_inputs(model, part, c, clean, values, cache) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model] x3
             heads = torch.tensor([j.node.component.head for j in part])
-            out = heads_forward(model, comp.layer, heads, q, k, v, pos)  # [copy, batch, seq, d_model]
+            out = heads_forward_normed(model, comp.layer, heads, xq, xk, xv, pos)  # [copy, batch, seq, d_model]
         else:
-            x = torch.stack([_input(j, Channel.IN, clean, values) for j in part])  # [copy, batch, seq, d_model]
+            x = torch.stack([_input(j, Channel.IN, clean, values, cache) for j in part])  # [copy, batch, seq, d_model]
             out = mlp_forward(model, comp.layer, x)
         for j, o in zip(part, out):
             values[j.key] = _Value(o, None)

@@ -277,6 +277,30 @@ def every_path_to_logits(model: HookedTransformer) -> list[PatchPath]:
     return [PatchPath(s) for s in sources]
 
 
+def edge_paths(model: HookedTransformer, sender: Component, receiver: Component, channel: Channel,
+               limit: int = 20_000) -> list[PatchPath]:
+    """Every path that leaves ``sender`` through ``receiver``'s ``channel`` and then reaches the logits by any
+    route: patching them all is edge patching (the receiver's changed output also flows through later
+    components), as auto-circuit does. ``PatchPath(sender, ((receiver, channel),))`` alone is the direct path."""
+    cfg = model.cfg
+    later: list[tuple[Component, Channel]] = []
+    for layer in range(cfg.n_layers):
+        later += [(h, c) for h in all_heads(cfg) if h.layer == layer for c in HEAD_CHANNELS]
+        later += [] if cfg.attn_only else [(Mlp(layer), Channel.IN)]
+    out: list[PatchPath] = []
+
+    def extend(via: tuple[tuple[Component, Channel], ...]) -> None:
+        if len(out) >= limit:
+            raise ValueError(f"more than {limit} paths continue from {sender} -> {receiver}:{channel.value}")
+        out.append(PatchPath(sender, via))
+        for comp, chan in later:
+            if comp.depth > via[-1][0].depth:
+                extend(via + ((comp, chan),))
+
+    extend(((receiver, channel),))
+    return out
+
+
 # --- the literal TransformerLens-hook implementation (tests and benchmarks) ---------------------------
 
 def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
@@ -289,10 +313,11 @@ def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
 
 @torch.no_grad()
 def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted: Tensor, path: PatchPath,
-                        clean_cache=None, corrupted_cache=None) -> Tensor:
+                        clean_cache=None, corrupted_cache=None, downstream: bool = False) -> Tensor:
     """Patch one path ``sender -> logits`` or ``sender -> R:c -> logits`` with plain hooks: cache both runs,
     freeze every head (and MLP) output at its clean value except the receiver, which is recomputed with
-    the sender's corrupted-minus-clean output added to its input ``c``. ``hooked``: ``split_qkv_copy``."""
+    the sender's corrupted-minus-clean output added to its input ``c``. ``downstream=True`` recomputes the
+    components after the receiver instead of freezing them (edge patching). ``hooked``: ``split_qkv_copy``."""
     cfg = hooked.cfg
     if len(path.via) > 1 or not isinstance(path.sender, Head) or any(not isinstance(r, Head) for r, _ in path.via):
         raise ValueError("hooked_patch_logits handles head -> logits and head -> head:channel -> logits only")
@@ -313,7 +338,7 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
             frozen[:, :, s.head] = corrupted_cache[hook.name][:, :, s.head]
         return frozen
 
-    hooks = [(name, freeze) for name in outs]
+    hooks = [] if downstream and receiver is not None else [(name, freeze) for name in outs]
     if receiver is not None:
         w_o = hooked.blocks[s.layer].attn.W_O[s.head]  # [d_head, d_model]
         delta = (corrupted_cache[hook_name(s)][:, :, s.head] - clean_cache[hook_name(s)][:, :, s.head]) @ w_o

@@ -123,3 +123,17 @@ def test_cli_patch_json_and_errors(tmp_path, capsys):
     assert "from '0.0' to '1.1'" in capsys.readouterr().err
     assert main(args + ["--input", "x"]) == 2
     assert "'q', 'k' or 'v'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pe,attn_only", [("shortformer", True), ("standard", False)])
+def test_edge_paths_are_edge_patching(pe, attn_only):
+    from scrub.patching import edge_paths
+
+    model = micro(pe, attn_only)
+    ref, cor = batches(5)
+    hooked = split_qkv_copy(model)
+    paths = edge_paths(model, Head(0, 1), Head(1, 2), Channel.K)
+    assert len(paths) == (1 + 3 * 3 if attn_only else 40)  # 1.2 -> [mlp.1 ->] [2.x:c ->] [mlp.2 ->] logits
+    ours = patched_logits(model, ref, cor, paths)
+    theirs = hooked_patch_logits(hooked, ref, cor, PatchPath(Head(0, 1), ((Head(1, 2), Channel.K),)), downstream=True)
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
