@@ -1,0 +1,1 @@
+"""Studies that import scrub and hypotheses and write results/ (never imported by scrub)."""

@@ -232,7 +232,7 @@ def write_report(res: StudyResults, out: Path) -> Path:
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
     L += ["## 1. Behavioral head scores", "",
-          f"Roles (from `hypotheses/_heads.py`, scores of `scrub.scores`, seed {cfg.seed}): behavioral induction heads "
+          f"Roles (from `hypotheses/_heads.py`: scores of `scrub.scores` with its fixed seed, the heads every hypothesis file picks): behavioral induction heads "
           f"{', '.join(roles.behavioral) or 'none'}; mechanism receivers {', '.join(roles.induction)}; "
           f"strongest previous-token head {roles.previous_token}; previous-token-like heads {', '.join(roles.previous_like)}; "
           f"heads attending further back {', '.join(roles.further_back) or 'none'}.", "",

@@ -34,7 +34,7 @@ from experiments._context import context_sensitivity  # noqa: E402
 from experiments._evaluate import Recovery, scrub_many  # noqa: E402
 from experiments._report import HypothesisInfo, StudyResults, write_figures, write_report  # noqa: E402
 from hypotheses._build import Mechanism, induction_baseline, mechanism_graph  # noqa: E402
-from hypotheses._heads import head_roles  # noqa: E402
+from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.data import induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.hypothesis import Claim, validate  # noqa: E402
 from scrub.scores import head_scores  # noqa: E402
@@ -121,8 +121,8 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
 
     tick = lambda: bar.update(1)  # noqa: E731
     bar.set_postfix_str("scores")
-    roles = head_roles(model, seed=cfg.seed)
-    scores_rrt = head_scores(model, data="rrt", n=32, seed=cfg.seed, exclude_common=model.cfg.d_vocab // 20)
+    roles = head_roles(model)  # the fixed seed of hypotheses/_heads.py: the same heads the files pick on their own
+    scores_rrt = head_scores(model, data="rrt", n=N_SEQUENCES, seed=SEED, exclude_common=model.cfg.d_vocab // 20)
     stage("hypotheses")
     infos, claims = [], []
     for stem, label in HYPOTHESES:
