@@ -146,21 +146,29 @@ def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in
 def heads_forward_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
                          pos: Tensor | None) -> Tensor:
     """``heads_forward`` from inputs already passed through the layer's ``ln1`` (so a normalised input shared
-    by many copies is normalised once): xq, xk, xv [copy, batch, seq, d_model] -> [copy, batch, seq, d_model]."""
+    by many copies is normalised once): xq, xk, xv [copy, batch, seq, d_model], or [batch, seq, d_model] when
+    every copy reads the same input (projected without stacking) -> [copy, batch, seq, d_model]."""
     attn = model.blocks[layer].attn
     if pos is not None:
         xq, xk = xq + pos, xk + pos
     w_q, w_k, w_v, w_o = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))  # [copy, d_model, d_head] / [copy, d_head, d_model]
     b_q, b_k, b_v = (b[head_index][:, None, None] for b in (attn.b_Q, attn.b_K, attn.b_V))  # [copy, 1, 1, d_head]
-    q = einops.einsum(xq, w_q, "c b s d, c d h -> c b s h") + b_q  # [copy, batch, seq, d_head]
-    k = einops.einsum(xk, w_k, "c b s d, c d h -> c b s h") + b_k  # [copy, batch, seq, d_head]
-    v = einops.einsum(xv, w_v, "c b s d, c d h -> c b s h") + b_v  # [copy, batch, seq, d_head]
+    q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
+    k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
+    v = _project(xv, w_v) + b_v  # [copy, batch, seq, d_head]
     scores = einops.einsum(q, k, "c b q h, c b k h -> c b q k") / attn.attn_scale  # [copy, batch, q, k]
     seq = scores.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()  # [q, k]
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # [copy, batch, q, k]
     z = einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
     return einops.einsum(z, w_o, "c b s h, c h d -> c b s d")  # [copy, batch, seq, d_model]
+
+
+def _project(x: Tensor, w: Tensor) -> Tensor:
+    """x [copy, batch, seq, d_model] or shared [batch, seq, d_model]; w [copy, d_model, d_head]."""
+    if x.dim() == 3:
+        return einops.einsum(x, w, "b s d, c d h -> c b s h")  # [copy, batch, seq, d_head]
+    return einops.einsum(x, w, "c b s d, c d h -> c b s h")  # [copy, batch, seq, d_head]
 
 
 @torch.no_grad()

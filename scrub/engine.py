@@ -190,7 +190,7 @@ def _unchanged_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) ->
 def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel, clean: CleanRun, values: dict,
                    cache: _Cache) -> Tensor:
     """``ln1`` of the copies' inputs on ``channel``, [copy, batch, seq, d_model]; an input that is a clean
-    residual is normalised once per call and shared."""
+    residual is normalised once per call and shared ([batch, seq, d_model] if every copy reads it)."""
     comp = part[0].node.component
     ln1 = model.blocks[comp.layer].ln1
     rows: list[Tensor | None] = []
@@ -205,6 +205,8 @@ def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel,
         if key not in cache.normed:
             cache.normed[key] = ln1(cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
         rows.append(cache.normed[key])
+    if not fresh and all(r is rows[0] for r in rows):
+        return rows[0]  # [batch, seq, d_model] shared by every copy: heads_forward_normed projects it unstacked
     normed = iter(ln1(torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
     return torch.stack([r if r is not None else next(normed) for r in rows])  # [copy, batch, seq, d_model]
 

@@ -253,11 +253,14 @@ def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
     if Channel.IN in channels:
         raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
     clean = pair_run(model, reference, corrupted)
-    cells = [(i, j, k) for i, s in enumerate(senders) for j, r in enumerate(receivers) for k in range(len(channels))
-             if r.layer > s.layer]
-    sets = [[PatchPath(senders[i], ((receivers[j], channels[k]),))] for i, j, k in cells]
-    sets += [[PatchPath(s)] for s in senders] + [[]]
-    values = patch_effects(model, reference, corrupted, sets, metric, clean=clean, positions=metric.positions)
+    # one channel per evaluate_many call: the other two inputs of every receiver copy are then one shared tensor
+    groups = [[(i, j, k) for i, s in enumerate(senders) for j, r in enumerate(receivers) if r.layer > s.layer]
+              for k in range(len(channels))]
+    cells = [cell for group in groups for cell in group]
+    sets = [[[PatchPath(senders[i], ((receivers[j], channels[k]),))] for i, j, k in group] for group in groups]
+    sets.append([[PatchPath(s)] for s in senders] + [[]])
+    values = torch.cat([patch_effects(model, reference, corrupted, group, metric, clean=clean,
+                                      positions=metric.positions) for group in sets if group])  # [n_sets]
     base = float(values[-1])
     effects = torch.full((len(senders), len(receivers), len(channels)), float("nan"))
     for (i, j, k), v in zip(cells, values):
