@@ -1,13 +1,16 @@
 """Train the shipped model: attention-only, 2 layers x 8 heads, shortformer positions, on Shakespeare.
 
 Recipe (see the model card in README.md): random 255-token windows of the training split after a BOS
-token; in a fraction ``--copy-frac`` of sequences a span of 10-60 tokens is copied from earlier in the
-same sequence to a later place, so that in-context copying pays off often enough for induction heads
-to form within a CPU budget. No repeated-random-token data is used in training, so RRT evaluations stay
-out of distribution. AdamW, linear warm-up then cosine decay. Reproducible from ``--seed``; resumable
-from ``training/.cache/ckpt.pt``.
+token. From step ``--augment-from`` on, rows are augmented so that in-context copying pays off often
+enough for induction heads to form within a CPU budget: ``--repeat-frac`` of rows repeat their opening
+20-120 tokens right away, ``--copy-frac`` of the others get a span of 10-60 tokens copied from earlier
+in the same row. Everything stays natural text; repeated random tokens (``--rrt-frac``) are off by
+default so that RRT evaluations stay out of distribution. AdamW, linear warm-up then cosine decay.
+Reproducible from ``--seed``; resumable from ``training/.cache/ckpt.pt`` (flags may change on resume,
+and every probe in the log records the augmentation in force).
 
-    python training/prepare_corpus.py && python training/train_model.py
+The shipped model: ``python training/prepare_corpus.py && python training/train_model.py --steps 3500
+--copy-frac 0.6 --repeat-frac 0.5 --augment-from 2000`` (see README for its exact history).
 """
 
 from __future__ import annotations
@@ -33,15 +36,30 @@ CACHE = ROOT / "training" / ".cache"
 
 
 def make_batch(stream: np.ndarray, gen: np.random.Generator, batch: int, seq: int, bos: int,
-               copy_frac: float) -> torch.Tensor:
-    """BOS + a random window; some rows get a span copied from earlier in the same row."""
+               copy_frac: float = 0.0, repeat_frac: float = 0.0, rrt_frac: float = 0.0, vocab: int = 2048) -> torch.Tensor:
+    """BOS + a random window of the corpus. Rows are augmented in place (integer row indices give numpy
+    views; a boolean-mask index would give a copy): ``repeat_frac`` of rows repeat their opening 20-120
+    tokens right away; ``rrt_frac`` of the others become a random token string repeated; ``copy_frac``
+    of the rest get a span of 10-60 tokens copied from earlier in the same row."""
     starts = gen.integers(0, len(stream) - seq, size=batch)
     rows = np.stack([stream[s : s + seq - 1] for s in starts]).astype(np.int64)  # [batch, seq-1]
-    for row in rows[gen.random(batch) < copy_frac]:
-        length = int(gen.integers(10, 61))
-        src = int(gen.integers(0, seq - 1 - 2 * length))
-        dst = int(gen.integers(src + length, seq - length))
-        row[dst : dst + length] = row[src : src + length]
+    free = np.ones(batch, dtype=bool)
+    if repeat_frac > 0:
+        for i in np.flatnonzero(gen.random(batch) < repeat_frac):
+            length = min(int(gen.integers(20, 121)), (seq - 1) // 2)
+            rows[i, length : 2 * length] = rows[i, :length]
+            free[i] = False
+    if rrt_frac > 0:
+        for i in np.flatnonzero((gen.random(batch) < rrt_frac) & free):
+            pattern = gen.integers(1, vocab, size=int(gen.integers(20, 101)))  # uniform, never BOS (id 0)
+            rows[i] = np.resize(pattern, seq - 1)
+            free[i] = False
+    if copy_frac > 0:
+        for i in np.flatnonzero((gen.random(batch) < copy_frac) & free):
+            length = int(gen.integers(10, 61))
+            src = int(gen.integers(0, seq - 1 - 2 * length))
+            dst = int(gen.integers(src + length, seq - length))
+            rows[i, dst : dst + length] = rows[i, src : src + length]
     bos_col = np.full((batch, 1), bos, dtype=np.int64)
     return torch.from_numpy(np.concatenate([bos_col, rows], axis=1))  # [batch, seq]
 
@@ -77,6 +95,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--copy-frac", type=float, default=0.5)
+    parser.add_argument("--repeat-frac", type=float, default=0.5)
+    parser.add_argument("--rrt-frac", type=float, default=0.0, help="share of repeated-random-token rows (off: "
+                        "random strings in training would make the RRT evaluations in-distribution)")
+    parser.add_argument("--augment-from", type=int, default=0, help="first step with augmented rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
@@ -114,7 +136,10 @@ def main() -> None:
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="train", mininterval=5)
     for step in bar:
-        tokens = make_batch(train, gen, args.batch, arch.n_ctx, bos, args.copy_frac)  # [batch, seq]
+        on = step >= args.augment_from
+        copy_frac, repeat_frac, rrt_frac = (args.copy_frac, args.repeat_frac, args.rrt_frac) if on else (0.0, 0.0, 0.0)
+        tokens = make_batch(train, gen, args.batch, arch.n_ctx, bos, copy_frac, repeat_frac, rrt_frac,
+                            arch.d_vocab)  # [batch, seq]
         loss = model.loss(tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,6 +149,7 @@ def main() -> None:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             probe = monitor(to_hooked(model, hooked), val, bos, seed=1234) | {
                 "step": step + 1, "train_loss": float(loss), "tokens": (step + 1) * args.batch * arch.n_ctx,
+                "repeat_frac": repeat_frac, "copy_frac": copy_frac, "rrt_frac": rrt_frac,
                                                            "minutes": (time.time() - t0) / 60}
             log.append(probe)
             tqdm.write(json.dumps(probe))
