@@ -137,3 +137,26 @@ def test_edge_paths_are_edge_patching(pe, attn_only):
     ours = patched_logits(model, ref, cor, paths)
     theirs = hooked_patch_logits(hooked, ref, cor, PatchPath(Head(0, 1), ((Head(1, 2), Channel.K),)), downstream=True)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_shipped_previous_token_to_induction_k_path_stands_out():
+    from scrub.data import repeated_random_tokens
+    from scrub.model import SHIPPED_DIR, load_model
+    from scrub.scores import behavioral_induction_heads, head_scores, previous_token_heads
+
+    if not SHIPPED_DIR.exists():
+        pytest.skip("the shipped model is not trained yet")
+    model = load_model()
+    scores = head_scores(model, data="rrt", n=16)
+    induction, previous = set(behavioral_induction_heads(scores)), set(previous_token_heads(scores))
+    exclude = model.cfg.d_vocab // 20
+    ref = repeated_random_tokens(16, 40, 2, seed=0, vocab_size=model.cfg.d_vocab, exclude_common=exclude)
+    cor = repeated_random_tokens(16, 40, 2, seed=1, vocab_size=model.cfg.d_vocab, exclude_common=exclude)
+    matrix = patch_matrix(model, ref, cor, make_metric("loss", ref, cor, second_repeat_positions(40)))
+    k = matrix.channels.index(Channel.K)
+    effects = matrix.effects[:, :, k]  # [sender, receiver]
+    i, j = divmod(int(torch.nan_to_num(effects, nan=-1e9).argmax()), effects.shape[1])
+    assert matrix.senders[i] in previous and matrix.receivers[j] in induction
+    finite = matrix.effects[~torch.isnan(matrix.effects)].abs()
+    assert float(effects[i, j]) > 5 * float(finite.median())
