@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--rrt-frac", type=float, default=0.0, help="share of repeated-random-token rows (off: "
                         "random strings in training would make the RRT evaluations in-distribution)")
     parser.add_argument("--augment-from", type=int, default=0, help="first step with augmented rows")
+    parser.add_argument("--rrt-from", type=int, default=0, help="first step with repeated-random-token rows")
+    parser.add_argument("--stop-at", type=int, default=None, help="stop (and save) at this step; the lr schedule "
+                        "still follows --steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
@@ -134,10 +137,12 @@ def main() -> None:
         gen.bit_generator.state = state["gen"]; step, log = state["step"], state["log"]
         print(f"resumed at step {step}")
     t0 = time.time()
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="train", mininterval=5)
+    stop = min(args.stop_at or args.steps, args.steps)
+    bar = tqdm(range(step, stop), initial=step, total=stop, desc="train", mininterval=5)
     for step in bar:
         on = step >= args.augment_from
-        copy_frac, repeat_frac, rrt_frac = (args.copy_frac, args.repeat_frac, args.rrt_frac) if on else (0.0, 0.0, 0.0)
+        copy_frac, repeat_frac = (args.copy_frac, args.repeat_frac) if on else (0.0, 0.0)
+        rrt_frac = args.rrt_frac if on and step >= args.rrt_from else 0.0
         tokens = make_batch(train, gen, args.batch, arch.n_ctx, bos, copy_frac, repeat_frac, rrt_frac,
                             arch.d_vocab)  # [batch, seq]
         loss = model.loss(tokens)
@@ -146,7 +151,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.eval_every == 0 or step + 1 == stop:
             probe = monitor(to_hooked(model, hooked), val, bos, seed=1234) | {
                 "step": step + 1, "train_loss": float(loss), "tokens": (step + 1) * args.batch * arch.n_ctx,
                 "repeat_frac": repeat_frac, "copy_frac": copy_frac, "rrt_frac": rrt_frac,
