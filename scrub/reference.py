@@ -34,7 +34,7 @@ def _sources(model: HookedTransformer, receiver: Component) -> list[Component]:
 
 def _biases(model: HookedTransformer, receiver: Component) -> Tensor:
     cfg = model.cfg
-    total = torch.zeros(cfg.d_model)
+    total = torch.zeros(cfg.d_model, dtype=model.blocks[0].attn.b_O.dtype)
     for layer in range(cfg.n_layers):
         if isinstance(receiver, Logits) or layer < receiver.layer or (isinstance(receiver, Mlp) and layer == receiver.layer):
             total = total + model.blocks[layer].attn.b_O.detach()

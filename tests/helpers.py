@@ -10,18 +10,21 @@ from scrub.hypothesis import full_graph
 
 
 def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, pos: str = "shortformer",
-               norm: str | None = "LN", d_vocab: int = 20, n_ctx: int = 12, seed: int = 0, scale: float = 0.5) -> HookedTransformer:
-    """A random-init model with large weights, so that resampling visibly changes the logits."""
+               norm: str | None = "LN", d_vocab: int = 20, n_ctx: int = 12, seed: int = 0, scale: float = 0.5,
+               dtype: torch.dtype = torch.float32) -> HookedTransformer:
+    """A random-init model with large weights, so that resampling visibly changes the logits. Comparisons
+    of two evaluators use float64: without LayerNorm the logits reach ~300, where float32 summation order
+    alone moves them by ~1e-3."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers, n_heads=n_heads, d_model=16, d_head=4, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu",
         attn_only=attn_only, d_mlp=None if attn_only else 24, positional_embedding_type=pos,
-        normalization_type=norm, seed=seed, default_prepend_bos=False,
+        normalization_type=norm, seed=seed, default_prepend_bos=False, dtype=dtype,
     )
     model = HookedTransformer(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale)
     return model
 
 
