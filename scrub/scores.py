@@ -96,9 +96,10 @@ def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor,
 # --- pure functions on logits / matrices --------------------------------------------------------------
 
 def copying_ratio(logit_raise: torch.Tensor, src_tokens: torch.Tensor) -> torch.Tensor:
-    """Copying score from direct-path logit effects: logit_raise [..., src, vocab], src_tokens [src] -> [...].
+    """Copying score from direct-path logit effects: logit_raise [..., src, candidates], src_tokens [src]
+    (the index of each source's own token among the candidates) -> [...].
 
-    For each source: subtract the mean over the vocabulary, apply ReLU, take the attended token's share
+    For each source: subtract the mean over the candidates, apply ReLU, take the attended token's share
     of the total (r ∈ [0, 1]); average over sources; map linearly [0, 0.5] -> [-1, 1] (score = 4r - 1,
     as Olsson et al. did). A head that raises only the attended token scores 3; one that does not
     favour it scores about -1. Sources whose raises are all equal count as r = 0.
@@ -241,7 +242,8 @@ def copying_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
 
     For each source position (all but BOS) and head: the head's output if it attended fully there,
     (ln1(resid_pre) W_V + b_V) W_O, read through the direct path Nf·W_U (linear part of ln_final, see
-    ``_norm_linear``) -> logit raise over the vocabulary -> ``copying_ratio`` with the source token.
+    ``_norm_linear``) -> logit raise of the tokens in the sample (Olsson et al.: "the raise of all tokens in
+    the sample", not the whole vocabulary) -> ``copying_ratio`` with the source token.
     """
     check_length(tokens, model)
     names = [hook_name(Head(layer, 0), "resid_pre") for layer in range(model.cfg.n_layers)]
@@ -255,8 +257,9 @@ def copying_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
         head_out = torch.einsum("bshe,hed->bhsd", v, block.attn.W_O)  # [batch, head, src, d_model]
         total = torch.zeros(model.cfg.n_heads)  # [head]
         for row in range(tokens.shape[0]):  # one sequence at a time bounds memory for big vocabularies
-            raise_ = head_out[row] @ unembed  # [head, src, vocab]
-            total += copying_ratio(raise_, tokens[row, 1:])  # [head]
+            sample, own = torch.unique(tokens[row, 1:], return_inverse=True)  # [n_unique], [src]
+            raise_ = head_out[row] @ unembed[:, sample]  # [head, src, n_unique]: raises among the sample's tokens
+            total += copying_ratio(raise_, own)  # [head]
         out[layer] = total / tokens.shape[0]
     return out
 

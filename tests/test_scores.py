@@ -187,7 +187,7 @@ def test_head_scores_on_random_init_model():
             assert scores.score(name).shape == (2, 4), name
         for name in ("previous_token", "prefix_matching", "duplicate_token"):
             assert ((scores.score(name) >= 0) & (scores.score(name) <= 1)).all()
-        assert (scores.copying < -0.9).all()  # random heads do not copy
+        assert (scores.copying < -0.6).all()  # random heads do not copy: chance is 4/25 - 1 = -0.84
     with pytest.raises(ValueError, match="n_ctx 64"):
         head_scores(model, seq_len=65)
     icl = in_context_learning(model, natural_batch(2, 64))

@@ -45,6 +45,16 @@ class FastAttnOnly(nn.Module):
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
 
+    @torch.no_grad()
+    def sinusoidal_positions(self, scale: float = 1.0) -> None:
+        """Start the (still learned) positional embeddings from sines and cosines of many frequencies, so
+        that sharp relative-position attention (e.g. to the previous token) is easy to learn."""
+        n_ctx, d_model = self.pos.weight.shape
+        pos = torch.arange(n_ctx)[:, None].float()  # [n_ctx, 1]
+        freq = torch.exp(-torch.arange(0, d_model, 2).float() * (torch.log(torch.tensor(1e4)) / d_model))  # [d_model/2]
+        self.pos.weight[:, 0::2] = scale * torch.sin(pos * freq)
+        self.pos.weight[:, 1::2] = scale * torch.cos(pos * freq)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         resid = self.embed(tokens)  # [batch, pos, d_model]
         pos = self.pos(torch.arange(tokens.shape[1], device=tokens.device))[None]  # [1, pos, d_model]

@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pos-init", choices=("normal", "sinusoidal"), default="normal")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the resumable checkpoint lives")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -124,13 +126,16 @@ def main() -> None:
     arch = ArchSpec(seed=args.seed)
     hooked = HookedTransformer(arch.to_config())
     model = FastAttnOnly(arch.n_layers, arch.d_model, arch.n_heads, arch.d_head, arch.n_ctx, arch.d_vocab)
+    if args.pos_init == "sinusoidal":
+        model.sinusoidal_positions()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     )
     gen = np.random.default_rng(args.seed)
     step, log = 0, []
-    ckpt = CACHE / "ckpt.pt"
+    args.cache.mkdir(parents=True, exist_ok=True)
+    ckpt = args.cache / "ckpt.pt"
     if ckpt.exists() and not args.no_resume:
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
