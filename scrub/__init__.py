@@ -1,12 +1,13 @@
 """scrub: causal scrubbing and path patching on TransformerLens models. Public API re-exports only.
 
 Re-exported here: model loading, component names, tokenizer, data batches, behavioral head scores,
-and the scrubbing entry points (``run``, hypothesis helpers).
+the scrubbing entry points (``run``, hypothesis helpers) and path patching.
 """
 
 from scrub.experiment import ScrubResult, run
 from scrub.features import Feature
 from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
+from scrub.patching import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits
 from scrub.treeify import SamplingOptions
 from scrub.data import (
     all_positions, check_length, induction_candidates, loss_mask, natural_batch, repeated_random_tokens,
@@ -21,7 +22,8 @@ from scrub.tokenizer import Tokenizer, check_compatible, load_tokenizer
 
 __all__ = [
     "run", "ScrubResult", "SamplingOptions", "Feature", "Claim", "HypothesisError", "add_path", "empty_graph",
-    "full_graph", "load_hypothesis", "validate",
+    "full_graph", "load_hypothesis", "validate", "PatchPath", "PatchMatrix", "parse_path", "patched_logits",
+    "patch_effects", "patch_matrix",
     "load_model", "save_checkpoint", "ModelLoadError", "Head", "SiteError", "parse_component",
     "Tokenizer", "load_tokenizer", "check_compatible", "natural_batch", "repeated_random_tokens",
     "induction_candidates", "all_positions", "loss_mask", "check_length", "head_scores", "in_context_learning",
