@@ -155,7 +155,18 @@ def _findings(res: StudyResults) -> list[str]:
     nat, rrt = res.row("natural", "induction_minimal"), res.row("rrt", "induction_minimal")
     gap = rrt.value - nat.value
     separated = rrt.ci_low > nat.ci_high
-    out = [f"- The minimal two-head mechanism recovers {_fmt(rrt)} of the loss on repeated random tokens and "
+    out = []
+    if res.roles.fallbacks:
+        e = res.row("rrt", "full", "empty")
+        pm = res.roles.scores.prefix_matching
+        out.append(f"- **This model has no behavioral induction heads** (largest prefix-matching score "
+                   f"{float(pm.max()):.2f}, threshold 0.4; largest previous-token score "
+                   f"{float(res.roles.scores.previous_token.max()):.2f}). On RRT its clean loss at repeated tokens is "
+                   f"{e.loss_clean:.3f} nats against {e.loss_baseline:.3f} for the model run on another example: "
+                   f"it barely uses the repeat. Every induction number below therefore describes the fallback head(s) "
+                   f"{', '.join(res.roles.induction)} and previous-token head {res.roles.previous_token}, not an "
+                   f"induction mechanism, and the question of this study cannot be answered on this checkpoint.")
+    out += [f"- The minimal two-head mechanism recovers {_fmt(rrt)} of the loss on repeated random tokens and "
            f"{_fmt(nat)} on natural text (induction-candidate positions, against the induction baseline): "
            + (f"it falls short on natural text by {gap:.3f} (the intervals do not overlap)." if separated else
               f"a difference of {gap:.3f}, {'with overlapping intervals' if gap > 0 else 'not a shortfall on natural text'}.")]
