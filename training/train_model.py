@@ -171,7 +171,7 @@ def main() -> None:
         gap = (model(check) - hooked(check)).abs().max().item()
     if gap > 1e-3:
         sys.exit(f"the HookedTransformer copy disagrees with the trained model (max logit gap {gap:.2e})")
-    meta = {"recipe": vars(args) | {"out": str(args.out)}, "final": log[-1] if log else {}, "log": log,
+    meta = {"recipe": vars(args) | {"out": str(args.out), "cache": str(args.cache)}, "final": log[-1] if log else {}, "log": log,
             "fast_vs_hooked_max_logit_gap": gap}
     save_checkpoint(hooked, args.out, meta=meta)
     print(f"saved {args.out}")
