@@ -203,3 +203,17 @@ def test_shipped_model_scores(tmp_path):
     assert scores.previous_token[0].max() > scores.previous_token[1].max(), "previous-token heads live in layer 0"
     assert scores.prefix_matching[1].max() > scores.prefix_matching[0].max(), "induction heads live in layer 1"
     check_against_detect_head(with_tokenizer(model, tmp_path), TEXT)
+
+
+@SHIPPED
+def test_shipped_model_has_induction_heads():
+    """What the model card claims: layer-1 heads with prefix matching >= 0.4 that copy, and in-context
+    copying of random tokens (second-repeat loss far below the first)."""
+    model = load_model()
+    scores = head_scores(model, n=16, exclude_common=model.cfg.d_vocab // 20)
+    induction = behavioral_induction_heads(scores, Thresholds())
+    assert induction and all(h.layer == 1 for h in induction)
+    rrt = repeated_random_tokens(16, 100, 2, vocab_size=model.cfg.d_vocab, exclude_common=model.cfg.d_vocab // 20)
+    logprobs = model(rrt).log_softmax(-1)[:, :-1].gather(-1, rrt[:, 1:, None])[..., 0]  # [16, 200]
+    first, second = -logprobs[:, 1:100].mean(), -logprobs[:, 100:].mean()
+    assert second < first / 4
