@@ -156,16 +156,23 @@ def _findings(res: StudyResults) -> list[str]:
     gap = rrt.value - nat.value
     separated = rrt.ci_low > nat.ci_high
     out = []
-    if res.roles.fallbacks:
+    pm, prev = res.roles.scores.prefix_matching, res.roles.scores.previous_token
+    if not res.roles.behavioral:
         e = res.row("rrt", "full", "empty")
-        pm = res.roles.scores.prefix_matching
+        uses = "it barely uses the repeat" if e.loss_clean > 0.5 * e.loss_baseline else "it does use the repeat"
         out.append(f"- **This model has no behavioral induction heads** (largest prefix-matching score "
-                   f"{float(pm.max()):.2f}, threshold 0.4; largest previous-token score "
-                   f"{float(res.roles.scores.previous_token.max()):.2f}). On RRT its clean loss at repeated tokens is "
-                   f"{e.loss_clean:.3f} nats against {e.loss_baseline:.3f} for the model run on another example: "
-                   f"it barely uses the repeat. Every induction number below therefore describes the fallback head(s) "
-                   f"{', '.join(res.roles.induction)} and previous-token head {res.roles.previous_token}, not an "
-                   f"induction mechanism, and the question of this study cannot be answered on this checkpoint.")
+                   f"{float(pm.max()):.2f}, threshold 0.4; largest previous-token score {float(prev.max()):.2f}). On "
+                   f"RRT its clean loss at repeated tokens is {e.loss_clean:.3f} nats against {e.loss_baseline:.3f} for "
+                   f"the model run on another example: {uses}. Every induction number below therefore describes the "
+                   f"fallback head(s) {', '.join(res.roles.induction)} and previous-token head "
+                   f"{res.roles.previous_token}, not an identified induction mechanism.")
+    elif any("previous-token" in f for f in res.roles.fallbacks):
+        out.append(f"- **No single previous-token head:** the behavioral induction heads are "
+                   f"{', '.join(res.roles.behavioral)} (prefix matching up to {float(pm.max()):.2f}), but no layer-0 "
+                   f"head passes previous-token >= 0.5 (largest {float(prev[0].max()):.2f}); the previous-token-like "
+                   f"heads {', '.join(res.roles.previous_like) or 'none'} share the job. The minimal mechanism's "
+                   f"\"previous-token head\" is the top scorer {res.roles.previous_token}; the first refinement "
+                   f"claims all of them.")
     out += [f"- The minimal two-head mechanism recovers {_fmt(rrt)} of the loss on repeated random tokens and "
            f"{_fmt(nat)} on natural text (induction-candidate positions, against the induction baseline): "
            + (f"it falls short on natural text by {gap:.3f} (the intervals do not overlap)." if separated else
@@ -247,6 +254,17 @@ def _context(res: StudyResults) -> list[str]:
     return lines
 
 
+def _training_rrt_share(model: str) -> float:
+    """The share of repeated-random-token rows in the training recipe of a scrub checkpoint (0 if unknown)."""
+    from scrub.model import SHIPPED_DIR, SHIPPED_NAME
+
+    config = (SHIPPED_DIR if model == SHIPPED_NAME else Path(model)) / "config.json"
+    try:
+        return float(json.loads(config.read_text())["meta"]["recipe"].get("rrt_frac", 0.0))
+    except (OSError, KeyError, ValueError):
+        return 0.0
+
+
 def write_report(res: StudyResults, out: Path) -> Path:
     cfg, roles = res.config, res.roles
     L = [f"# Induction heads: the mechanistic definition against the behavioral one", "",
@@ -257,6 +275,11 @@ def write_report(res: StudyResults, out: Path) -> Path:
          f"`experiments/_report.py` from the run.", ""]
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
+    rrt_share = _training_rrt_share(str(cfg.model))
+    if rrt_share:
+        L += [f"**Note — RRT is in distribution here:** {rrt_share:.0%} of this model's training rows were repeated "
+              "random tokens (see the model card in README.md), so the RRT columns measure a trained-for behaviour; "
+              "the natural-text columns are held-out plays without augmentation.", ""]
     L += ["## 1. Behavioral head scores", "",
           f"Roles (from `hypotheses/_heads.py`: scores of `scrub.scores` with its fixed seed, the heads every hypothesis file picks): behavioral induction heads "
           f"{', '.join(roles.behavioral) or 'none'}; mechanism receivers {', '.join(roles.induction)}; "
