@@ -128,6 +128,15 @@ def _load_pretrained(name: str, device: str) -> HookedTransformer:
             f"unknown model {name!r}: pass {SHIPPED_NAME!r} (the shipped model), a checkpoint directory, "
             f"or a TransformerLens pretrained name such as 'redwood_attn_2l' or 'attn-only-2l'"
         )
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    repo = get_official_model_name(name)
+    if not (Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+        raise ModelLoadError(
+            f"pretrained model {name!r} ({repo}) is not in the local Hugging Face cache {HF_HUB_CACHE}; download "
+            f"its weights on a machine with hub access, or use the shipped model {SHIPPED_NAME!r}"
+        )
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     try:
