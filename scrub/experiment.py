@@ -121,8 +121,6 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     data = _check_tokens(model, data)
     claim = as_claim(hypothesis, model)
     base = as_claim(baseline if baseline is not None else empty_graph(), model, name="empty")
-    if baseline is None:
-        base = Claim("empty", base.nodes, base.edges, base.root)
     tree, base_tree = treeify(claim), treeify(base)
     parts: dict[str, list[ExampleLosses]] = {"clean": [], "baseline": [], "scrubbed": []}
     self_rates = []
