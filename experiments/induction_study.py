@@ -37,6 +37,7 @@ from hypotheses._build import Mechanism, induction_baseline, mechanism_graph  # 
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.data import induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.hypothesis import Claim, validate  # noqa: E402
+from scrub.model import SHIPPED_NAME  # noqa: E402
 from scrub.scores import head_scores  # noqa: E402
 
 HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
@@ -64,7 +65,7 @@ MODES = ("candidates", "all")
 class StudyConfig:
     """Sizes of one run; ``quick()`` is the test-sized variant (under 2 minutes)."""
 
-    model: str = "scrub-attn-2l"
+    model: str = SHIPPED_NAME
     seed: int = 0
     n_natural: int = 192
     seq_len: int = 256

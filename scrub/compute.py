@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.sites import Component, Embed, Head, Logits, Mlp, Pos, hook_name
+from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
 
 
 class UnsupportedModelError(ValueError):
@@ -185,6 +185,3 @@ def unembed(model: HookedTransformer, resid: Tensor) -> Tensor:
     final_norm = getattr(model, "ln_final", None)  # absent in models without normalisation
     return model.unembed(resid if final_norm is None else final_norm(resid))
 
-
-def is_source(component: Component) -> bool:
-    return not isinstance(component, Logits)

@@ -133,13 +133,15 @@ def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "", op
     """Draw the datum of every tree node and of its unclaimed inputs for one batch of reference data."""
     n = tokens.shape[0]
     out = Assignments(options=options, seed=seed, salt=salt)
-    codes_cache: dict[str, Tensor] = {}
+    codes_cache: dict[int, Tensor] = {}  # feature codes of the batch, computed once per feature
 
     def visit(node: TreeNode, parent: Tensor) -> None:
         if node.feature is None:
             datum, forced = parent, torch.zeros(n, dtype=torch.bool)
         else:
-            codes = codes_cache.setdefault(node.feature.name + repr(id(node.feature)), node.feature.codes(tokens))
+            if id(node.feature) not in codes_cache:
+                codes_cache[id(node.feature)] = node.feature.codes(tokens)
+            codes = codes_cache[id(node.feature)]
             draw = sample_agreeing(codes, parent, generator(seed, salt, node.path, "feature"), allow_self=options.allow_self)
             datum, forced = draw.index, draw.forced_self & (draw.index == parent)
             if options.allow_self:
