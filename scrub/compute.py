@@ -1,8 +1,8 @@
 """Component maths on a HookedTransformer's own weights and modules, batched over many copies at once.
 
 Owns the clean run (``CleanRun``: every component's output on a batch, split per source) and the
-functions that recompute heads, MLPs and the unembedding from arbitrary input residuals. LayerNorms, MLPs
-and the unembedding are the model's own modules; attention is re-derived from its weights because
+functions that recompute heads and MLPs from arbitrary input residuals (the unembedding is in
+``unembed.py``). LayerNorms and MLPs are the model's own modules; attention is re-derived from its weights because
 TransformerLens only takes per-head inputs when config flags are switched on, and scrub never changes
 the user's model. ``check_supported`` names the architectures this does not cover.
 """
@@ -54,6 +54,7 @@ class CleanRun:
     embed: Tensor  # [batch, seq, d_model]
     pos: Tensor  # [batch, seq, d_model]
     heads: tuple[Tensor, ...]  # per layer [batch, seq, head, d_model] (without b_O)
+    z: tuple[Tensor, ...]  # per layer [batch, seq, head, d_head]: heads = z @ W_O
     attn_bias: tuple[Tensor, ...]  # per layer [d_model]
     mlps: tuple[Tensor, ...]  # per layer [batch, seq, d_model] (empty tuple if attention-only)
     logits: Tensor  # [batch, seq, d_vocab]
@@ -122,6 +123,7 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
         embed=cache[hook_name(Embed())],
         pos=pos.expand(tokens.shape[0], -1, -1) if pos.shape[0] == 1 else pos,
         heads=heads,
+        z=tuple(cache[hook_name(Head(layer, 0))] for layer in range(cfg.n_layers)),
         attn_bias=tuple(model.blocks[layer].attn.b_O.detach() for layer in range(cfg.n_layers)),
         mlps=mlps,
         logits=logits,
@@ -148,10 +150,24 @@ def heads_forward_normed(model: HookedTransformer, layer: int, head_index: Tenso
     """``heads_forward`` from inputs already passed through the layer's ``ln1`` (so a normalised input shared
     by many copies is normalised once): xq, xk, xv [copy, batch, seq, d_model], or [batch, seq, d_model] when
     every copy reads the same input (projected without stacking) -> [copy, batch, seq, d_model]."""
+    z = heads_z_normed(model, layer, head_index, xq, xk, xv, pos)  # [copy, batch, seq, d_head]
+    return head_out(model, layer, head_index, z)
+
+
+def head_out(model: HookedTransformer, layer: int, head_index: Tensor, z: Tensor) -> Tensor:
+    """Heads' outputs z [copy, batch, seq, d_head] through their W_O -> [copy, batch, seq, d_model]."""
+    w_o = model.blocks[layer].attn.W_O[head_index]  # [copy, d_head, d_model]
+    return einops.einsum(z, w_o, "c b s h, c h d -> c b s d")  # [copy, batch, seq, d_model]
+
+
+@torch.no_grad()
+def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
+                   pos: Tensor | None) -> Tensor:
+    """The attention-weighted values z [copy, batch, seq, d_head] of ``heads_forward_normed`` (before W_O)."""
     attn = model.blocks[layer].attn
     if pos is not None:
         xq, xk = xq + pos, xk + pos
-    w_q, w_k, w_v, w_o = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))  # [copy, d_model, d_head] / [copy, d_head, d_model]
+    w_q, w_k, w_v = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V))  # [copy, d_model, d_head] x3
     b_q, b_k, b_v = (b[head_index][:, None, None] for b in (attn.b_Q, attn.b_K, attn.b_V))  # [copy, 1, 1, d_head]
     q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
     k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
@@ -160,8 +176,7 @@ def heads_forward_normed(model: HookedTransformer, layer: int, head_index: Tenso
     seq = scores.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()  # [q, k]
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # [copy, batch, q, k]
-    z = einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
-    return einops.einsum(z, w_o, "c b s h, c h d -> c b s d")  # [copy, batch, seq, d_model]
+    return einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
 
 
 def _project(x: Tensor, w: Tensor) -> Tensor:
@@ -177,11 +192,3 @@ def mlp_forward(model: HookedTransformer, layer: int, x: Tensor) -> Tensor:
     block = model.blocks[layer]
     flat = x.reshape(-1, *x.shape[2:])  # [copy*batch, seq, d_model]
     return block.mlp(block.ln2(flat)).reshape(x.shape)
-
-
-@torch.no_grad()
-def unembed(model: HookedTransformer, resid: Tensor) -> Tensor:
-    """Logits from final residuals [batch, seq, d_model] -> [batch, seq, d_vocab]."""
-    final_norm = getattr(model, "ln_final", None)  # absent in models without normalisation
-    return model.unembed(resid if final_norm is None else final_norm(resid))
-

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, heads_forward_normed, mlp_forward, unembed
+from scrub.compute import CleanRun, head_out, heads_z_normed, mlp_forward
 from scrub.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
 from scrub.treeify import Assignments, TreeNode
+from scrub.unembed import FactoredUnembed, Term, unembed
 
 COPY_BUDGET = 120_000_000  # floats per stacked input tensor; bounds memory of one batched call
 
@@ -30,6 +31,7 @@ class _Value:
 
     tensor: Tensor | None
     clean_on: Tensor | None  # [batch]
+    z: Tensor | None = None  # [batch, seq, d_head] for a recomputed head: tensor = z @ W_O
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
                   positions: Tensor | None = None) -> tuple[list[Tensor], EvalStats]:
     """Evaluate several trees on one clean run, stacking their copies of each layer into shared batched
     calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``). ``positions``
-    [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab]."""
+    [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab], and
+    trees whose logits differ from the clean run through head outputs are unembedded in factored form."""
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
     values: dict[tuple[int, tuple[str, ...]], _Value] = {}
     cache = _Cache()
@@ -71,11 +74,14 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
         recomputed += len(todo)
         _recompute(model, todo, clean, values, cache)
     outputs = []
+    factored = FactoredUnembed.of(model) if positions is not None else None
     for i, (root, data) in enumerate(zip(roots, datas)):
         job = _Job(root, data, i)
         on = _clean_on(job, Channel.IN, clean, values)
         if on is not None:
             logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
+        elif factored is not None and not data.options.independent:
+            logits = _factored_logits(job, clean, values, cache, factored, positions)  # [batch, n_pos, d_vocab]
         else:
             resid = _input(job, Channel.IN, clean, values, cache)  # [batch, seq, d_model]
             logits = unembed(model, resid if positions is None else resid[:, positions])
@@ -174,6 +180,30 @@ def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict, cache: _C
     return resid
 
 
+def _factored_logits(job: _Job, clean: CleanRun, values: dict, cache: _Cache, factored: FactoredUnembed,
+                     positions: Tensor) -> Tensor:
+    """The logits ``_input`` + ``unembed`` would give at ``positions``, with each head's difference kept
+    d_head-wide (``unembed.FactoredUnembed``); the clean base is unembedded once per call."""
+    node, data = job.node, job.data
+    other = data[node].other
+    base = cache.resid_before(clean, node.component)[other][:, positions]  # [batch, n_pos, d_model]
+    tokens = clean.tokens[data[node].datum]  # [batch, seq]
+    terms = []
+    for inp in _claimed(node, Channel.IN, clean):
+        src = inp.child.component
+        mask = None if inp.positions is None else inp.positions(tokens)[:, positions, None]  # [batch, n_pos, 1]
+        value = values[job.child(inp.child).key]
+        if isinstance(src, Head):
+            z_clean = clean.z[src.layer][:, positions, src.head]  # [data, n_pos, d_head]
+            z = value.z[:, positions] if value.z is not None else z_clean[value.clean_on]  # [batch, n_pos, d_head]
+            dz = z - z_clean[other]  # [batch, n_pos, d_head]
+            terms.append(Term(dz=dz if mask is None else dz * mask.to(dz.dtype), head=src))
+        else:
+            delta = (_materialise(job.child(inp.child), clean, values) - clean.out(src)[other])[:, positions]  # [batch, n_pos, d_model]
+            terms.append(Term(resid=delta if mask is None else delta * mask.to(delta.dtype)))
+    return factored.logits(base, (node.component.depth, tuple(other.tolist())), terms)
+
+
 def _unchanged_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor | None:
     """The datum d if the copy's input on ``channel`` is exactly the clean residual on d, as ``_input`` would
     compute it (every claimed child is the clean output on the unclaimed datum, so each delta is exactly 0)."""
@@ -224,9 +254,11 @@ def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, valu
         if isinstance(comp, Head):
             xq, xk, xv = (_normed_inputs(model, part, c, clean, values, cache) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model] x3
             heads = torch.tensor([j.node.component.head for j in part])
-            out = heads_forward_normed(model, comp.layer, heads, xq, xk, xv, pos)  # [copy, batch, seq, d_model]
+            z = heads_z_normed(model, comp.layer, heads, xq, xk, xv, pos)  # [copy, batch, seq, d_head]
+            out = head_out(model, comp.layer, heads, z)  # [copy, batch, seq, d_model]
+            for j, o, zj in zip(part, out, z):
+                values[j.key] = _Value(o, None, zj)
         else:
             x = torch.stack([_input(j, Channel.IN, clean, values, cache) for j in part])  # [copy, batch, seq, d_model]
-            out = mlp_forward(model, comp.layer, x)
-        for j, o in zip(part, out):
-            values[j.key] = _Value(o, None)
+            for j, o in zip(part, mlp_forward(model, comp.layer, x)):
+                values[j.key] = _Value(o, None)

@@ -64,6 +64,17 @@ def make_batch(stream: np.ndarray, gen: np.random.Generator, batch: int, seq: in
     return torch.from_numpy(np.concatenate([bos_col, rows], axis=1))  # [batch, seq]
 
 
+def param_groups(model: torch.nn.Module, decay: str, weight_decay: float) -> list[dict]:
+    """AdamW groups: ``all`` decays every parameter; ``matrices`` spares embeddings, positions, LayerNorm
+    and biases, so weight decay does not shrink the positional signal that previous-token heads read."""
+    if decay == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    spared = {id(model.embed.weight), id(model.pos.weight)}
+    matrices = [p for p in model.parameters() if p.dim() > 1 and id(p) not in spared]
+    rest = [p for p in model.parameters() if p.dim() <= 1 or id(p) in spared]
+    return [{"params": matrices, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
 @torch.no_grad()
 def monitor(model: HookedTransformer, val: np.ndarray, bos: int, seed: int) -> dict:
     """Quick training-time probes: val loss, best layer-0 previous-token and layer-1 prefix-matching score."""
@@ -108,6 +119,10 @@ def main() -> None:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pos-init", choices=("normal", "sinusoidal"), default="normal")
+    parser.add_argument("--pos-scale", type=float, default=1.0, help="amplitude of the sinusoidal start")
+    parser.add_argument("--decay", choices=("all", "matrices"), default="all",
+                        help="weight decay on every parameter, or only on the attention/unembed matrices "
+                        "(not on embeddings, positions, LayerNorm or biases, as in GPT-2 style recipes)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the resumable checkpoint lives")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,8 +142,8 @@ def main() -> None:
     hooked = HookedTransformer(arch.to_config())
     model = FastAttnOnly(arch.n_layers, arch.d_model, arch.n_heads, arch.d_head, arch.n_ctx, arch.d_vocab)
     if args.pos_init == "sinusoidal":
-        model.sinusoidal_positions()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
+        model.sinusoidal_positions(args.pos_scale)
+    opt = torch.optim.AdamW(param_groups(model, args.decay, 0.05), lr=args.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     )

@@ -1,0 +1,94 @@
+"""The final LayerNorm and unembedding, plain and factored through head differences.
+
+With a LayerNorm (or LayerNormPre) at the end, logits(r) = (r · Ã) / s(r) + c, where Ã = diag(w) W_U with
+its rows centred over d_model, c = b W_U + b_U and s(r) = sqrt(var(r) + eps) is one number per position.
+So logits are linear in the residual apart from s. A path-patched residual is a shared clean base plus a
+few head-output differences Δz · W_O[h]; ``FactoredUnembed`` multiplies the base by Ã once per call and
+each difference through W_O[h] Ã, a [d_head, d_vocab] map, instead of unembedding d_model-wide residuals
+once per patched path (the dominant cost of the path-patching matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.sites import Head
+
+
+@torch.no_grad()
+def unembed(model: HookedTransformer, resid: Tensor) -> Tensor:
+    """Logits from final residuals [batch, seq, d_model] -> [batch, seq, d_vocab]."""
+    final_norm = getattr(model, "ln_final", None)  # absent in models without normalisation
+    return model.unembed(resid if final_norm is None else final_norm(resid))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One addend of a final residual at the scored positions: either a head-output difference kept
+    d_head-wide (``dz`` [batch, n_pos, d_head] of ``head``; the addend is dz @ W_O[head]) or any other
+    addend ``resid`` [batch, n_pos, d_model]."""
+
+    resid: Tensor | None = None
+    dz: Tensor | None = None
+    head: Head | None = None
+
+
+@dataclass
+class FactoredUnembed:
+    """Unembeds ``base + Σ terms`` without multiplying any d_model-wide term by W_U except the base, which
+    is shared by every tree of a call (keyed by the rows it was gathered from)."""
+
+    model: HookedTransformer
+    a: Tensor  # [d_model, d_vocab]: diag(w) W_U, rows centred
+    c: Tensor  # [d_vocab]
+    eps: float
+    head_maps: dict = field(default_factory=dict)  # Head -> [d_head, d_vocab]
+    bases: dict = field(default_factory=dict)  # key -> [batch, n_pos, d_vocab]
+
+    @classmethod
+    def of(cls, model: HookedTransformer) -> "FactoredUnembed | None":
+        """None unless the final normalisation is a LayerNorm (with or without weights)."""
+        norm = getattr(model, "ln_final", None)
+        if model.cfg.normalization_type not in ("LN", "LNPre") or norm is None:
+            return None
+        w_u = model.W_U.detach()  # [d_model, d_vocab]
+        w = getattr(norm, "w", None)
+        b = getattr(norm, "b", None)
+        a = w_u if w is None else w.detach()[:, None] * w_u  # [d_model, d_vocab]
+        c = model.b_U.detach() + (0.0 if b is None else b.detach() @ w_u)  # [d_vocab]
+        return cls(model, a - a.mean(0, keepdim=True), c, float(norm.eps))
+
+    def w_o(self, head: Head) -> Tensor:
+        return self.model.blocks[head.layer].attn.W_O.detach()[head.head]  # [d_head, d_model]
+
+    def head_map(self, head: Head) -> Tensor:
+        """W_O[h] Ã: [d_head, d_vocab]."""
+        if head not in self.head_maps:
+            self.head_maps[head] = self.w_o(head) @ self.a
+        return self.head_maps[head]
+
+    def logits(self, base: Tensor, base_key, terms: list[Term]) -> Tensor:
+        """Logits [batch, n_pos, d_vocab] of the residual ``base + Σ terms.resid`` (base [batch, n_pos, d_model])."""
+        if base_key not in self.bases:
+            self.bases[base_key] = base @ self.a  # [batch, n_pos, d_vocab]
+        batch, n_pos, d_model = base.shape
+        lin = self.bases[base_key].reshape(batch * n_pos, -1)  # [batch*n_pos, d_vocab]
+        resid = base  # [batch, n_pos, d_model]
+        fresh = False  # ``lin`` is still the cached base: the first term allocates, later terms add in place
+        for t in terms:
+            if t.dz is not None:
+                resid = resid + t.dz @ self.w_o(t.head)  # [batch, n_pos, d_model]
+                x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)  # [batch*n_pos, d_head], [d_head, d_vocab]
+            else:
+                resid = resid + t.resid
+                x, m = t.resid.reshape(batch * n_pos, -1), self.a  # [batch*n_pos, d_model], [d_model, d_vocab]
+            lin = lin.addmm_(x, m) if fresh else torch.addmm(lin, x, m)  # [batch*n_pos, d_vocab]
+            fresh = True
+        lin = lin.view(batch, n_pos, -1)  # [batch, n_pos, d_vocab]
+        centred = resid - resid.mean(-1, keepdim=True)  # [batch, n_pos, d_model]
+        scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # [batch, n_pos, 1]
+        return (lin.div_(scale) if fresh else lin / scale).add_(self.c)  # [batch, n_pos, d_vocab]
