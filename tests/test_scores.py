@@ -200,7 +200,8 @@ def test_shipped_model_scores(tmp_path):
     model = load_model()
     scores = head_scores(model, n=8, exclude_common=100)
     assert scores.previous_token.shape == (model.cfg.n_layers, model.cfg.n_heads)
-    assert scores.previous_token[0].max() > scores.previous_token[1].max(), "previous-token heads live in layer 0"
+    # the first half of the mechanism: a layer-0 previous-token head (layer 1 may have one too: 1.5 is)
+    assert scores.previous_token[0].max() >= Thresholds().previous_token, "a layer-0 previous-token head"
     assert scores.prefix_matching[1].max() > scores.prefix_matching[0].max(), "induction heads live in layer 1"
     check_against_detect_head(with_tokenizer(model, tmp_path), TEXT)
 
