@@ -22,8 +22,8 @@ from scrub.tokenizer import load_tokenizer
 
 SEED = 0  # the fixed seed of the scores the roles come from
 N_SEQUENCES = 32  # sequences per score batch
-PREVIOUS_LIKE = 0.2  # previous-token score of a "previous-token-like" head: the shipped model spreads the
-# previous token over several layer-0 heads (0.20-0.28 each), none near the 0.5 role threshold
+PREVIOUS_LIKE = 0.2  # previous-token score of a "previous-token-like" head: besides its previous-token head
+# 0.3 (0.60), the shipped model has layer-0 heads that also look at the previous token in part (0.4, 0.6: ~0.21)
 FURTHER_BACK = 0.3  # attention mass on keys t-2..t-4 of a head that "attends further back"
 BACK_OFFSETS = (2, 3, 4)
 
