@@ -9,8 +9,9 @@ default so that RRT evaluations stay out of distribution. AdamW, linear warm-up 
 Reproducible from ``--seed``; resumable from ``training/.cache/ckpt.pt`` (flags may change on resume,
 and every probe in the log records the augmentation in force).
 
-The shipped model: ``python training/prepare_corpus.py && python training/train_model.py --steps 3500
---copy-frac 0.6 --repeat-frac 0.5 --augment-from 2000`` (see README for its exact history).
+The shipped model: ``python training/prepare_corpus.py && python training/train_model.py --steps 2500
+--copy-frac 0.6 --repeat-frac 0.5 --rrt-frac 0.15 --pos-init sinusoidal --pos-scale 3 --decay matrices
+--threads 1`` (see the model card in README.md for what each choice did).
 """
 
 from __future__ import annotations
