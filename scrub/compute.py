@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import einops
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.components import LayerNorm, LayerNormPre
 
 from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
 
@@ -131,6 +133,17 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
     )
 
 
+def normalise(norm: torch.nn.Module, x: Tensor) -> Tensor:
+    """``norm(x)`` for a TransformerLens LayerNorm module; the same maths as its ``forward`` in one fused
+    kernel (many stacked copies pass through it), the module itself for any other normalisation."""
+    if x.dtype in (torch.float32, torch.float64):
+        if isinstance(norm, LayerNorm):
+            return F.layer_norm(x, x.shape[-1:], norm.w, norm.b, norm.eps)
+        if isinstance(norm, LayerNormPre):
+            return F.layer_norm(x, x.shape[-1:], None, None, norm.eps)
+    return norm(x)
+
+
 @torch.no_grad()
 def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in: Tensor, k_in: Tensor, v_in: Tensor,
                   pos: Tensor | None) -> Tensor:
@@ -141,7 +154,8 @@ def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in
     without the layer's b_O.
     """
     block = model.blocks[layer]
-    return heads_forward_normed(model, layer, head_index, block.ln1(q_in), block.ln1(k_in), block.ln1(v_in), pos)
+    q, k, v = (normalise(block.ln1, x) for x in (q_in, k_in, v_in))  # [copy, batch, seq, d_model] x3
+    return heads_forward_normed(model, layer, head_index, q, k, v, pos)
 
 
 @torch.no_grad()
@@ -191,4 +205,4 @@ def mlp_forward(model: HookedTransformer, layer: int, x: Tensor) -> Tensor:
     """MLP outputs for input residuals x [copy, batch, seq, d_model] -> [copy, batch, seq, d_model]."""
     block = model.blocks[layer]
     flat = x.reshape(-1, *x.shape[2:])  # [copy*batch, seq, d_model]
-    return block.mlp(block.ln2(flat)).reshape(x.shape)
+    return block.mlp(normalise(block.ln2, flat)).reshape(x.shape)

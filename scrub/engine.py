@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, head_out, heads_z_normed, mlp_forward
+from scrub.compute import CleanRun, head_out, heads_z_normed, mlp_forward, normalise
 from scrub.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
 from scrub.treeify import Assignments, TreeNode
 from scrub.unembed import FactoredUnembed, Term, unembed
@@ -233,11 +233,11 @@ def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel,
             continue
         key = (comp.layer, tuple(on.tolist()))
         if key not in cache.normed:
-            cache.normed[key] = ln1(cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
+            cache.normed[key] = normalise(ln1, cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
         rows.append(cache.normed[key])
     if not fresh and all(r is rows[0] for r in rows):
         return rows[0]  # [batch, seq, d_model] shared by every copy: heads_forward_normed projects it unstacked
-    normed = iter(ln1(torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
+    normed = iter(normalise(ln1, torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
     return torch.stack([r if r is not None else next(normed) for r in rows])  # [copy, batch, seq, d_model]
 
 
