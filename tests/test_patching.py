@@ -150,10 +150,8 @@ def test_shipped_previous_token_to_induction_k_path_stands_out():
     model = load_model()
     scores = head_scores(model, data="natural", n=16)
     induction = set(behavioral_induction_heads(scores))
-    # the shipped model spreads the previous token over several layer-0 heads, none above the 0.5 threshold
-    # (README model card): its previous-token head is the layer-0 head with the highest score
-    best = Head(0, int(scores.previous_token[0].argmax()))
-    previous = set(previous_token_heads(scores)) | {best}
+    previous = {h for h in previous_token_heads(scores) if h.layer == 0}  # layer 1 has one too (1.5)
+    assert previous and induction, "the shipped model has both halves of the mechanism"
     exclude = model.cfg.d_vocab // 20
     ref = repeated_random_tokens(16, 40, 2, seed=0, vocab_size=model.cfg.d_vocab, exclude_common=exclude)
     cor = repeated_random_tokens(16, 40, 2, seed=1, vocab_size=model.cfg.d_vocab, exclude_common=exclude)
