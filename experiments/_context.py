@@ -17,6 +17,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.metrics import token_losses
+from scrub.sites import Head, hook_name
 
 
 def far_mixed_z(q: Tensor, k: Tensor, v: Tensor, k_far: Tensor, v_far: Tensor, window: int, scale: float) -> Tensor:
@@ -57,7 +58,7 @@ def context_sensitivity(model: HookedTransformer, tokens: Tensor, *, window: int
     late_start = max(window + 1, seq // 2) if late_start is None else late_start
     gen = torch.Generator().manual_seed(seed)
     other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # [n] another example each
-    names = [f"blocks.{lay}.attn.hook_{x}" for lay in range(model.cfg.n_layers) for x in "kv"]
+    names = [hook_name(Head(lay, 0), x) for lay in range(model.cfg.n_layers) for x in "kv"]
     _, cache_other = model.run_with_cache(tokens[other], names_filter=lambda name: name in names)
     clean_loss = token_losses(model(tokens), tokens)[:, late_start:]  # [n, late]
     inc = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
@@ -66,18 +67,21 @@ def context_sensitivity(model: HookedTransformer, tokens: Tensor, *, window: int
         scale = float(model.blocks[layer].attn.attn_scale)
         for head in range(model.cfg.n_heads):
             keep: dict[str, Tensor] = {}
+            site = Head(layer, head)
 
-            def save(act, hook, keep=keep):
-                keep[hook.name.rsplit("_", 1)[-1]] = act[:, :, head]  # [batch, seq, d_head]
+            def saver(x: str, keep=keep, head=head):
+                def save(act, hook):
+                    keep[x] = act[:, :, head]  # [batch, seq, d_head]
+                return save
 
-            def replace(z, hook, keep=keep, layer=layer, head=head, scale=scale):
+            def replace(z, hook, keep=keep, site=site, scale=scale):
                 z = z.clone()
-                z[:, :, head] = far_mixed_z(keep["q"], keep["k"], keep["v"],
-                                            cache_other[f"blocks.{layer}.attn.hook_k"][:, :, head],
-                                            cache_other[f"blocks.{layer}.attn.hook_v"][:, :, head], window, scale)
+                z[:, :, site.head] = far_mixed_z(keep["q"], keep["k"], keep["v"],
+                                                 cache_other[hook_name(site, "k")][:, :, site.head],
+                                                 cache_other[hook_name(site, "v")][:, :, site.head], window, scale)
                 return z
 
-            hooks = [(f"blocks.{layer}.attn.hook_{x}", save) for x in "qkv"] + [(f"blocks.{layer}.attn.hook_z", replace)]
+            hooks = [(hook_name(site, x), saver(x)) for x in "qkv"] + [(hook_name(site), replace)]
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [n, seq, vocab]
             diff = (token_losses(logits, tokens)[:, late_start:] - clean_loss).mean(1)  # [n]
             inc[layer, head] = diff.mean()

@@ -102,12 +102,12 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
             x = input_of(node, Channel.IN)
             captured = {}
             patched.run_with_hooks(tokens[datum], fwd_hooks=[
-                (f"blocks.{comp.layer}.hook_mlp_in", lambda act, hook: x),
+                (hook_name(comp, "mlp_in"), lambda act, hook: x),
                 (hook_name(comp), lambda act, hook: captured.update(out=act.clone())),
             ])
             return captured["out"]
         raise AssertionError(comp)
 
     final = input_of(root, Channel.IN)
-    last = model.cfg.n_layers - 1
-    return patched.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{last}.hook_resid_post", lambda act, hook: final)])
+    last = Head(model.cfg.n_layers - 1, 0)  # the residual after the last block is what the logits read
+    return patched.run_with_hooks(tokens, fwd_hooks=[(hook_name(last, "resid_post"), lambda act, hook: final)])

@@ -142,8 +142,10 @@ def hook_name(component: Component, kind: str = "out") -> str:
     """The TransformerLens hook that carries ``component``'s activation of ``kind``.
 
     kinds: ``"out"`` (the component's output: hook_embed, hook_pos_embed, blocks.L.attn.hook_z for a head,
-    blocks.L.hook_mlp_out), ``"pattern"`` (a head's attention pattern), ``"q_input"``/``"k_input"``/``"v_input"``
-    (the per-head split inputs, only with ``use_split_qkv_input``), ``"resid_pre"``.
+    blocks.L.hook_mlp_out), ``"pattern"`` (a head's attention pattern), ``"q"``/``"k"``/``"v"`` (a head's
+    projected query, key, value), ``"q_input"``/``"k_input"``/``"v_input"`` (the per-head split inputs, only
+    with ``use_split_qkv_input``), ``"mlp_in"`` (only with ``use_hook_mlp_in``), ``"resid_pre"`` and
+    ``"resid_post"`` of the component's block.
     """
     match component, kind:
         case Embed(), "out":
@@ -152,18 +154,14 @@ def hook_name(component: Component, kind: str = "out") -> str:
             return "hook_pos_embed"
         case Head(layer=layer), "out":
             return f"blocks.{layer}.attn.hook_z"
-        case Head(layer=layer), "result":
-            return f"blocks.{layer}.attn.hook_result"
-        case Head(layer=layer), "pattern":
-            return f"blocks.{layer}.attn.hook_pattern"
+        case Head(layer=layer), ("pattern" | "q" | "k" | "v"):
+            return f"blocks.{layer}.attn.hook_{kind}"
         case Head(layer=layer), ("q_input" | "k_input" | "v_input"):
             return f"blocks.{layer}.hook_{kind}"
-        case (Head(layer=layer) | Mlp(layer=layer)), "resid_pre":
-            return f"blocks.{layer}.hook_resid_pre"
+        case (Head(layer=layer) | Mlp(layer=layer)), ("resid_pre" | "resid_post"):
+            return f"blocks.{layer}.hook_{kind}"
         case Mlp(layer=layer), "out":
             return f"blocks.{layer}.hook_mlp_out"
-        case Mlp(layer=layer), "in":
-            return f"blocks.{layer}.hook_resid_mid"
-        case Logits(), "resid":
-            return "ln_final.hook_normalized"
+        case Mlp(layer=layer), "mlp_in":
+            return f"blocks.{layer}.hook_mlp_in"
     raise SiteError(f"no TransformerLens hook for {kind!r} of {component}")
