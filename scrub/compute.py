@@ -144,30 +144,6 @@ def normalise(norm: torch.nn.Module, x: Tensor) -> Tensor:
     return norm(x)
 
 
-@torch.no_grad()
-def heads_forward(model: HookedTransformer, layer: int, head_index: Tensor, q_in: Tensor, k_in: Tensor, v_in: Tensor,
-                  pos: Tensor | None) -> Tensor:
-    """Outputs of many copies of heads in one layer, each with its own input residuals.
-
-    head_index [copy]; q_in, k_in, v_in [copy, batch, seq, d_model]; pos [seq, d_model] for shortformer
-    models (added to the normalised q and k inputs), else None. Returns [copy, batch, seq, d_model]
-    without the layer's b_O.
-    """
-    block = model.blocks[layer]
-    q, k, v = (normalise(block.ln1, x) for x in (q_in, k_in, v_in))  # [copy, batch, seq, d_model] x3
-    return heads_forward_normed(model, layer, head_index, q, k, v, pos)
-
-
-@torch.no_grad()
-def heads_forward_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
-                         pos: Tensor | None) -> Tensor:
-    """``heads_forward`` from inputs already passed through the layer's ``ln1`` (so a normalised input shared
-    by many copies is normalised once): xq, xk, xv [copy, batch, seq, d_model], or [batch, seq, d_model] when
-    every copy reads the same input (projected without stacking) -> [copy, batch, seq, d_model]."""
-    z = heads_z_normed(model, layer, head_index, xq, xk, xv, pos)  # [copy, batch, seq, d_head]
-    return head_out(model, layer, head_index, z)
-
-
 def head_out(model: HookedTransformer, layer: int, head_index: Tensor, z: Tensor) -> Tensor:
     """Heads' outputs z [copy, batch, seq, d_head] through their W_O -> [copy, batch, seq, d_model]."""
     w_o = model.blocks[layer].attn.W_O[head_index]  # [copy, d_head, d_model]
@@ -177,7 +153,11 @@ def head_out(model: HookedTransformer, layer: int, head_index: Tensor, z: Tensor
 @torch.no_grad()
 def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
                    pos: Tensor | None) -> Tensor:
-    """The attention-weighted values z [copy, batch, seq, d_head] of ``heads_forward_normed`` (before W_O)."""
+    """Attention-weighted values z [copy, batch, seq, d_head] (before W_O) of many copies of heads in one
+    layer, each with its own inputs already passed through the layer's ``ln1`` (so an input shared by many
+    copies is normalised once). head_index [copy]; xq, xk, xv [copy, batch, seq, d_model], or [batch, seq,
+    d_model] when every copy reads the same input (projected without stacking); pos [seq, d_model] for
+    shortformer models (added to the normalised q and k inputs), else None."""
     attn = model.blocks[layer].attn
     if pos is not None:
         xq, xk = xq + pos, xk + pos

@@ -4,7 +4,7 @@ Every claimed copy's input is the clean residual of its unclaimed datum plus, fo
 the difference between that input's treeified value and its clean value on the unclaimed datum (the
 "masked difference" trick), so a copy costs one head's attention, not a forward pass. Copies whose every
 input comes from one datum are read from the clean run instead of recomputed; the rest are stacked per
-layer and computed in one batched call (``compute.heads_forward``). This is where activations are
+layer and computed in one batched call (``compute.heads_z_normed``). This is where activations are
 resampled; ``reference.py`` does the same literally, for the tests.
 """
 
@@ -236,7 +236,7 @@ def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel,
             cache.normed[key] = normalise(ln1, cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
         rows.append(cache.normed[key])
     if not fresh and all(r is rows[0] for r in rows):
-        return rows[0]  # [batch, seq, d_model] shared by every copy: heads_forward_normed projects it unstacked
+        return rows[0]  # [batch, seq, d_model] shared by every copy: heads_z_normed projects it unstacked
     normed = iter(normalise(ln1, torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
     return torch.stack([r if r is not None else next(normed) for r in rows])  # [copy, batch, seq, d_model]
 

@@ -7,7 +7,6 @@ the engine, and keeps per-example losses at the scored positions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -154,6 +153,3 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         per_example_scrubbed=tuple(joined["scrubbed"].per_example().tolist()),
     )
 
-
-def write_json(result: ScrubResult, path: Path) -> None:
-    path.write_text(json.dumps(result.to_dict(per_example=True), indent=2) + "\n")

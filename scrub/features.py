@@ -66,23 +66,18 @@ def previous_token(at: int | slice = -1) -> Feature:
 
 def is_repeat(at: int | slice = slice(None)) -> Feature:
     """Whether the token at each position in ``at`` occurred earlier in the sequence (0/1 codes)."""
-    return Feature(f"is_repeat[{_fmt(at)}]", lambda tokens: earlier_occurrence(tokens)[:, at].long())
+    return Feature(f"is_repeat[{_fmt(at)}]", lambda tokens: induction_candidates(tokens)[:, at].long())
 
 
 def repeat_count(bucket: int = 8) -> Feature:
     """How many positions hold a repeated token, in buckets of ``bucket``: a coarse sequence-level class."""
-    return Feature(f"repeat_count/{bucket}", lambda tokens: earlier_occurrence(tokens).sum(1, keepdim=True) // bucket)
+    return Feature(f"repeat_count/{bucket}", lambda tokens: induction_candidates(tokens).sum(1, keepdim=True) // bucket)
 
 
 def _fmt(at: int | slice) -> str:
     if isinstance(at, slice):
         return f"{'' if at.start is None else at.start}:{'' if at.stop is None else at.stop}"
     return str(at)
-
-
-def earlier_occurrence(tokens: Tensor) -> Tensor:
-    """True at t when tokens[t] occurred at some position < t of the same sequence."""
-    return induction_candidates(tokens)  # [batch, seq]
 
 
 # --- position masks for edges: where along the receiver's sequence a claimed input is claimed -------
@@ -95,11 +90,6 @@ def after_earlier_occurrence(tokens: Tensor) -> Tensor:
     out = torch.zeros_like(recurs)
     out[:, 1:] = recurs[:, :-1]
     return out  # [batch, seq]
-
-
-def repeated_token_positions(tokens: Tensor) -> Tensor:
-    """True where the current token occurred earlier: the queries of an induction head."""
-    return earlier_occurrence(tokens)
 
 
 # --- the conditional sampler ---------------------------------------------------------------------------
