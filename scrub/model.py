@@ -1,6 +1,6 @@
 """Model loading: the shipped checkpoint, a checkpoint directory, or a TransformerLens pretrained name.
 
-Owns the shipped model's architecture (``shipped_config``) and the checkpoint format: a directory with
+Owns the shipped model's architecture (``ArchSpec``) and the checkpoint format: a directory with
 ``config.json`` (the HookedTransformerConfig fields we set) and ``weights.pt`` (a float16 state dict).
 """
 
@@ -84,7 +84,7 @@ def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
         arch["normalization_type"] = None
     model = HookedTransformer(ArchSpec(**arch).to_config())
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    missing = [k for k in model.state_dict() if k not in state and model.state_dict()[k].is_floating_point()]
+    missing = [k for k, v in model.state_dict().items() if k not in state and v.is_floating_point()]
     if missing:
         raise ModelLoadError(f"checkpoint {weights_path} lacks weights {missing[:3]}...; it does not match config.json")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
