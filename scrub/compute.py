@@ -1,10 +1,10 @@
 """Component maths on a HookedTransformer's own weights and modules, batched over many copies at once.
 
-Owns the clean run (``CleanRun``: every component's output on a batch, split per source) and the
-functions that recompute heads and MLPs from arbitrary input residuals (the unembedding is in
-``unembed.py``). LayerNorms and MLPs are the model's own modules; attention is re-derived from its weights because
-TransformerLens only takes per-head inputs when config flags are switched on, and scrub never changes
-the user's model. ``check_supported`` names the architectures this does not cover.
+Owns the clean run (``CleanRun``: every component's output on a batch, split per source), the functions
+that recompute heads and MLPs from arbitrary input residuals, and the linear part of a LayerNorm
+(``norm_linear``; the unembedding is in ``unembed.py``). LayerNorms and MLPs are the model's own modules;
+attention is re-derived from its weights because TransformerLens only takes per-head inputs when config
+flags are switched on, and scrub never changes the user's model. ``check_supported`` names the architectures this does not cover.
 """
 
 from __future__ import annotations
@@ -142,6 +142,18 @@ def normalise(norm: torch.nn.Module, x: Tensor) -> Tensor:
         if isinstance(norm, LayerNormPre):
             return F.layer_norm(x, x.shape[-1:], None, None, norm.eps)
     return norm(x)
+
+
+def norm_linear(model: HookedTransformer, module: torch.nn.Module | None) -> torch.Tensor:
+    """The linear part of a normalization layer as a float64 [d_model, d_model] matrix (centring and scale w),
+    applied as ``x @ norm_linear``. The division by the per-position scale is left out: it is one positive
+    factor per position, which ``unembed.FactoredUnembed`` applies itself and the scores in ``scores``
+    can ignore (it cancels in the copying ratio and only reweights rows of the OV circuit)."""
+    d_model, norm = model.cfg.d_model, model.cfg.normalization_type
+    eye = torch.eye(d_model, dtype=torch.float64)
+    mat = eye - 1.0 / d_model if norm in ("LN", "LNPre") else eye  # centring
+    w = getattr(module, "w", None)
+    return mat * w.detach().double()[None, :] if w is not None else mat  # [d_model, d_model]
 
 
 def head_out(model: HookedTransformer, layer: int, head_index: Tensor, z: Tensor) -> Tensor:

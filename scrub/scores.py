@@ -16,7 +16,9 @@ from typing import Callable, Iterable
 import torch
 from transformer_lens import HookedTransformer
 
+from scrub.compute import norm_linear
 from scrub.data import check_length, natural_batch, repeat_positions, repeated_random_tokens
+from scrub.metrics import token_losses
 from scrub.sites import Head, hook_name
 
 SCORE_NAMES = ("previous_token", "prefix_matching", "duplicate_token", "copying", "ov_eigenvalue")
@@ -203,31 +205,18 @@ def attention_patterns(model: HookedTransformer, tokens: torch.Tensor) -> torch.
     return torch.stack([cache[name] for name in names], dim=1)  # [batch, layer, head, q, k]
 
 
-def _norm_linear(model: HookedTransformer, module: torch.nn.Module | None) -> torch.Tensor:
-    """The linear part of a normalization layer as a [d_model, d_model] matrix (centring and scale w).
-
-    The division by the per-position norm is dropped: it is a positive factor per position. It cancels
-    exactly in the copying ratio (final LN) and only reweights rows of the OV circuit (ln1).
-    """
-    d_model, norm = model.cfg.d_model, model.cfg.normalization_type
-    eye = torch.eye(d_model, dtype=torch.float64)
-    mat = eye - 1.0 / d_model if norm in ("LN", "LNPre") else eye  # centring
-    w = getattr(module, "w", None)
-    return mat * w.detach().double()[None, :] if w is not None else mat  # [d_model, d_model]
-
-
 @torch.inference_mode()
 def ov_eigenvalue_scores(model: HookedTransformer) -> torch.Tensor:
     """Σλ/Σ|λ| of each head's full OV circuit W_E·N1·W_OV·Nf·W_U (token -> logit), [layer, head].
 
-    N1, Nf are the linear parts of ln1 and ln_final (see ``_norm_linear``); positional embeddings and
+    N1, Nf are the linear parts of ln1 and ln_final (see ``compute.norm_linear``); positional embeddings and
     earlier layers are ignored (direct path from tokens). Eigenvalues come from ``FactoredMatrix``.
     """
     w_e, w_u = model.W_E.double(), model.W_U.double()  # [vocab, d_model], [d_model, vocab]
-    right = _norm_linear(model, getattr(model, "ln_final", None)) @ w_u  # [d_model, vocab]
+    right = norm_linear(model, getattr(model, "ln_final", None)) @ w_u  # [d_model, vocab]
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
     for layer in range(model.cfg.n_layers):
-        left = w_e @ _norm_linear(model, model.blocks[layer].ln1)  # [vocab, d_model]
+        left = w_e @ norm_linear(model, model.blocks[layer].ln1)  # [vocab, d_model]
         for head in range(model.cfg.n_heads):
             ov = model.OV[layer, head]  # FactoredMatrix [d_model, d_model]
             ov = type(ov)(ov.A.double(), ov.B.double())
@@ -242,13 +231,13 @@ def copying_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
 
     For each source position (all but BOS) and head: the head's output if it attended fully there,
     (ln1(resid_pre) W_V + b_V) W_O, read through the direct path Nf·W_U (linear part of ln_final, see
-    ``_norm_linear``) -> logit raise of the tokens in the sample (Olsson et al.: "the raise of all tokens in
+    ``compute.norm_linear``) -> logit raise of the tokens in the sample (Olsson et al.: "the raise of all tokens in
     the sample", not the whole vocabulary) -> ``copying_ratio`` with the source token.
     """
     check_length(tokens, model)
     names = [hook_name(Head(layer, 0), "resid_pre") for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-    unembed = (_norm_linear(model, getattr(model, "ln_final", None)) @ model.W_U.double()).float()  # [d_model, vocab]
+    unembed = (norm_linear(model, getattr(model, "ln_final", None)) @ model.W_U.double()).float()  # [d_model, vocab]
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
     for layer, name in enumerate(names):
         block = model.blocks[layer]
@@ -275,9 +264,7 @@ def in_context_learning(model: HookedTransformer, tokens: torch.Tensor, *, early
     early = min(50, late // 4) if early is None else early
     if not 0 <= early < late <= last:
         raise ValueError(f"ICL positions need 0 ≤ early < late ≤ {last} (got early={early}, late={late})")
-    logits = model(tokens)  # [batch, seq, vocab]
-    logprobs = logits.log_softmax(-1)[:, :-1]  # [batch, seq-1, vocab]
-    losses = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+    losses = token_losses(model(tokens), tokens)  # [batch, seq-1]
     loss_early, loss_late = icl_from_losses(losses, early, late)
     return IclScore(early=early, late=late, loss_early=loss_early, loss_late=loss_late)
 

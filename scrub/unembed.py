@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from scrub.compute import norm_linear
 from scrub.sites import Head
 
 
@@ -56,11 +57,10 @@ class FactoredUnembed:
         if model.cfg.normalization_type not in ("LN", "LNPre") or norm is None:
             return None
         w_u = model.W_U.detach()  # [d_model, d_vocab]
-        w = getattr(norm, "w", None)
+        a = (norm_linear(model, norm) @ w_u.double()).to(w_u.dtype)  # [d_model, d_vocab]: diag(w) W_U, rows centred
         b = getattr(norm, "b", None)
-        a = w_u if w is None else w.detach()[:, None] * w_u  # [d_model, d_vocab]
         c = model.b_U.detach() + (0.0 if b is None else b.detach() @ w_u)  # [d_vocab]
-        return cls(model, a - a.mean(0, keepdim=True), c, float(norm.eps))
+        return cls(model, a, c, float(norm.eps))
 
     def w_o(self, head: Head) -> Tensor:
         return self.model.blocks[head.layer].attn.W_O.detach()[head.head]  # [d_head, d_model]
