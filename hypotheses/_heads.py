@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from scrub.data import natural_batch
+from scrub.data import default_exclude_common, natural_batch
 from scrub.scores import HeadScores, Thresholds, attention_patterns, behavioral_induction_heads, head_scores
 from scrub.sites import Head
 from scrub.tokenizer import load_tokenizer
@@ -90,7 +90,7 @@ def head_roles(model: HookedTransformer, *, seed: int = SEED) -> HeadRoles:
     """Compute the behavioral scores (natural-text previous-token scores) and the roles they imply."""
     compatible = load_tokenizer().vocab_size == model.cfg.d_vocab  # natural text needs the scrub tokenizer
     scores = head_scores(model, data="natural" if compatible else "rrt", n=N_SEQUENCES, seed=seed,
-                         exclude_common=model.cfg.d_vocab // 20 if compatible else 0)
+                         exclude_common=default_exclude_common(model))
     if compatible:
         tokens = natural_batch(N_SEQUENCES, min(128, model.cfg.n_ctx), seed=seed)  # [n, seq]
     else:

@@ -81,7 +81,7 @@ HEATMAP_RANGES = {  # score -> (vmin, vmax, colormap); copying colours saturate 
 
 def heads_command(args: argparse.Namespace) -> int:
     """Every behavioral head score, the thresholds, the heads that pass, the ICL score and heatmaps."""
-    from scrub.data import natural_batch
+    from scrub.data import default_exclude_common, natural_batch
     from scrub.plots import head_heatmap
     from scrub.scores import (
         SCORE_NAMES, Thresholds, behavioral_induction_heads, head_scores, in_context_learning,
@@ -96,8 +96,7 @@ def heads_command(args: argparse.Namespace) -> int:
     compatible = tokenizer.vocab_size == model.cfg.d_vocab
     if args.data == "natural":
         check_compatible(tokenizer, model)
-    exclude = args.exclude_common if args.exclude_common is not None else (
-        model.cfg.d_vocab // 20 if compatible else 0)
+    exclude = args.exclude_common if args.exclude_common is not None else default_exclude_common(model)
     defaults = Thresholds()
     thresholds = Thresholds(
         previous_token=defaults.previous_token if args.prev_threshold is None else args.prev_threshold,
@@ -228,16 +227,13 @@ def patch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def patch_command(args: argparse.Namespace) -> int:
     """Effects of every sender -> receiver:channel -> logits and sender -> logits path, table and heatmap."""
-    from scrub.data import check_length, repeated_random_tokens
-    from scrub.patching import make_metric, patch_heatmap, patch_matrix, second_repeat_positions
-    from scrub.sites import Head, parse_channel, parse_component
-    from scrub.tokenizer import load_tokenizer
+    from scrub.data import check_length, default_exclude_common, repeated_random_tokens
+    from scrub.patching import head_channels, make_metric, patch_heatmap, patch_matrix, second_repeat_positions
+    from scrub.sites import Head, parse_component
 
     if args.n < 1 or args.length < 2:
         raise ValueError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
-    channels = tuple(parse_channel(c) for c in args.input)
-    if any(c.value == "in" for c in channels):
-        raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    channels = head_channels(args.input)  # checked before the model loads
     model = quiet_load(args.model)
     cfg = model.cfg
 
@@ -251,7 +247,7 @@ def patch_command(args: argparse.Namespace) -> int:
 
     senders, receivers = heads(args.senders), heads(args.receivers)
     check_length(1 + 2 * args.length, model)
-    exclude = cfg.d_vocab // 20 if load_tokenizer().vocab_size == cfg.d_vocab else 0
+    exclude = default_exclude_common(model)
     reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab, exclude_common=exclude)
     corrupted = repeated_random_tokens(args.n, args.length, 2, seed=args.seed + 1, vocab_size=cfg.d_vocab,
                                        exclude_common=exclude)  # a fresh random sequence, same shape

@@ -17,6 +17,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from scrub.model import ASSETS
+from scrub.tokenizer import load_tokenizer
 
 VAL_TOKENS_PATH = ASSETS / "val_tokens.npy"
 
@@ -89,6 +90,12 @@ def allowed_random_tokens(vocab_size: int, *, bos_id: int = 0, exclude_common: i
     if len(allowed) == 0:
         raise ValueError(f"excluding {exclude_common} most and least common tokens leaves none of {vocab_size}")
     return allowed
+
+
+def default_exclude_common(model: HookedTransformer) -> int:
+    """How many most and least frequent tokens random sequences leave out by default: ``d_vocab // 20`` for
+    models that use the scrub tokenizer (the frequencies come from its validation stream), else 0."""
+    return model.cfg.d_vocab // 20 if load_tokenizer().vocab_size == model.cfg.d_vocab else 0
 
 
 def repeated_random_tokens(n: int, length: int, repeats: int = 2, *, seed: int = 0, vocab_size: int,

@@ -242,6 +242,14 @@ class PatchMatrix:
         return sorted(items, key=lambda kv: -abs(kv[1]))[:k]
 
 
+def head_channels(values: Sequence[str | Channel]) -> tuple[Channel, ...]:
+    """Receiver input channels of a head (q, k, v), parsed; 'in' is refused."""
+    channels = tuple(parse_channel(c) for c in values)
+    if Channel.IN in channels:
+        raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    return channels
+
+
 @torch.no_grad()
 def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor, metric: Metric, *,
                  senders: Sequence[Head] | None = None, receivers: Sequence[Head] | None = None,
@@ -249,9 +257,7 @@ def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
     """Every sender -> receiver:channel -> logits and sender -> logits effect, batched into few calls."""
     heads = all_heads(model.cfg)
     senders, receivers = tuple(senders or heads), tuple(receivers or heads)
-    channels = tuple(parse_channel(c) for c in channels)
-    if Channel.IN in channels:
-        raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    channels = head_channels(channels)
     clean = pair_run(model, reference, corrupted)
     # one channel per evaluate_many call: the other two inputs of every receiver copy are then one shared tensor
     groups = [[(i, j, k) for i, s in enumerate(senders) for j, r in enumerate(receivers) if r.layer > s.layer]
