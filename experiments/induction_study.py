@@ -35,7 +35,7 @@ from experiments._evaluate import Recovery, scrub_many  # noqa: E402
 from experiments._report import HypothesisInfo, StudyResults, write_figures, write_report  # noqa: E402
 from hypotheses._build import Mechanism, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
-from scrub.data import induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
+from scrub.data import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.hypothesis import Claim, validate  # noqa: E402
 from scrub.model import SHIPPED_NAME  # noqa: E402
 from scrub.scores import head_scores  # noqa: E402
@@ -99,7 +99,7 @@ def load_claim(stem: str, model: HookedTransformer, roles) -> tuple[Claim, Hypot
 
 
 def position_masks():
-    return (("candidates", induction_candidates), ("all", lambda tokens: torch.ones_like(tokens, dtype=torch.bool)))
+    return (("candidates", induction_candidates), ("all", all_positions))
 
 
 def recoveries(losses, names, data: str, cfg: StudyConfig) -> list[Recovery]:

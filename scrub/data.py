@@ -131,7 +131,7 @@ def induction_candidates(tokens: torch.Tensor) -> torch.Tensor:
 
 def all_positions(tokens: torch.Tensor) -> torch.Tensor:
     """Every position (combine with ``loss_mask`` to average losses)."""
-    return torch.ones(tokens.shape, dtype=torch.bool)  # [batch, seq]
+    return torch.ones_like(tokens, dtype=torch.bool)  # [batch, seq]
 
 
 def repeat_positions(tokens: torch.Tensor, length: int, first_repeat: int = 1) -> torch.Tensor:

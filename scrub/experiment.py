@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from scrub.compute import check_supported, clean_run
 from scrub.engine import evaluate
-from scrub.data import induction_candidates
+from scrub.data import all_positions, induction_candidates
 from scrub.hypothesis import Claim, HypothesisError, empty_graph, load_hypothesis, validate
 from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, token_losses
 from scrub.treeify import SamplingOptions, assign_data, treeify
@@ -82,7 +82,7 @@ def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
     if callable(positions):
         mask = positions(tokens)
     elif positions == "all":
-        mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask = all_positions(tokens)
     elif positions == "candidates":
         mask = induction_candidates(tokens)  # the current token occurred before: induction can help
     else:
