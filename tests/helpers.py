@@ -7,6 +7,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.hypothesis import full_graph
+from scrub.model import save_checkpoint
 
 
 def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, pos: str = "shortformer",
@@ -50,3 +51,12 @@ def subgraph(model: HookedTransformer, keep: list[bool]) -> nx.DiGraph:
 
 def n_channel_edges(model: HookedTransformer) -> int:
     return sum(len(a.get("via") or "x") for _, _, a in full_graph(model).edges(data=True))
+
+
+def save_tiny_checkpoint(directory):
+    """A random-init checkpoint with the shipped vocabulary and 64 positions, small enough for CLI tests."""
+    cfg = HookedTransformerConfig(n_layers=2, n_heads=4, d_model=32, d_head=8, n_ctx=64, d_vocab=2048,
+                                  attn_only=True, act_fn="gelu", seed=0, normalization_type="LN",
+                                  positional_embedding_type="shortformer")
+    save_checkpoint(HookedTransformer(cfg), directory)
+    return directory

@@ -3,21 +3,15 @@
 import json
 
 import pytest
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.cli import main
-from scrub.model import save_checkpoint
 from scrub.scores import SCORE_NAMES
+from tests.helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = HookedTransformerConfig(n_layers=2, n_heads=4, d_model=32, d_head=8, n_ctx=64, d_vocab=2048,
-                                  attn_only=True, act_fn="gelu", seed=0, normalization_type="LN",
-                                  positional_embedding_type="shortformer")
-    directory = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(HookedTransformer(cfg), directory)
-    return directory
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.mark.parametrize("data", ["natural", "rrt"])

@@ -5,10 +5,9 @@ sanity anchors (full graph recovers 1, each baseline recovers 0 against itself).
 import json
 
 import pytest
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.cli import build_parser, main
-from scrub.model import save_checkpoint
+from tests.helpers import save_tiny_checkpoint
 
 SECTIONS = ("## 1. Behavioral head scores", "## 2. Hypotheses", "## 3. Loss recovered", "## 4. What the numbers say",
             "## 5. Per-example distribution", "## 6. Context sensitivity", "## 7. Per head", "## Method notes")
@@ -16,11 +15,8 @@ SECTIONS = ("## 1. Behavioral head scores", "## 2. Hypotheses", "## 3. Loss reco
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    cfg = HookedTransformerConfig(n_layers=2, n_heads=4, d_model=32, d_head=8, n_ctx=64, d_vocab=2048,
-                                  attn_only=True, act_fn="gelu", seed=0, normalization_type="LN",
-                                  positional_embedding_type="shortformer")
     root = tmp_path_factory.mktemp("study")
-    save_checkpoint(HookedTransformer(cfg), root / "tiny")
+    save_tiny_checkpoint(root / "tiny")
     out = root / "out"
     return root, out
 
