@@ -228,7 +228,8 @@ def patch_arguments(parser: argparse.ArgumentParser) -> None:
 def patch_command(args: argparse.Namespace) -> int:
     """Effects of every sender -> receiver:channel -> logits and sender -> logits path, table and heatmap."""
     from scrub.data import check_length, default_exclude_common, repeated_random_tokens
-    from scrub.patching import head_channels, make_metric, patch_heatmap, patch_matrix, second_repeat_positions
+    from scrub.patching import head_channels, make_metric, patch_matrix, second_repeat_positions
+    from scrub.plots import patch_heatmap
     from scrub.sites import Head, parse_component
 
     if args.n < 1 or args.length < 2:

@@ -6,10 +6,14 @@ Each function takes plain tensors/values and an output path, writes one PNG and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from scrub.patching import PatchMatrix
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -162,4 +166,27 @@ def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: 
     ax.legend(loc="upper left", fontsize=7, frameon=False)
     ax.set_title(title)
     ax.set_axis_off()
+    return _save(fig, path)
+
+
+def patch_heatmap(matrix: "PatchMatrix", path: str | Path, *, title: str) -> Path:
+    """One PNG: a sender x receiver panel per channel and a sender -> logits column, diverging colours."""
+    rows = [i for i, s in enumerate(matrix.senders) if any(r.layer > s.layer for r in matrix.receivers)]
+    cols = [j for j, r in enumerate(matrix.receivers) if any(r.layer > s.layer for s in matrix.senders)]
+    panels = [(f"-> receiver:{c.value}", matrix.effects[rows][:, cols, k], [matrix.senders[i] for i in rows],
+               [matrix.receivers[j] for j in cols]) for k, c in enumerate(matrix.channels) if rows]
+    panels.append(("-> logits", matrix.to_logits[:, None], list(matrix.senders), ["logits"]))
+    finite = torch.cat([p[~torch.isnan(p)].flatten() for _, p, _, _ in panels])
+    vmax = float(finite.abs().max()) if finite.numel() else 1.0
+    width = sum(0.32 * p.shape[1] + 1.2 for _, p, _, _ in panels)
+    fig = Figure(figsize=(width + 1.5, 0.3 * len(matrix.senders) + 1.8))
+    axes = fig.subplots(1, len(panels), width_ratios=[p.shape[1] + 3 for _, p, _, _ in panels], squeeze=False)[0]
+    for ax, (label, values, ys, xs) in zip(axes, panels):
+        image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys], fontsize=7)
+        ax.set_title(label, fontsize=9)
+    axes[0].set_ylabel("sender")
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=list(axes), label=f"change in {matrix.metric} (patched - clean)")
     return _save(fig, path)
