@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from scrub.metrics import token_losses  # noqa: E402
 from scrub.model import ArchSpec, SHIPPED_DIR, save_checkpoint  # noqa: E402
 from training.fast_model import FastAttnOnly, to_hooked  # noqa: E402
 
@@ -90,13 +91,13 @@ def monitor(model: HookedTransformer, val: np.ndarray, bos: int, seed: int) -> d
     pat = cache["pattern", 1]  # [batch, head, q, k]
     q = torch.arange(1 + n, 1 + 4 * n)
     prefix = pat[:, :, q, q - n + 1].mean((0, 2))  # [head]
-    lp = logits.log_softmax(-1)[:, :-1].gather(-1, rrt[:, 1:, None])[..., 0]  # [16, 4n]
+    losses = token_losses(logits, rrt)  # [16, 4n]
     return {
         "val_loss": float(loss),
         "prev_token_l0": float(prev.max()),
         "prefix_match_l1": float(prefix.max()),
-        "rrt_loss_rep1": float(-lp[:, 1:n].mean()),
-        "rrt_loss_rep2": float(-lp[:, n : 2 * n].mean()),
+        "rrt_loss_rep1": float(losses[:, 1:n].mean()),
+        "rrt_loss_rep2": float(losses[:, n : 2 * n].mean()),
     }
 
 
