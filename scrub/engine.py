@@ -217,19 +217,43 @@ def _unchanged_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) ->
     return other
 
 
+def _input_key(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> tuple | None:
+    """Equal for copies whose ``_input`` on ``channel`` is the same tensor: same component depth, unclaimed
+    datum and claimed children (each a recomputed tensor or a clean output on some data), e.g. the copies of
+    every receiver that one sender feeds in path patching. None (never shared) with independent draws."""
+    node, data = job.node, job.data
+    if data.options.independent:
+        return None
+    claimed = _claimed(node, channel, clean)
+    children = []
+    for inp in claimed:
+        value = values[job.child(inp.child).key]
+        source = id(value.tensor) if value.tensor is not None else tuple(value.clean_on.tolist())
+        children.append((inp.child.component, source, inp.positions))
+    masked = any(inp.positions is not None for inp in claimed)  # masks read the copy's own datum
+    datum = tuple(data[node].datum.tolist()) if masked else None
+    return node.component.depth, tuple(data[node].other.tolist()), datum, tuple(children)
+
+
 def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel, clean: CleanRun, values: dict,
                    cache: _Cache) -> Tensor:
     """``ln1`` of the copies' inputs on ``channel``, [copy, batch, seq, d_model]; an input that is a clean
-    residual is normalised once per call and shared ([batch, seq, d_model] if every copy reads it)."""
+    residual is normalised once per call and shared ([batch, seq, d_model] if every copy reads it), and
+    copies with equal inputs (``_input_key``) share one computation."""
     comp = part[0].node.component
     ln1 = model.blocks[comp.layer].ln1
-    rows: list[Tensor | None] = []
-    fresh = []
+    rows: list[Tensor | int] = []  # a shared normalised tensor, or an index into ``fresh``
+    fresh: list[Tensor] = []
+    seen: dict[tuple, int] = {}
     for j in part:
         on = _unchanged_on(j, channel, clean, values)
         if on is None:
-            rows.append(None)
-            fresh.append(_input(j, channel, clean, values, cache))
+            key = _input_key(j, channel, clean, values)
+            if key is None or key not in seen:
+                fresh.append(_input(j, channel, clean, values, cache))
+                if key is not None:
+                    seen[key] = len(fresh) - 1
+            rows.append(seen[key] if key is not None else len(fresh) - 1)
             continue
         key = (comp.layer, tuple(on.tolist()))
         if key not in cache.normed:
@@ -237,8 +261,8 @@ def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel,
         rows.append(cache.normed[key])
     if not fresh and all(r is rows[0] for r in rows):
         return rows[0]  # [batch, seq, d_model] shared by every copy: heads_z_normed projects it unstacked
-    normed = iter(normalise(ln1, torch.stack(fresh)) if fresh else ())  # [fresh, batch, seq, d_model]
-    return torch.stack([r if r is not None else next(normed) for r in rows])  # [copy, batch, seq, d_model]
+    normed = normalise(ln1, torch.stack(fresh)) if fresh else None  # [fresh, batch, seq, d_model]
+    return torch.stack([normed[r] if isinstance(r, int) else r for r in rows])  # [copy, batch, seq, d_model]
 
 
 def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, values: dict, cache: _Cache) -> None:
