@@ -122,7 +122,9 @@ def test_engine_equals_naive_reference_on_random_hypotheses(shape, data_seed, ke
 @SETTINGS
 @given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000), head_pick=st.integers(0, 100))
 def test_zeroed_head_makes_its_paths_irrelevant(shape, data_seed, keep_seed, head_pick):
-    model = tiny_model(**shape)
+    # float64: two evaluations of different trees sum in different orders, and without LayerNorm the logits
+    # reach ~500, where float32 alone differs by ~2e-4 (found by hypothesis; 3e-13 in float64)
+    model = tiny_model(**shape, dtype=torch.float64)
     layer, head = divmod(head_pick % (model.cfg.n_layers * model.cfg.n_heads), model.cfg.n_heads)
     with torch.no_grad():
         model.blocks[layer].attn.W_O[head].zero_()
@@ -135,7 +137,7 @@ def test_zeroed_head_makes_its_paths_irrelevant(shape, data_seed, keep_seed, hea
     tokens = batch(data_seed)
     a, _, _ = scrub(model, graph, tokens)
     b, _, _ = scrub(model, without, tokens)
-    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
 
 
 @SETTINGS
