@@ -36,7 +36,7 @@ from scrub.patching import (  # noqa: E402
     PatchPath, hooked_patch_logits, make_metric, patch_matrix, second_repeat_positions, split_qkv_copy,
 )
 from scrub.reference import naive_logits  # noqa: E402
-from scrub.sites import HEAD_CHANNELS, Head, all_heads, hook_name  # noqa: E402
+from scrub.sites import HEAD_CHANNELS, Head, all_heads, hook_name, parse_component  # noqa: E402
 from scrub.treeify import assign_data, treeify  # noqa: E402
 
 PEER_PYTHON = Path(os.environ.get("AUTOCIRCUIT_PYTHON", "/work/venv-autocircuit/bin/python"))
@@ -114,7 +114,7 @@ def stage(name: str, args) -> dict:
     metric = make_metric("loss", ref, cor, second_repeat_positions(args.length))
     out: dict = {}
     if name in ("scrub", "naive"):
-        ind, prev = (tuple(Head(*map(int, s.split("."))) for s in x.split(",")) for x in args.roles.split(";"))
+        ind, prev = (tuple(parse_component(s, model.cfg) for s in x.split(",")) for x in args.roles.split(";"))
         claim = validate(minimal_graph(list(ind), list(prev)), model)
         tree = treeify(claim)
     base = rss_mb()
