@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -25,9 +26,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.features import Feature, as_feature
 from scrub.sites import (
-    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, parse_channel,
-    parse_component,
+    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Pos, SiteError, parse_channel, parse_component,
 )
+from scrub.structure import Structure
 
 PositionFn = Callable[[Tensor], Tensor]
 
@@ -64,10 +65,21 @@ class Claim:
     description: str = ""
 
     def node(self, node_id: str) -> ClaimNode:
-        return next(n for n in self.nodes if n.id == node_id)
+        return self._by_id[node_id]
 
     def inputs_of(self, node_id: str) -> tuple[ClaimEdge, ...]:
-        return tuple(e for e in self.edges if e.target == node_id)
+        return self._inputs.get(node_id, ())
+
+    @cached_property
+    def _by_id(self) -> dict[str, ClaimNode]:
+        return {n.id: n for n in self.nodes}
+
+    @cached_property
+    def _inputs(self) -> dict[str, tuple[ClaimEdge, ...]]:
+        out: dict[str, list[ClaimEdge]] = {}
+        for e in self.edges:
+            out.setdefault(e.target, []).append(e)
+        return {k: tuple(v) for k, v in out.items()}
 
     def n_paths(self) -> int:
         """Number of input -> logits paths (counting each channel separately)."""
@@ -122,27 +134,16 @@ def _channels(via: object) -> set[Channel]:
 
 def full_graph(model: HookedTransformer | HookedTransformerConfig) -> nx.DiGraph:
     """Every path of the model: with identity features this reproduces the clean run exactly."""
-    cfg = getattr(model, "cfg", model)
+    structure = Structure.of(model)
     g = nx.DiGraph()
     g.add_node("logits")
-    senders: list[str] = ["embed"]
-    if cfg.positional_embedding_type == "standard":
-        senders.append("pos")
-    for layer in range(cfg.n_layers):
-        heads = [str(h) for h in all_heads(cfg) if h.layer == layer]
-        for head in heads:
-            for s in senders:
-                g.add_edge(s, head, via="qkv")
-            if cfg.positional_embedding_type == "shortformer":
-                g.add_edge("pos", head, via="qk")
-        layer_senders = list(senders) + heads
-        if not cfg.attn_only:
-            for s in layer_senders:
-                g.add_edge(s, f"mlp.{layer}")
-            layer_senders.append(f"mlp.{layer}")
-        senders = layer_senders
-    for s in senders:
-        g.add_edge(s, "logits")
+    for receiver in structure.receivers:
+        for sender in structure.senders(receiver):
+            if isinstance(receiver, Head):
+                via = "".join(c.value for c in HEAD_CHANNELS if structure.feeds(sender, receiver, c))
+                g.add_edge(str(sender), str(receiver), via=via)
+            else:
+                g.add_edge(str(sender), str(receiver))
     return g
 
 
@@ -185,28 +186,28 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
                               f"paths must run from inputs towards the logits")
     except nx.NetworkXNoCycle:
         pass
+    structure = Structure.of(cfg)
     edges = []
     for src, dst, attrs in graph.edges(data=True):
         s, d = by_id[str(src)], by_id[str(dst)]
         label = f"edge {src!r} -> {dst!r}"
-        edges.extend(_check_edge(s, d, attrs, cfg, where, label))
+        edges.extend(_check_edge(s, d, attrs, structure, where, label))
+    reach = {str(n) for n in nx.ancestors(graph, roots[0])} if roots else set()
     for n in nodes:
-        if n.id not in roots and not (roots and nx.has_path(graph, n.id, roots[0])):
+        if n.id not in roots and n.id not in reach:
             raise HypothesisError(f"{where}node {n.id!r} lies on no path that reaches 'logits': add an edge from it "
                                   f"towards 'logits' or remove it")
     name = Path(origin).stem if origin != "<graph>" else "graph"
     return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None)
 
 
-def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, cfg: HookedTransformerConfig, where: str, label: str) -> list[ClaimEdge]:
+def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, where: str, label: str) -> list[ClaimEdge]:
     if isinstance(s.component, Logits):
         raise HypothesisError(f"{where}{label} leaves 'logits': logits are the end of every path")
     if isinstance(d.component, (Embed, Pos)):
         raise HypothesisError(f"{where}{label} enters an input ({d.component}): inputs have no inputs of their own")
-    if s.component.depth >= d.component.depth:
-        raise HypothesisError(f"{where}{label} goes backwards or sideways in depth: {s.component} is computed "
-                              f"{'after' if s.component.depth > d.component.depth else 'alongside'} {d.component}, "
-                              f"so it cannot feed it; reverse the edge or pick a later receiver")
+    if not structure.feeds(s.component, d.component) and not isinstance(s.component, Pos):
+        raise HypothesisError(f"{where}{label}: {structure.why_not(s.component, d.component)}")
     positions = attrs.get("positions")
     if positions is not None and not callable(positions):
         raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq]")
@@ -214,21 +215,19 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, cfg: HookedTransformerC
         channels = _channels(attrs.get("via"))
     except SiteError as err:
         raise HypothesisError(f"{where}{label}: {err}") from None
-    shortformer = cfg.positional_embedding_type == "shortformer"
     if isinstance(d.component, Head):
         if not channels or Channel.IN in channels:
             raise HypothesisError(f"{where}{label} enters head {d.component} without saying how: add via='q', 'k', "
                                   f"'v' or several, e.g. g.add_edge({s.id!r}, {d.id!r}, via='kv')")
-        if shortformer and isinstance(s.component, Pos) and Channel.V in channels:
-            raise HypothesisError(f"{where}{label} via 'v': in this shortformer model positions enter only the q and k "
-                                  f"inputs of heads; use via='qk'")
+        for c in sorted(channels, key=lambda c: c.value):
+            if not structure.feeds(s.component, d.component, c):
+                raise HypothesisError(f"{where}{label} via {c.value!r}: {structure.why_not(s.component, d.component, c)}")
     else:
         if channels - {Channel.IN}:
             raise HypothesisError(f"{where}{label} has via={attrs.get('via')!r}, but {d.component} has a single input: "
                                   f"drop 'via' (only edges into heads name q, k or v)")
-        if shortformer and isinstance(s.component, Pos):
-            raise HypothesisError(f"{where}{label}: in this shortformer model positions enter only the q and k inputs "
-                                  f"of heads, not {d.component}")
+        if not structure.feeds(s.component, d.component):
+            raise HypothesisError(f"{where}{label}: {structure.why_not(s.component, d.component)}")
         channels = {Channel.IN}
     order = {c: i for i, c in enumerate((*HEAD_CHANNELS, Channel.IN))}
     return [ClaimEdge(s.id, d.id, c, positions) for c in sorted(channels, key=order.__getitem__)]
