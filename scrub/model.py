@@ -1,12 +1,19 @@
-"""Model loading: the shipped checkpoint, a checkpoint directory, or a TransformerLens pretrained name.
+"""Model loading: a shipped checkpoint, a checkpoint directory, or a TransformerLens pretrained name.
 
-Owns the shipped model's architecture (``ArchSpec``) and the checkpoint format: a directory with
-``config.json`` (the HookedTransformerConfig fields we set) and ``weights.pt`` (a float16 state dict).
+Owns the shipped models' location (``scrub/assets/<name>/``) and the checkpoint format: a directory with
+``config.json`` and ``weights.pt`` (a state dict of the model's parameters, float16 by default).
+``config.json`` holds ``{"format": 2, "config": {...}, "meta": {...}}`` where ``config`` is every plain
+``HookedTransformerConfig`` field needed to rebuild the model (``CONFIG_FIELDS``). The first format,
+``{"arch": {...}, "meta": {...}}`` with the attention-only ``ArchSpec`` fields, is still read (the
+shipped ``scrub-attn-2l`` uses it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +24,21 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_NAME = "scrub-attn-2l"
 SHIPPED_DIR = ASSETS / SHIPPED_NAME
 TOKENIZER_PATH = ASSETS / "tokenizer.json"
+CHECKPOINT_FORMAT = 2
+
+# HookedTransformerConfig fields a checkpoint does not record: where and in which precision the model
+# runs (chosen when loading), what __post_init__ derives (n_params), and the hook switches that the
+# analysis code turns on and off at run time (they change which hooks exist, never the logits).
+RUNTIME_FIELDS = frozenset({
+    "device", "dtype", "n_devices", "n_params", "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in",
+    "use_attn_in", "use_hook_tokens",
+})
+# Every other init field is recorded: architecture (n_layers, n_heads, d_model, d_head, d_mlp, d_vocab,
+# d_vocab_out, n_ctx, act_fn, attn_only, normalization_type, positional_embedding_type, rotary_dim,
+# rotary_base, n_key_value_heads, parallel_attn_mlp, gated_mlp, final_rms, eps, use_attn_scale,
+# attn_scale, original_architecture, ...) and the defaults that change behaviour (default_prepend_bos).
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(HookedTransformerConfig)
+                      if f.init and f.name not in RUNTIME_FIELDS)
 
 
 class ModelLoadError(ValueError):
@@ -25,7 +47,9 @@ class ModelLoadError(ValueError):
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """The architecture of the shipped model: Redwood's ``redwood_attn_2l`` shape, smaller vocabulary."""
+    """The architecture of the shipped model: Redwood's ``redwood_attn_2l`` shape, smaller vocabulary.
+
+    Also the first checkpoint format (``{"arch": ArchSpec fields}``), still read by ``load_model``."""
 
     n_layers: int = 2
     n_heads: int = 8
@@ -54,62 +78,157 @@ class ArchSpec:
         )
 
 
-def save_checkpoint(model: HookedTransformer, directory: Path, *, meta: dict | None = None) -> None:
-    """Write ``config.json`` + ``weights.pt`` (float16) so ``load_model(directory)`` restores the model."""
+def _plain(name: str, value):
+    """A config value as JSON (numpy scalars become Python numbers); anything else is refused."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"config field {name}={value!r} is not finite; it cannot be written to config.json")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(name, v) for v in value]
+    raise ValueError(f"config field {name}={value!r} ({type(value).__name__}) is not a plain JSON value; "
+                     f"save_checkpoint cannot record it")
+
+
+def config_to_dict(cfg: HookedTransformerConfig) -> dict:
+    """The ``CONFIG_FIELDS`` of ``cfg`` as plain JSON values."""
+    return {name: _plain(name, getattr(cfg, name)) for name in CONFIG_FIELDS}
+
+
+def save_checkpoint(model: HookedTransformer, directory: str | Path, *, meta: dict | None = None,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``config.json`` + ``weights.pt`` so that ``load_model(directory)`` rebuilds the model.
+
+    ``weights.pt`` holds the model's parameters in ``dtype`` (float16 by default: the loaded model is the
+    rounded one); buffers (attention masks, rotary tables) are rebuilt from the config. Returns the directory.
+    """
+    directory = Path(directory)
+    config = config_to_dict(model.cfg)
+    payload = {"format": CHECKPOINT_FORMAT, "config": config, "meta": meta or {}}
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    state = {k: v.detach().to(dtype).cpu().clone() for k, v in model.named_parameters()}
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
-    spec = ArchSpec(
-        n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
-        n_ctx=cfg.n_ctx, d_vocab=cfg.d_vocab,
-        positional_embedding_type=cfg.positional_embedding_type,
-        normalization_type=cfg.normalization_type or "none",
-    )
-    payload = {"arch": spec.__dict__, "meta": meta or {}}
-    (directory / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
-    state = {k: v.detach().to(torch.float16).cpu() for k, v in model.state_dict().items()
-             if v.is_floating_point()}
-    torch.save(state, directory / "weights.pt")
+    # write then rename, so an interrupted save never leaves a truncated weights.pt behind a good config
+    tmp = directory / "weights.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / "weights.pt")
+    (directory / "config.json").write_text(text)
+    return directory
+
+
+def _read_config(config_path: Path) -> HookedTransformerConfig:
+    try:
+        payload = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_path} is not a readable JSON file ({type(err).__name__}: {err}); "
+                             f"re-save the checkpoint with scrub.save_checkpoint") from None
+    if not isinstance(payload, dict) or not ({"arch", "config"} & payload.keys()):
+        raise ModelLoadError(f"{config_path} has neither a 'config' nor an 'arch' object; it is not a scrub "
+                             f"checkpoint config (write one with scrub.save_checkpoint)")
+    try:
+        if "config" in payload:
+            fields = payload["config"]
+            if not isinstance(fields, dict):
+                raise ModelLoadError(f"{config_path}: 'config' is not an object")
+            unknown = sorted(set(fields) - set(CONFIG_FIELDS) - RUNTIME_FIELDS)
+            if unknown:
+                raise ModelLoadError(f"{config_path} has fields this TransformerLens does not know: {unknown}")
+            # the tokenizer is not part of a scrub checkpoint (scrub uses its own); loading one by name
+            # would reach for the network
+            fields = {k: v for k, v in fields.items() if k not in RUNTIME_FIELDS} | {"tokenizer_name": None}
+            return HookedTransformerConfig(**fields)
+        arch = dict(payload["arch"])  # the first format: ArchSpec fields
+        if arch.get("normalization_type") == "none":
+            arch["normalization_type"] = None
+        return ArchSpec(**arch).to_config()
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad field surfaces as TypeError/AssertionError/ValueError
+        raise ModelLoadError(f"{config_path} does not describe a valid model ({type(err).__name__}: {err})") from None
+
+
+def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    if weights_path.stat().st_size == 0:
+        raise ModelLoadError(f"{weights_path} is empty (0 bytes); the checkpoint was not written completely")
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelLoadError(f"{weights_path} could not be read as a torch state dict; it is truncated or not a "
+                             f"scrub checkpoint ({type(err).__name__}: {first[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{weights_path} does not hold a state dict of tensors (found {type(state).__name__})")
+    return state
 
 
 def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
     config_path, weights_path = directory / "config.json", directory / "weights.pt"
     for path in (config_path, weights_path):
-        if not path.exists():
+        if not path.is_file():
             raise ModelLoadError(
                 f"checkpoint directory {directory} has no {path.name}; a scrub checkpoint holds "
-                f"config.json and weights.pt (written by training/train_model.py)"
+                f"config.json and weights.pt (written by scrub.save_checkpoint or training/train_model.py)"
             )
-    arch = json.loads(config_path.read_text())["arch"]
-    if arch.get("normalization_type") == "none":
-        arch["normalization_type"] = None
-    model = HookedTransformer(ArchSpec(**arch).to_config())
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    missing = [k for k, v in model.state_dict().items() if k not in state and v.is_floating_point()]
+    cfg = _read_config(config_path)
+    state = _read_weights(weights_path)
+    model = HookedTransformer(cfg)
+    expected = model.state_dict()
+    params = {k for k, _ in model.named_parameters()}
+    missing = sorted(params - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = [f"{k} {tuple(v.shape)} (config.json needs {tuple(expected[k].shape)})"
+              for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    problems = []
     if missing:
-        raise ModelLoadError(f"checkpoint {weights_path} lacks weights {missing[:3]}...; it does not match config.json")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        problems.append(f"{len(missing)} missing weights ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected weights ({', '.join(unexpected[:4])}"
+                        f"{', ...' if len(unexpected) > 4 else ''})")
+    if shapes:
+        problems.append(f"{len(shapes)} shapes that do not match ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
+    not_float = sorted(k for k in params & state.keys() if not state[k].is_floating_point())
+    if not_float:
+        problems.append(f"non-float weights ({', '.join(not_float[:4])})")
+    if problems:
+        raise ModelLoadError(f"{weights_path} does not match {config_path}: " + "; ".join(problems))
+    # parameters come from the file; buffers (masks, rotary tables, IGNORE) are rebuilt from the config
+    model.load_state_dict({k: state[k].to(v.dtype) if k in params else v for k, v in expected.items()}, strict=True)
     return model.to(device, print_details=False).eval()
 
 
+def shipped_models() -> list[str]:
+    """The names of the checkpoints shipped in ``scrub/assets/`` (each a folder holding config.json)."""
+    if not ASSETS.is_dir():
+        return []
+    return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
+
+
 def load_model(name_or_path: str | Path = SHIPPED_NAME, *, device: str = "cpu") -> HookedTransformer:
-    """Load the shipped model (default), a scrub checkpoint directory, or a TransformerLens pretrained name.
+    """Load a shipped model by name (default ``"scrub-attn-2l"``; see ``shipped_models()``), a scrub
+    checkpoint directory, or a TransformerLens pretrained name.
 
     Pretrained names (e.g. ``"redwood_attn_2l"``, ``"attn-only-2l"``) need the weights in the local
     Hugging Face cache; without them this raises ``ModelLoadError`` instead of trying the network.
     """
-    if str(name_or_path) == SHIPPED_NAME:
-        if not SHIPPED_DIR.exists():
+    name = str(name_or_path)
+    if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+        if (ASSETS / name / "config.json").is_file():
+            return _load_checkpoint_dir(ASSETS / name, device)
+        if name == SHIPPED_NAME:
             raise ModelLoadError(
                 f"the shipped checkpoint is missing from {SHIPPED_DIR}; reinstall scrub or retrain it "
                 f"with `python training/train_model.py`"
             )
-        return _load_checkpoint_dir(SHIPPED_DIR, device)
     path = Path(name_or_path)
     if path.is_dir():
         return _load_checkpoint_dir(path, device)
-    if path.suffix or "/" in str(name_or_path) and not _is_pretrained_name(str(name_or_path)):
+    if path.suffix or "/" in name and not _is_pretrained_name(name):
         raise ModelLoadError(f"no checkpoint directory at {path}; pass a directory holding config.json and weights.pt")
-    return _load_pretrained(str(name_or_path), device)
+    return _load_pretrained(name, device)
 
 
 def _is_pretrained_name(name: str) -> bool:
@@ -121,11 +240,10 @@ def _is_pretrained_name(name: str) -> bool:
 
 def _load_pretrained(name: str, device: str) -> HookedTransformer:
     """TransformerLens' own loader, forced offline so a missing cache fails fast with a clear message."""
-    import os
-
     if not _is_pretrained_name(name):
+        shipped = ", ".join(repr(n) for n in shipped_models()) or repr(SHIPPED_NAME)
         raise ModelLoadError(
-            f"unknown model {name!r}: pass {SHIPPED_NAME!r} (the shipped model), a checkpoint directory, "
+            f"unknown model {name!r}: pass a shipped model ({shipped}), a checkpoint directory, "
             f"or a TransformerLens pretrained name such as 'redwood_attn_2l' or 'attn-only-2l'"
         )
     from huggingface_hub.constants import HF_HUB_CACHE
