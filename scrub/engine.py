@@ -1,11 +1,13 @@
-"""The batched evaluator: logits of a treeified claim, given the data every copy reads.
+"""The batched evaluator: logits of a treeified claim, given the data every node reads.
 
-Every claimed copy's input is the clean residual of its unclaimed datum plus, for each claimed input,
-the difference between that input's treeified value and its clean value on the unclaimed datum (the
-"masked difference" trick), so a copy costs one head's attention, not a forward pass. Copies whose every
-input comes from one datum are read from the clean run instead of recomputed; the rest are stacked per
-layer and computed in one batched call (``compute.heads_z_normed``). This is where activations are
-resampled; ``reference.py`` does the same literally, for the tests.
+This is where activations are resampled, in one step (``_plan``): a node's input on a channel is the sum,
+over every component that feeds it (``structure``), of that component's clean output on the datum the
+node's draws say (its unclaimed datum, or the datum a claimed child is clean on), plus the recomputed
+outputs of claimed children that differ from any clean run. Sources read on the same datum map are
+summed once (the clean residual minus the few that differ), so a node costs one component's
+computation, not a forward pass, whatever the number of paths. A node whose input is the clean input
+on one datum map is read from the clean run instead of recomputed; the rest are stacked per layer and
+computed in one batched call. ``reference.py`` does the same literally, for the tests.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import einops
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, head_out, heads_z_normed, mlp_forward, normalise
-from scrub.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
-from scrub.treeify import Assignments, TreeNode
+from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
+from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
+from scrub.structure import Structure
+from scrub.treeify import Assignment, Assignments, TreeNode
 from scrub.unembed import FactoredUnembed, Term, unembed
 
 COPY_BUDGET = 120_000_000  # floats per stacked input tensor; bounds memory of one batched call
@@ -27,17 +31,128 @@ COPY_BUDGET = 120_000_000  # floats per stacked input tensor; bounds memory of o
 
 @dataclass
 class _Value:
-    """A copy's output: either recomputed (``tensor``) or the clean output on datum ``clean_on``."""
+    """A node's output, one row per row of its data: the clean output on datum ``clean_on`` [rows], or
+    recomputed: ``z`` [rows, seq, d_head] for a head (its output is z @ W_O), ``tensor`` for an MLP."""
 
-    tensor: Tensor | None
-    clean_on: Tensor | None  # [batch]
-    z: Tensor | None = None  # [batch, seq, d_head] for a recomputed head: tensor = z @ W_O
+    clean_on: Tensor | None = None
+    z: Tensor | None = None
+    tensor: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class EvalStats:
-    copies: int  # tree nodes below logits
-    recomputed: int  # copies that needed their own computation
+    copies: int  # nodes below logits
+    recomputed: int  # nodes that needed their own computation
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One node to evaluate, with the assignments of its tree and the tree's index."""
+
+    node: TreeNode
+    data: Assignments
+    tree: int
+
+    @property
+    def key(self) -> tuple[int, tuple[str, ...]]:
+        return (self.tree, self.node.path)
+
+    @property
+    def a(self) -> Assignment:
+        return self.data[self.node]
+
+
+@dataclass(frozen=True)
+class _Delta:
+    """A recomputed contribution to an input: ``z`` of ``head`` (added as z @ W_O) or a residual ``tensor``;
+    ``mask`` [rows, seq, 1] restricts it to the claimed positions. ``key`` identifies it for sharing."""
+
+    key: tuple
+    z: Tensor | None = None
+    head: Head | None = None
+    tensor: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A node's input on one channel: Σ over ``groups`` of the clean outputs of the group's sources read on
+    the group's datum map, plus ``deltas``, plus the attention biases. ``key`` is equal for equal inputs."""
+
+    groups: tuple[tuple[Tensor, frozenset[Component]], ...]  # (datum map [rows], sources read clean on it)
+    deltas: tuple[_Delta, ...]
+    key: tuple
+
+    def clean_on(self) -> Tensor | None:
+        """The datum map on which this input is exactly the clean input, if it is one."""
+        return self.groups[0][0] if len(self.groups) == 1 and not self.deltas else None
+
+
+@dataclass
+class _Context:
+    """What one ``evaluate_many`` call shares: the model, its structure, the clean run and caches of sums,
+    normalised inputs and datum-map keys (so equal maps are compared by bytes, not elementwise)."""
+
+    model: HookedTransformer
+    clean: CleanRun
+    structure: Structure
+    values: dict = field(default_factory=dict)
+    sums: dict = field(default_factory=dict)
+    normed: dict = field(default_factory=dict)
+    resid: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
+
+    def mkey(self, index: Tensor) -> bytes:
+        """The bytes of a datum map [rows], memoised per tensor object (kept alive here, so ids stay unique)."""
+        hit = self.keys.get(id(index))
+        if hit is None:
+            hit = self.keys[id(index)] = (index, index.cpu().numpy().tobytes())
+        return hit[1]
+
+    def slot(self, comp: Component) -> tuple:
+        """Receivers with one slot read the same residual senders."""
+        return (type(comp).__name__ == "Mlp", getattr(comp, "layer", -1))
+
+    def resid_before(self, comp: Component) -> Tensor:
+        """The clean residual that ``comp`` reads, attention biases included: [batch, seq, d_model]."""
+        slot = self.slot(comp)
+        if slot not in self.resid:
+            senders = self.structure.residual_senders(comp)
+            self.resid[slot] = self.group_sum(comp, frozenset(senders), direct=True) + self.bias(comp)
+        return self.resid[slot]
+
+    def bias(self, comp: Component) -> Tensor:
+        total = torch.zeros_like(self.clean.embed[0, 0])  # [d_model]
+        for layer in self.structure.bias_layers(comp):
+            total = total + self.clean.attn_bias[layer]
+        return total
+
+    def group_sum(self, comp: Component, sources: frozenset[Component], direct: bool = False) -> Tensor:
+        """Σ of the clean outputs of ``sources`` (no biases), [batch, seq, d_model]: summed directly, or as the
+        clean residual minus the few senders left out."""
+        key = (self.slot(comp), sources)
+        if key not in self.sums:
+            senders = self.structure.residual_senders(comp)
+            rest = [s for s in senders if s not in sources]
+            if direct or len(rest) >= len(sources):
+                self.sums[key] = _sum_outputs(self.clean, [s for s in senders if s in sources])
+            else:
+                self.sums[key] = self.resid_before(comp) - self.bias(comp) - _sum_outputs(self.clean, rest)
+        return self.sums[key]
+
+
+def _sum_outputs(clean: CleanRun, sources: list[Component]) -> Tensor:
+    """Σ of clean outputs, whole layers of heads at once: [batch, seq, d_model]."""
+    total = torch.zeros_like(clean.embed)
+    by_layer: dict[int, list[int]] = {}
+    for s in sources:
+        if isinstance(s, Head):
+            by_layer.setdefault(s.layer, []).append(s.head)
+        else:
+            total = total + clean.out(s)
+    for layer, heads in by_layer.items():
+        out = clean.heads[layer]  # [batch, seq, head, d_model]
+        total = total + (out.sum(2) if len(heads) == out.shape[2] else out[:, :, heads].sum(2))
+    return total
 
 
 @torch.no_grad()
@@ -51,238 +166,201 @@ def evaluate(model: HookedTransformer, root: TreeNode, data: Assignments, clean:
 def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[Assignments], clean: CleanRun,
                   reduce: Callable[[Tensor], Tensor] | None = None,
                   positions: Tensor | None = None) -> tuple[list[Tensor], EvalStats]:
-    """Evaluate several trees on one clean run, stacking their copies of each layer into shared batched
+    """Evaluate several trees on one clean run, stacking their nodes of each layer into shared batched
     calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``). ``positions``
     [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab], and
     trees whose logits differ from the clean run through head outputs are unembedded in factored form."""
+    ctx = _Context(model, clean, Structure.of(model))
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
-    values: dict[tuple[int, tuple[str, ...]], _Value] = {}
-    cache = _Cache()
     for job in jobs:
         if isinstance(job.node.component, (Embed, Pos)):
-            values[job.key] = _Value(None, job.data[job.node].datum)
+            ctx.values[job.key] = _Value(clean_on=job.a.datum)
     recomputed = 0
     for depth in sorted({j.node.component.depth for j in jobs if not isinstance(j.node.component, (Embed, Pos))}):
-        todo = []
+        todo: list[tuple[_Job, list[_Plan]]] = []
         for job in (j for j in jobs if j.node.component.depth == depth):
-            channels = HEAD_CHANNELS if isinstance(job.node.component, Head) else (Channel.IN,)
-            ons = [_clean_on(job, c, clean, values) for c in channels]
-            if ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons):
-                values[job.key] = _Value(None, ons[0])
+            plans = [_plan(ctx, job, c) for c in ctx.structure.channels(job.node.component)]
+            ons = [p.clean_on() for p in plans]
+            if ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
+                ctx.values[job.key] = _Value(clean_on=ons[0])
             else:
-                todo.append(job)
+                todo.append((job, plans))
         recomputed += len(todo)
-        _recompute(model, todo, clean, values, cache)
+        _recompute(ctx, todo)
     outputs = []
     factored = FactoredUnembed.of(model) if positions is not None else None
     for i, (root, data) in enumerate(zip(roots, datas)):
         job = _Job(root, data, i)
-        on = _clean_on(job, Channel.IN, clean, values)
+        plan = _plan(ctx, job, Channel.IN)
+        on = plan.clean_on()
         if on is not None:
             logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
         elif factored is not None and not data.options.independent:
-            logits = _factored_logits(job, clean, values, cache, factored, positions)  # [batch, n_pos, d_vocab]
+            logits = _factored_logits(ctx, job, factored, positions)  # [batch, n_pos, d_vocab]
         else:
-            resid = _input(job, Channel.IN, clean, values, cache)  # [batch, seq, d_model]
+            resid = _build(ctx, root.component, plan)  # [batch, seq, d_model]
             logits = unembed(model, resid if positions is None else resid[:, positions])
         outputs.append(logits if reduce is None else reduce(logits))
     return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
 
 
-@dataclass
-class _Cache:
-    """Tensors shared by many copies within one ``evaluate_many`` call: the clean residual before each depth,
-    and ``ln1`` of a clean residual that many copies read unchanged (keyed by layer and datum rows)."""
-
-    resid: dict = field(default_factory=dict)
-    normed: dict = field(default_factory=dict)
-
-    def resid_before(self, clean: CleanRun, comp: Component) -> Tensor:
-        if comp.depth not in self.resid:
-            self.resid[comp.depth] = clean.resid_before(comp)  # [batch, seq, d_model]
-        return self.resid[comp.depth]
+def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
+    """``child``'s value as ``job``'s rows read it (node mode: through the child's ``read`` draw)."""
+    value = ctx.values[(job.tree, child.path)]
+    read = job.data[child].read
+    if read is None:
+        return value
+    return _Value(clean_on=None if value.clean_on is None else value.clean_on[read],
+                  z=None if value.z is None else value.z[read],
+                  tensor=None if value.tensor is None else value.tensor[read])
 
 
-@dataclass(frozen=True)
-class _Job:
-    """One tree copy to evaluate, with the assignments of its tree and the tree's index."""
-
-    node: TreeNode
-    data: Assignments
-    tree: int
-
-    @property
-    def key(self) -> tuple[int, tuple[str, ...]]:
-        return (self.tree, self.node.path)
-
-    def child(self, node: TreeNode) -> "_Job":
-        return _Job(node, self.data, self.tree)
-
-
-def _materialise(job: _Job, clean: CleanRun, values: dict) -> Tensor:
-    v = values[job.key]
-    return v.tensor if v.tensor is not None else clean.out(job.node.component)[v.clean_on]  # [batch, seq, d_model]
-
-
-def _claimed(node: TreeNode, channel: Channel, clean: CleanRun):
-    """Claimed inputs on ``channel`` that are residual sources (shortformer positions are not: they are
-    added after the LayerNorm, identically for every datum)."""
-    return [i for i in node.inputs if i.channel == channel and not (clean.shortformer and isinstance(i.child.component, Pos))]
-
-
-def _clean_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor | None:
-    """The datum d if the copy's input on ``channel`` equals the clean input on d row by row, else None."""
-    node, data = job.node, job.data
-    claimed = _claimed(node, channel, clean)
-    reads: list[Tensor] = []
-    covered: set[Component] = set()
-    for inp in claimed:
-        if isinstance(inp.child.component, Pos):
-            continue  # data-independent
-        child = values[job.child(inp.child).key]
-        if child.clean_on is None:
-            return None
-        reads.append(child.clean_on)
-        if inp.positions is None:
-            covered.add(inp.child.component)
-    sources = [s for s in clean.sources_before(node.component) if not isinstance(s, Pos)]
-    uncovered = [s for s in sources if s not in covered]
-    if uncovered or any(i.positions is not None for i in claimed):
-        if data.options.independent:
-            reads += [data.unclaimed(node, channel, str(s)) for s in uncovered]
-            reads += [data.unclaimed(node, channel, str(i.child.component)) for i in claimed if i.positions is not None]
-        else:
-            reads.append(data[node].other)
-    if not reads:
-        return data[node].datum
-    first = reads[0]
-    return first if all(torch.equal(r, first) for r in reads[1:]) else None
-
-
-def _input(job: _Job, channel: Channel, clean: CleanRun, values: dict, cache: _Cache) -> Tensor:
-    """The treeified input residual of the copy on ``channel``: [batch, seq, d_model]."""
+def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
+    """How ``job``'s input on ``channel`` is made: where activations are resampled. Each source feeding the
+    node is read clean on the node's unclaimed datum, unless it is claimed: a claimed child that is
+    clean on some datum map is read clean there, a recomputed one is added as it is; position-restricted
+    (and repeated) claims add their difference to the unclaimed value at the claimed positions."""
     node, data = job.node, job.data
     comp = node.component
-    if data.options.independent:
-        pick = lambda s: data.unclaimed(node, channel, str(s))  # noqa: E731
-        resid = clean.constant_before(comp) + sum(clean.out(s)[pick(s)] for s in clean.sources_before(comp))
+    claimed: dict[Component, list] = {}
+    for inp in node.inputs:
+        if inp.channel == channel and not (isinstance(inp.child.component, Pos) and ctx.structure.pos != "standard"):
+            claimed.setdefault(inp.child.component, []).append(inp)  # shortformer positions: not a residual source
+    groups: dict[bytes, tuple[Tensor, set[Component]]] = {}
+    deltas: list[_Delta] = []
+    tokens = None
+
+    def read_on(index: Tensor, source: Component) -> None:
+        groups.setdefault(ctx.mkey(index), (index, set()))[1].add(source)
+
+    for source in ctx.structure.residual_senders(comp):
+        inputs = claimed.get(source, [])
+        other = data.unclaimed(node, channel, str(source)) if data.options.independent else job.a.other
+        if len(inputs) == 1 and inputs[0].positions is None:
+            value = _child(ctx, job, inputs[0].child)
+            if value.clean_on is not None:
+                read_on(value.clean_on, source)
+            else:
+                deltas.append(_delta(ctx, job, inputs[0].child, value))
+            continue
+        read_on(other, source)
+        for inp in inputs:  # restricted to positions, or several claims of one component: add differences
+            value = _child(ctx, job, inp.child)
+            if tokens is None:
+                tokens = ctx.clean.tokens[job.a.datum]  # [rows, seq] the node's own data
+            mask = None if inp.positions is None else inp.positions(tokens)[..., None]  # [rows, seq, 1]
+            deltas.append(_difference(ctx, job, inp, value, other, mask))
+    ordered = tuple((index, frozenset(sources)) for index, sources in groups.values())
+    key = (ctx.slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered)), tuple(d.key for d in deltas))
+    return _Plan(ordered, tuple(deltas), key)
+
+
+def _delta(ctx: _Context, job: _Job, child: TreeNode, value: _Value) -> _Delta:
+    read = job.data[child].read
+    key = (job.tree, child.path, None if read is None else ctx.mkey(read))
+    if value.z is not None:
+        return _Delta(key, z=value.z, head=child.component)
+    return _Delta(key, tensor=value.tensor)
+
+
+def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mask: Tensor | None) -> _Delta:
+    """The claimed value minus the unclaimed one (source clean on ``other``), at the ``mask`` positions."""
+    src = inp.child.component
+    if value.clean_on is not None:
+        diff = ctx.clean.out(src)[value.clean_on] - ctx.clean.out(src)[other]  # [rows, seq, d_model]
+    elif value.z is not None:
+        diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],
+                             ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")  # [rows, seq, d_model]
     else:
-        other = data[node].other
-        pick = lambda s: other  # noqa: E731
-        resid = cache.resid_before(clean, comp)[other]  # [batch, seq, d_model]
-    tokens = clean.tokens[data[node].datum]  # [batch, seq] the receiver's own datum
-    for inp in _claimed(node, channel, clean):
-        src = inp.child.component
-        delta = _materialise(job.child(inp.child), clean, values) - clean.out(src)[pick(src)]  # [batch, seq, d_model]
-        if inp.positions is not None:
-            delta = delta * inp.positions(tokens).to(delta.dtype)[..., None]
-        resid = resid + delta
+        diff = value.tensor - ctx.clean.out(src)[other]  # [rows, seq, d_model]
+    if mask is not None:
+        diff = diff * mask.to(diff.dtype)
+    key = ("diff", job.key, id(inp), ctx.mkey(other))
+    return _Delta(key, tensor=diff)
+
+
+def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
+    """The input residual a plan describes: [rows, seq, d_model]."""
+    senders = frozenset(ctx.structure.residual_senders(comp))
+    resid = None
+    for index, sources in plan.groups:
+        part = ctx.resid_before(comp)[index] if sources == senders else ctx.group_sum(comp, sources)[index]
+        resid = part if resid is None else resid + part
+    if resid is None:
+        resid = torch.zeros_like(ctx.clean.embed) + ctx.bias(comp)
+    elif not (len(plan.groups) == 1 and plan.groups[0][1] == senders):
+        resid = resid + ctx.bias(comp)
+    by_layer: dict[int, list[_Delta]] = {}
+    for d in plan.deltas:
+        if d.z is not None:
+            by_layer.setdefault(d.head.layer, []).append(d)
+        else:
+            resid = resid + d.tensor
+    for layer, ds in by_layer.items():  # recomputed heads of one layer: one matmul
+        z = torch.cat([d.z for d in ds], -1)  # [rows, seq, n*d_head]
+        w_o = ctx.model.blocks[layer].attn.W_O[[d.head.head for d in ds]].reshape(z.shape[-1], -1)  # [n*d_head, d_model]
+        resid = resid + z @ w_o
     return resid
 
 
-def _factored_logits(job: _Job, clean: CleanRun, values: dict, cache: _Cache, factored: FactoredUnembed,
-                     positions: Tensor) -> Tensor:
-    """The logits ``_input`` + ``unembed`` would give at ``positions``, with each head's difference kept
+def _normed(ctx: _Context, job: _Job, plan: _Plan, norm: torch.nn.Module) -> Tensor:
+    """``norm`` of the input a plan describes, shared by every node with an equal plan: [rows, seq, d_model]."""
+    key = (id(norm), plan.key)
+    if key not in ctx.normed:
+        ctx.normed[key] = normalise(norm, _build(ctx, job.node.component, plan))
+    return ctx.normed[key]
+
+
+def _stack(parts: list[Tensor]) -> Tensor:
+    """One shared [rows, seq, d_model] tensor if every copy reads the same, else [copy, rows, seq, d_model]."""
+    return parts[0] if all(p is parts[0] for p in parts) else torch.stack(parts)
+
+
+def _recompute(ctx: _Context, todo: list[tuple[_Job, list[_Plan]]]) -> None:
+    """Compute the nodes in ``todo`` (all of one depth) in stacked chunks."""
+    if not todo:
+        return
+    clean = ctx.clean
+    batch, seq, d_model = clean.embed.shape
+    chunk = max(1, COPY_BUDGET // (batch * seq * max(d_model, seq)))
+    pos = clean.pos[0] if clean.shortformer else None  # [seq, d_model]
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        comp = part[0][0].node.component
+        block = ctx.model.blocks[comp.layer]
+        if isinstance(comp, Head):
+            xq, xk, xv = (_stack([_normed(ctx, j, plans[i], block.ln1) for j, plans in part]) for i in range(3))
+            heads = torch.tensor([j.node.component.head for j, _ in part])
+            z = heads_z_normed(ctx.model, comp.layer, heads, xq, xk, xv, pos)  # [copy, rows, seq, d_head]
+            for (j, _), zj in zip(part, z):
+                ctx.values[j.key] = _Value(z=zj)
+        else:
+            x = torch.stack([_build(ctx, j.node.component, plans[0]) for j, plans in part])  # [copy, rows, seq, d_model]
+            for (j, _), o in zip(part, mlp_forward(ctx.model, comp.layer, x)):
+                ctx.values[j.key] = _Value(tensor=o)
+
+
+def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positions: Tensor) -> Tensor:
+    """The logits ``_build`` + ``unembed`` would give at ``positions``, with each head's difference kept
     d_head-wide (``unembed.FactoredUnembed``); the clean base is unembedded once per call."""
-    node, data = job.node, job.data
-    other = data[node].other
-    base = cache.resid_before(clean, node.component)[other][:, positions]  # [batch, n_pos, d_model]
-    tokens = clean.tokens[data[node].datum]  # [batch, seq]
+    node, clean = job.node, ctx.clean
+    other = job.a.other
+    base = ctx.resid_before(node.component)[other][:, positions]  # [batch, n_pos, d_model]
+    tokens = clean.tokens[job.a.datum]  # [batch, seq]
     terms = []
-    for inp in _claimed(node, Channel.IN, clean):
+    for inp in node.inputs:
         src = inp.child.component
+        if isinstance(src, Pos) and ctx.structure.pos != "standard":
+            continue
         mask = None if inp.positions is None else inp.positions(tokens)[:, positions, None]  # [batch, n_pos, 1]
-        value = values[job.child(inp.child).key]
+        value = _child(ctx, job, inp.child)
         if isinstance(src, Head):
             z_clean = clean.z[src.layer][:, positions, src.head]  # [data, n_pos, d_head]
             z = value.z[:, positions] if value.z is not None else z_clean[value.clean_on]  # [batch, n_pos, d_head]
             dz = z - z_clean[other]  # [batch, n_pos, d_head]
             terms.append(Term(dz=dz if mask is None else dz * mask.to(dz.dtype), head=src))
         else:
-            delta = (_materialise(job.child(inp.child), clean, values) - clean.out(src)[other])[:, positions]  # [batch, n_pos, d_model]
+            out = value.tensor if value.tensor is not None else clean.out(src)[value.clean_on]  # [batch, seq, d_model]
+            delta = (out - clean.out(src)[other])[:, positions]  # [batch, n_pos, d_model]
             terms.append(Term(resid=delta if mask is None else delta * mask.to(delta.dtype)))
-    return factored.logits(base, (node.component.depth, tuple(other.tolist())), terms)
-
-
-def _unchanged_on(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> Tensor | None:
-    """The datum d if the copy's input on ``channel`` is exactly the clean residual on d, as ``_input`` would
-    compute it (every claimed child is the clean output on the unclaimed datum, so each delta is exactly 0)."""
-    if job.data.options.independent:
-        return None
-    other = job.data[job.node].other
-    for inp in _claimed(job.node, channel, clean):
-        child = values[job.child(inp.child).key]
-        if child.clean_on is None or not torch.equal(child.clean_on, other):
-            return None
-    return other
-
-
-def _input_key(job: _Job, channel: Channel, clean: CleanRun, values: dict) -> tuple | None:
-    """Equal for copies whose ``_input`` on ``channel`` is the same tensor: same component depth, unclaimed
-    datum and claimed children (each a recomputed tensor or a clean output on some data), e.g. the copies of
-    every receiver that one sender feeds in path patching. None (never shared) with independent draws."""
-    node, data = job.node, job.data
-    if data.options.independent:
-        return None
-    claimed = _claimed(node, channel, clean)
-    children = []
-    for inp in claimed:
-        value = values[job.child(inp.child).key]
-        source = id(value.tensor) if value.tensor is not None else tuple(value.clean_on.tolist())
-        children.append((inp.child.component, source, inp.positions))
-    masked = any(inp.positions is not None for inp in claimed)  # masks read the copy's own datum
-    datum = tuple(data[node].datum.tolist()) if masked else None
-    return node.component.depth, tuple(data[node].other.tolist()), datum, tuple(children)
-
-
-def _normed_inputs(model: HookedTransformer, part: list[_Job], channel: Channel, clean: CleanRun, values: dict,
-                   cache: _Cache) -> Tensor:
-    """``ln1`` of the copies' inputs on ``channel``, [copy, batch, seq, d_model]; an input that is a clean
-    residual is normalised once per call and shared ([batch, seq, d_model] if every copy reads it), and
-    copies with equal inputs (``_input_key``) share one computation."""
-    comp = part[0].node.component
-    ln1 = model.blocks[comp.layer].ln1
-    rows: list[Tensor | int] = []  # a shared normalised tensor, or an index into ``fresh``
-    fresh: list[Tensor] = []
-    seen: dict[tuple, int] = {}
-    for j in part:
-        on = _unchanged_on(j, channel, clean, values)
-        if on is None:
-            key = _input_key(j, channel, clean, values)
-            if key is None or key not in seen:
-                fresh.append(_input(j, channel, clean, values, cache))
-                if key is not None:
-                    seen[key] = len(fresh) - 1
-            rows.append(seen[key] if key is not None else len(fresh) - 1)
-            continue
-        key = (comp.layer, tuple(on.tolist()))
-        if key not in cache.normed:
-            cache.normed[key] = normalise(ln1, cache.resid_before(clean, comp)[on])  # [batch, seq, d_model]
-        rows.append(cache.normed[key])
-    if not fresh and all(r is rows[0] for r in rows):
-        return rows[0]  # [batch, seq, d_model] shared by every copy: heads_z_normed projects it unstacked
-    normed = normalise(ln1, torch.stack(fresh)) if fresh else None  # [fresh, batch, seq, d_model]
-    return torch.stack([normed[r] if isinstance(r, int) else r for r in rows])  # [copy, batch, seq, d_model]
-
-
-def _recompute(model: HookedTransformer, todo: list[_Job], clean: CleanRun, values: dict, cache: _Cache) -> None:
-    """Compute the copies in ``todo`` (all of one depth) in stacked chunks."""
-    if not todo:
-        return
-    batch, seq, d_model = clean.embed.shape
-    chunk = max(1, COPY_BUDGET // (batch * seq * max(d_model, seq)))
-    pos = clean.pos[0] if clean.shortformer else None  # [seq, d_model]
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        comp = part[0].node.component
-        if isinstance(comp, Head):
-            xq, xk, xv = (_normed_inputs(model, part, c, clean, values, cache) for c in HEAD_CHANNELS)  # [copy, batch, seq, d_model] x3
-            heads = torch.tensor([j.node.component.head for j in part])
-            z = heads_z_normed(model, comp.layer, heads, xq, xk, xv, pos)  # [copy, batch, seq, d_head]
-            out = head_out(model, comp.layer, heads, z)  # [copy, batch, seq, d_model]
-            for j, o, zj in zip(part, out, z):
-                values[j.key] = _Value(o, None, zj)
-        else:
-            x = torch.stack([_input(j, Channel.IN, clean, values, cache) for j in part])  # [copy, batch, seq, d_model]
-            for j, o in zip(part, mlp_forward(model, comp.layer, x)):
-                values[j.key] = _Value(o, None)
+    return factored.logits(base, (node.component.depth, ctx.mkey(other)), terms)

@@ -120,7 +120,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     data = _check_tokens(model, data)
     claim = as_claim(hypothesis, model)
     base = as_claim(baseline if baseline is not None else empty_graph(), model, name="empty")
-    tree, base_tree = treeify(claim), treeify(base)
+    tree, base_tree = treeify(claim, options.unit), treeify(base, options.unit)
     parts: dict[str, list[ExampleLosses]] = {"clean": [], "baseline": [], "scrubbed": []}
     self_rates = []
     batches = range(0, data.shape[0], batch_size)

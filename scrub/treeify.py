@@ -1,17 +1,28 @@
 """Treeification: which datum every claimed and unclaimed input reads.
 
-Following the causal scrubbing write-up (Chan et al. 2022), each path of the claim gets its own copy of
-the components on it: the claim graph is unrolled from ``logits`` into a tree of ``TreeNode``s, one per
-path prefix. ``assign_data`` then gives every tree node the datum it is computed on (its parent's datum,
-or one drawn to agree with it on the node's feature) and the datum its unclaimed inputs read (one draw
-per tree node by default, as in Redwood's implementation; optionally one per unclaimed input). Draws are
-seeded by the tree node's path, so adding a path never changes what the other nodes see.
+Following the causal scrubbing write-up (Chan et al. 2022), every path of the claim is evaluated on its own
+data. Two sampling units are offered (``Unit``):
+
+- ``Unit.NODE`` (default, Redwood's implementation): one draw per hypothesis node per datum. Every path
+  through a node shares that node's draws, so a node's value depends only on the datum it is computed
+  on: the claim is kept as a graph of ``TreeNode``s (one per hypothesis node, children shared), each
+  computed once on every datum of the batch, and a parent on datum d reads its child on ``read[d]``.
+  Cost grows with the number of hypothesis nodes, not of paths, so it runs at any depth.
+- ``Unit.COPY`` (strict treeification): the claim graph is unrolled from ``logits`` into a tree with one
+  copy per path prefix, and every copy draws its own data, row by row. Exact to the write-up, but the
+  tree grows exponentially with depth: refused beyond ``MAX_TREE_NODES`` copies.
+
+``assign_data`` gives every node the datum it is computed on, the datum its unclaimed inputs read (one
+draw per node by default; optionally one per unclaimed input) and, for a feature, the agreeing datum.
+Draws are seeded by the node's identity (its hypothesis node, or its path in copy mode), so adding a
+path never changes what the other nodes see.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 from torch import Tensor
@@ -27,7 +38,14 @@ class TreeTooLargeError(ValueError):
     """The unrolled claim has more copies than the engine will evaluate."""
 
 
-@dataclass(frozen=True)
+class Unit(str, Enum):
+    """What one draw of data is made for: each hypothesis node (shared by its paths), or each tree copy."""
+
+    NODE = "node"
+    COPY = "copy"
+
+
+@dataclass(frozen=True, eq=False)
 class TreeInput:
     """A claimed input of a tree node: ``child``'s output enters through ``channel`` at ``positions``."""
 
@@ -36,24 +54,39 @@ class TreeInput:
     positions: PositionFn | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TreeNode:
-    """One copy of a component, reached from the logits along ``path`` (its stable identity)."""
+    """One copy of a component with a stable identity ``path``: the path from the logits (copy mode), or
+    ``("node", id)`` for a hypothesis node shared by every path through it (node mode)."""
 
     component: Component
     path: tuple[str, ...]
     feature: Feature | None
     inputs: tuple[TreeInput, ...]
+    shared: bool = False  # node mode: parents read this node's value through its ``read`` draw
 
     def walk(self):
-        """This node and all below it, parents before children."""
-        yield self
-        for inp in self.inputs:
-            yield from inp.child.walk()
+        """This node and every node below it, once each, parents before children."""
+        order: list[TreeNode] = []
+        seen: set[int] = set()
+
+        def visit(node: TreeNode) -> None:  # depth-first post-order, reversed below: a topological order
+            if id(node) in seen:
+                return
+            seen.add(id(node))
+            for inp in node.inputs:
+                visit(inp.child)
+            order.append(node)
+
+        visit(self)
+        return reversed(order)
 
 
-def treeify(claim: Claim) -> TreeNode:
-    """Unroll the claim graph from its logits node into a tree with one copy per path prefix."""
+def treeify(claim: Claim, unit: Unit = Unit.NODE) -> TreeNode:
+    """The claim as nodes to evaluate: one per hypothesis node (``Unit.NODE``), or unrolled from its logits
+    node into a tree with one copy per path prefix (``Unit.COPY``)."""
+    if Unit(unit) == Unit.NODE:
+        return _node_graph(claim)
     count = [0]
 
     def build(node_id: str, path: tuple[str, ...]) -> TreeNode:
@@ -74,17 +107,35 @@ def treeify(claim: Claim) -> TreeNode:
     return build(claim.root, ("logits",))
 
 
+def _node_graph(claim: Claim) -> TreeNode:
+    """One shared ``TreeNode`` per hypothesis node that reaches the logits."""
+    if claim.root is None:
+        return TreeNode(Logits(), ("node", "logits"), None, (), shared=True)
+    built: dict[str, TreeNode] = {}
+
+    def build(node_id: str) -> TreeNode:
+        if node_id not in built:
+            node = claim.node(node_id)
+            inputs = tuple(TreeInput(e.channel, build(e.source), e.positions) for e in claim.inputs_of(node_id))
+            built[node_id] = TreeNode(node.component, ("node", node_id), node.feature, inputs, shared=True)
+        return built[node_id]
+
+    return build(claim.root)
+
+
 def _step(edge: ClaimEdge) -> str:
     return f"{edge.source}:{edge.channel.value}"
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How data are drawn. ``independent``: one draw per unclaimed input instead of one per node;
-    ``allow_self``: a draw may return the datum it is drawn for (else only when nothing else agrees)."""
+    """How data are drawn. ``unit``: one draw per hypothesis node per datum (default) or per tree copy;
+    ``independent``: one draw per unclaimed input instead of one per node; ``allow_self``: a draw may
+    return the datum it is drawn for (else only when nothing else agrees)."""
 
     independent: bool = False
     allow_self: bool = False
+    unit: Unit = Unit.NODE
 
 
 @dataclass(frozen=True)
@@ -95,6 +146,7 @@ class Assignment:
     other: Tensor  # [batch] the datum its unclaimed inputs read (shared draw)
     forced_self: Tensor  # [batch] bool: the feature draw could only return the parent's datum
     other_is_self: Tensor  # [batch] bool: the unclaimed draw equals this copy's own datum
+    read: Tensor | None = None  # [batch] node mode: a parent's row d reads this node's row read[d] (None: d)
 
 
 @dataclass
@@ -105,6 +157,7 @@ class Assignments:
     options: SamplingOptions = SamplingOptions()
     seed: int = 0
     salt: str = ""
+    node_of: dict[tuple[str, ...], tuple[tuple[str, ...], Tensor]] = field(default_factory=dict)  # see ``unroll``
 
     def __getitem__(self, node: TreeNode) -> Assignment:
         return self.by_path[node.path]
@@ -114,13 +167,26 @@ class Assignments:
         a = self.by_path[node.path]
         if not self.options.independent:
             return a.other
-        gen = generator(self.seed, self.salt, node.path, f"unclaimed:{channel.value}:{source}")
+        path, rows = self.node_of.get(node.path, (node.path, None))  # an unrolled copy draws as its node does
+        gen = generator(self.seed, self.salt, path, f"unclaimed:{channel.value}:{source}")
+        if rows is not None:
+            every = torch.arange(a.datum.shape[0])
+            return sample_other(every, gen, allow_self=self.options.allow_self).index[rows]
         return sample_other(a.datum, gen, allow_self=self.options.allow_self).index
 
     def self_sample_rate(self) -> float:
         """Share of all draws (feature draws and unclaimed draws) that returned the datum they were drawn for."""
         flags = [torch.cat([a.forced_self, a.other_is_self]) for a in self.by_path.values()]
         return float(torch.cat(flags).float().mean()) if flags else 0.0
+
+    def self_draws(self) -> dict[str, float]:
+        """Per node (hypothesis node id, or copy path): the share of its feature draws that could only return
+        the datum they were drawn for (the feature found no other agreeing datum). 0 for nodes without one."""
+        return {_label(path): float(a.forced_self.float().mean()) for path, a in self.by_path.items()}
+
+
+def _label(path: tuple[str, ...]) -> str:
+    return path[1] if path[0] == "node" else " <- ".join(path)
 
 
 def generator(seed: int, salt: str, path: tuple[str, ...], purpose: str) -> torch.Generator:
@@ -130,19 +196,37 @@ def generator(seed: int, salt: str, path: tuple[str, ...], purpose: str) -> torc
 
 
 def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "", options: SamplingOptions = SamplingOptions()) -> Assignments:
-    """Draw the datum of every tree node and of its unclaimed inputs for one batch of reference data."""
+    """Draw the datum of every node and of its unclaimed inputs for one batch of reference data."""
+    if root.shared != (Unit(options.unit) == Unit.NODE):
+        raise ValueError(f"the tree was built for unit {'node' if root.shared else 'copy'!r} but the sampling options "
+                         f"say {Unit(options.unit).value!r}: build it with treeify(claim, options.unit)")
     n = tokens.shape[0]
     out = Assignments(options=options, seed=seed, salt=salt)
     codes_cache: dict[int, Tensor] = {}  # feature codes of the batch, computed once per feature
+
+    def codes(feature: Feature) -> Tensor:
+        if id(feature) not in codes_cache:
+            codes_cache[id(feature)] = feature.codes(tokens)
+        return codes_cache[id(feature)]
+
+    if root.shared:  # node mode: each node computed on every datum; draws are maps datum -> datum
+        every = torch.arange(n)
+        for node in root.walk():
+            read, forced = None, torch.zeros(n, dtype=torch.bool)
+            if node.feature is not None:
+                draw = sample_agreeing(codes(node.feature), every, generator(seed, salt, node.path, "feature"),
+                                       allow_self=options.allow_self)
+                read, forced = draw.index, draw.index == every if options.allow_self else draw.forced_self
+            other = sample_other(every, generator(seed, salt, node.path, "unclaimed"), allow_self=options.allow_self)
+            out.by_path[node.path] = Assignment(every, other.index, forced, other.index == every, read)
+        return out
 
     def visit(node: TreeNode, parent: Tensor) -> None:
         if node.feature is None:
             datum, forced = parent, torch.zeros(n, dtype=torch.bool)
         else:
-            if id(node.feature) not in codes_cache:
-                codes_cache[id(node.feature)] = node.feature.codes(tokens)
-            codes = codes_cache[id(node.feature)]
-            draw = sample_agreeing(codes, parent, generator(seed, salt, node.path, "feature"), allow_self=options.allow_self)
+            draw = sample_agreeing(codes(node.feature), parent, generator(seed, salt, node.path, "feature"),
+                                   allow_self=options.allow_self)
             datum, forced = draw.index, draw.forced_self & (draw.index == parent)
             if options.allow_self:
                 forced = draw.index == parent
@@ -153,3 +237,24 @@ def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "", op
 
     visit(root, torch.arange(n))
     return out
+
+
+def unroll(root: TreeNode, data: Assignments, claim: Claim) -> tuple[TreeNode, Assignments]:
+    """The copy-mode tree of ``claim`` with the per-copy data that node-mode ``data`` implies: a copy of node X
+    under a parent copy on datum d is computed on read_X[d] and reads its unclaimed inputs where X's draws
+    for that datum say. For the naive reference, which evaluates trees literally; small claims only."""
+    tree = treeify(claim, Unit.COPY)
+    out = Assignments(options=SamplingOptions(data.options.independent, data.options.allow_self, Unit.COPY),
+                      seed=data.seed, salt=data.salt)
+
+    def visit(copy: TreeNode, node: TreeNode, parent: Tensor) -> None:
+        a = data[node]
+        datum = parent if a.read is None else a.read[parent]  # [batch]
+        other = a.other[datum]  # [batch]
+        out.by_path[copy.path] = Assignment(datum, other, a.forced_self[parent], other == datum)
+        out.node_of[copy.path] = (node.path, datum)
+        for c, n in zip(copy.inputs, node.inputs, strict=True):
+            visit(c.child, n.child, datum)
+
+    visit(tree, root, torch.arange(data[root].datum.shape[0]))
+    return tree, out

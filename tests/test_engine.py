@@ -15,9 +15,9 @@ from scrub.engine import evaluate
 from scrub.features import after_earlier_occurrence, current_token, repeat_count
 from scrub.hypothesis import add_path, empty_graph, full_graph, validate
 from scrub.metrics import token_losses
-from scrub.reference import naive_logits
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.treeify import SamplingOptions, Unit, assign_data, treeify
 from tests.helpers import tiny_model
+from tests.naive import naive
 
 
 def micro_model() -> HookedTransformer:
@@ -38,10 +38,12 @@ def micro_model() -> HookedTransformer:
 
 
 def scrub_logits(model, graph, tokens, **options):
-    tree = treeify(validate(graph, model))
-    data = assign_data(tree, tokens, seed=0, options=SamplingOptions(**options))
+    claim = validate(graph, model)
+    opts = SamplingOptions(**options)
+    tree = treeify(claim, opts.unit)
+    data = assign_data(tree, tokens, seed=0, options=opts)
     logits, _ = evaluate(model, tree, data, clean_run(model, tokens))
-    return logits, data, tree
+    return logits, data, tree, claim
 
 
 def test_micro_model_clean_logits_are_the_formula():
@@ -56,7 +58,7 @@ def test_micro_model_empty_hypothesis_loss_by_hand():
     """With two examples every draw must be the other one, so example A is scored with B's logits 2*e3."""
     model = micro_model()
     tokens = torch.tensor([[0, 1, 2], [3, 3, 3]])
-    logits, _, _ = scrub_logits(model, empty_graph(), tokens)
+    logits, *_ = scrub_logits(model, empty_graph(), tokens)
     losses = token_losses(logits, tokens)  # [batch, 2]
     assert losses[0].tolist() == pytest.approx([math.log(3 + math.e**2)] * 2, abs=1e-6)
     # B's labels are 3 and A's logits at t=0,1 are 2*e0 and [0.5, 1.5, 0, 0]
@@ -69,7 +71,7 @@ def test_micro_model_head_claimed_inputs_unclaimed():
     tokens = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 0, 1], [2, 2, 0]])
     g = nx.DiGraph()
     g.add_edge("0.0", "logits")
-    logits, data, tree = scrub_logits(model, g, tokens)
+    logits, data, tree, _ = scrub_logits(model, g, tokens)
     onehot = torch.nn.functional.one_hot(tokens, 4).float()
     root_other = data[tree].other
     head_other = data[tree.inputs[0].child].other
@@ -84,7 +86,7 @@ def test_micro_model_value_path_claimed():
     tokens = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 0, 1]])
     g = nx.DiGraph()
     add_path(g, "embed", ("0.0", "v"), "logits")
-    logits, data, tree = scrub_logits(model, g, tokens)
+    logits, data, tree, _ = scrub_logits(model, g, tokens)
     onehot = torch.nn.functional.one_hot(tokens, 4).float()
     expected = onehot[data[tree].other] + onehot.cumsum(1) / torch.arange(1, 4)[None, :, None]
     assert torch.allclose(logits, expected, atol=1e-6)
@@ -100,7 +102,8 @@ SHAPES = [
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(str(v) for v in s.values()))
 @pytest.mark.parametrize("independent", [False, True])
-def test_engine_matches_naive_reference(shape, independent):
+@pytest.mark.parametrize("unit", list(Unit))
+def test_engine_matches_naive_reference(shape, independent, unit):
     model = tiny_model(**shape, seed=3, dtype=torch.float64)
     tokens = torch.randint(0, 20, (5, 12), generator=torch.Generator().manual_seed(1))
     g = nx.DiGraph()
@@ -114,8 +117,8 @@ def test_engine_matches_naive_reference(shape, independent):
     g.nodes["0.1"]["feature"] = current_token(3)
     g.nodes["1.2"]["feature"] = repeat_count(2)
     g.edges["0.1", "1.2"]["positions"] = after_earlier_occurrence
-    logits, data, tree = scrub_logits(model, g, tokens, independent=independent)
-    reference = naive_logits(model, tree, data, tokens)
+    logits, data, tree, claim = scrub_logits(model, g, tokens, independent=independent, unit=unit)
+    reference = naive(model, claim, tree, data, tokens)
     assert torch.allclose(logits, reference, atol=1e-9, rtol=1e-9)
     assert not torch.allclose(logits, model(tokens), atol=1e-2)  # the claim really resampled something
 
@@ -123,14 +126,14 @@ def test_engine_matches_naive_reference(shape, independent):
 def test_full_graph_is_clean_exactly_and_empty_is_resampled_logits():
     model = tiny_model(attn_only=False, pos="standard")
     tokens = torch.randint(0, 20, (6, 12), generator=torch.Generator().manual_seed(2))
-    full, _, _ = scrub_logits(model, full_graph(model), tokens)
+    full, *_ = scrub_logits(model, full_graph(model), tokens)
     assert torch.equal(full, model(tokens).detach())
-    empty, data, tree = scrub_logits(model, empty_graph(), tokens)
+    empty, data, tree, _ = scrub_logits(model, empty_graph(), tokens)
     assert torch.equal(empty, model(tokens[data[tree].other]).detach())
 
 
 def test_unsupported_architecture_is_named():
     model = tiny_model()
-    model.cfg.positional_embedding_type = "rotary"
-    with pytest.raises(UnsupportedModelError, match="rotary"):
+    model.cfg.positional_embedding_type = "alibi"
+    with pytest.raises(UnsupportedModelError, match="alibi"):
         check_supported(model)

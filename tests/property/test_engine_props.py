@@ -20,9 +20,9 @@ from scrub.engine import evaluate
 from scrub.experiment import run
 from scrub.features import Feature, sample_agreeing
 from scrub.hypothesis import empty_graph, full_graph, validate
-from scrub.reference import naive_logits
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.treeify import SamplingOptions, Unit, assign_data, treeify
 from tests.helpers import n_channel_edges, subgraph, tiny_model
+from tests.naive import naive
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -41,10 +41,11 @@ def batch(seed: int, n: int = 5, seq: int = 10) -> torch.Tensor:
 
 
 def scrub(model, graph, tokens, options=SamplingOptions(), seed=0):
-    tree = treeify(validate(graph, model))
+    claim = validate(graph, model)
+    tree = treeify(claim, options.unit)
     data = assign_data(tree, tokens, seed=seed, options=options)
     logits, _ = evaluate(model, tree, data, clean_run(model, tokens))
-    return logits, tree, data
+    return logits, tree, data, claim
 
 
 @SETTINGS
@@ -63,7 +64,7 @@ def test_empty_hypothesis_is_the_resampled_baseline(shape, data_seed, independen
     model = tiny_model(**shape)
     tokens = batch(data_seed)
     options = SamplingOptions(independent=independent)
-    logits, tree, data = scrub(model, empty_graph(), tokens, options)
+    logits, tree, data, _ = scrub(model, empty_graph(), tokens, options)
     if not independent:  # one draw for all inputs: the whole model runs on another example
         assert torch.equal(logits, model(tokens[data[tree].other]).detach())
     result = run(model, empty_graph(), tokens, progress=False, n_bootstrap=50, options=options)
@@ -87,9 +88,10 @@ def test_sampled_data_agree_with_their_parent(n, n_classes, width, seed, allow_s
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), n_classes=st.integers(1, 4))
-def test_tree_copies_agree_with_their_parent_copy(seed, n_classes):
-    """Through a whole tree: each copy's datum agrees with its parent copy's datum on the copy's feature."""
+@given(seed=st.integers(0, 10_000), n_classes=st.integers(1, 4), unit=st.sampled_from(list(Unit)))
+def test_tree_copies_agree_with_their_parent_copy(seed, n_classes, unit):
+    """Through a whole tree: each copy's datum agrees with its parent copy's datum on the copy's feature
+    (node mode: for every datum d, the datum a node is read on for d agrees with d)."""
     model = tiny_model(n_layers=2, n_heads=2, seed=seed)
     tokens = batch(seed, n=12)
     feature = Feature(f"first-token-mod-{n_classes}", lambda t: t[:, :1] % n_classes)
@@ -97,25 +99,34 @@ def test_tree_copies_agree_with_their_parent_copy(seed, n_classes):
     for node in graph.nodes:
         if node not in ("logits", "pos"):
             graph.nodes[node]["feature"] = feature
-    tree = treeify(validate(graph, model))
-    data = assign_data(tree, tokens, seed=seed)
+    tree = treeify(validate(graph, model), unit)
+    data = assign_data(tree, tokens, seed=seed, options=SamplingOptions(unit=unit))
     codes = feature.codes(tokens)
+    checked = 0
     for node in tree.walk():
         for inp in node.inputs:
-            assert torch.equal(codes[data[inp.child].datum], codes[data[node].datum])
+            child = data[inp.child]
+            read = child.datum if child.read is None else child.read[data[node].datum]
+            assert torch.equal(codes[read], codes[data[node].datum])
+            checked += inp.child.feature is not None
+    assert checked > 0
 
 
 @SETTINGS
 @given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000),
-       independent=st.booleans(), density=st.floats(0.1, 0.9))
-def test_engine_equals_naive_reference_on_random_hypotheses(shape, data_seed, keep_seed, independent, density):
+       independent=st.booleans(), density=st.floats(0.1, 0.9), unit=st.sampled_from(list(Unit)))
+def test_engine_equals_naive_reference_on_random_hypotheses(shape, data_seed, keep_seed, independent, density, unit):
     model = tiny_model(**{**shape, "n_layers": min(shape["n_layers"], 2)}, dtype=torch.float64)
     gen = torch.Generator().manual_seed(keep_seed)
     keep = (torch.rand(n_channel_edges(model), generator=gen) < density).tolist()
     graph = subgraph(model, keep)
+    feature = Feature("first-token-mod-2", lambda t: t[:, :1] % 2)
+    for node in graph.nodes:  # a feature on about a third of the nodes
+        if node not in ("logits", "pos") and bool(torch.rand(1, generator=gen) < 0.35):
+            graph.nodes[node]["feature"] = feature
     tokens = batch(data_seed, n=4, seq=8)
-    logits, tree, data = scrub(model, graph, tokens, SamplingOptions(independent=independent))
-    reference = naive_logits(model, tree, data, tokens)
+    logits, tree, data, claim = scrub(model, graph, tokens, SamplingOptions(independent=independent, unit=unit))
+    reference = naive(model, claim, tree, data, tokens)
     assert torch.allclose(logits, reference, atol=1e-9, rtol=1e-9)
 
 
@@ -135,23 +146,24 @@ def test_zeroed_head_makes_its_paths_irrelevant(shape, data_seed, keep_seed, hea
         without.remove_node(f"{layer}.{head}")
         without = without.subgraph(nx.ancestors(without, "logits") | {"logits"}).copy() if "logits" in without else nx.DiGraph()
     tokens = batch(data_seed)
-    a, _, _ = scrub(model, graph, tokens)
-    b, _, _ = scrub(model, without, tokens)
+    a, *_ = scrub(model, graph, tokens)
+    b, *_ = scrub(model, without, tokens)
     assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
 
 
 @SETTINGS
-@given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000), independent=st.booleans())
-def test_adding_a_path_never_changes_other_nodes_data(shape, data_seed, keep_seed, independent):
+@given(shape=shapes, data_seed=st.integers(0, 10_000), keep_seed=st.integers(0, 10_000), independent=st.booleans(),
+       unit=st.sampled_from(list(Unit)))
+def test_adding_a_path_never_changes_other_nodes_data(shape, data_seed, keep_seed, independent, unit):
     model = tiny_model(**shape)
     n = n_channel_edges(model)
     gen = torch.Generator().manual_seed(keep_seed)
     keep = (torch.rand(n, generator=gen) < 0.4).tolist()
     more = [k or bool(torch.rand(1, generator=gen) < 0.3) for k in keep]
     tokens = batch(data_seed)
-    options = SamplingOptions(independent=independent)
-    small_tree = treeify(validate(subgraph(model, keep), model))
-    big_tree = treeify(validate(subgraph(model, more), model))
+    options = SamplingOptions(independent=independent, unit=unit)
+    small_tree = treeify(validate(subgraph(model, keep), model), unit)
+    big_tree = treeify(validate(subgraph(model, more), model), unit)
     small = assign_data(small_tree, tokens, seed=1, options=options)
     big = assign_data(big_tree, tokens, seed=1, options=options)
     for path, a in small.by_path.items():
