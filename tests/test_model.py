@@ -211,3 +211,23 @@ def test_directory_without_weights(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="has no weights.pt"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("d_mlp", [0, 64])
+def test_training_twin_matches_the_hooked_transformer(d_mlp):
+    """training/fast_model.py (the CPU training twin) computes what the HookedTransformer it is copied into
+    computes, attention-only and with GELU MLPs, for random weights everywhere (LayerNorms included)."""
+    from training.fast_model import FastTransformer, to_hooked
+    from training.train_model import hooked_config
+
+    cfg = hooked_config(ArchSpec(n_layers=2, n_heads=4, d_model=32, d_head=8, n_ctx=24, d_vocab=50), d_mlp)
+    hooked = HookedTransformer(cfg).eval()
+    fast = FastTransformer(2, 32, 4, 8, 24, 50, d_mlp=d_mlp).eval()
+    assert (hasattr(fast, "mlps"), cfg.attn_only, cfg.act_fn) == (bool(d_mlp), not d_mlp, "gelu")
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    to_hooked(fast, hooked)
+    tokens = torch.randint(0, 50, (3, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(tokens), fast(tokens), atol=1e-5, rtol=1e-5)

@@ -1,9 +1,13 @@
-"""A plain-torch twin of the shipped HookedTransformer, used only to train it faster on CPU.
+"""A plain-torch twin of the shipped HookedTransformers, used only to train them faster on CPU.
 
-Same maths as TransformerLens' attention-only model with shortformer positions and LayerNorm
-(positions are added to the LayerNormed query and key inputs, never to the residual stream), but
-fused attention (``scaled_dot_product_attention``). ``to_hooked`` copies the weights into a
-HookedTransformer; ``train_model.py`` checks that both give the same logits before saving.
+Same maths as TransformerLens' ``HookedTransformer`` with shortformer positions and LayerNorm
+(positions are added to the LayerNormed query and key inputs, never to the residual stream), either
+attention-only (``d_mlp=0``, ``attn_only=True``) or with an MLP after each attention layer
+(``attn_only=False``, ``act_fn="gelu"``: ``resid_mid = resid + attn(ln1(resid))``,
+``resid_post = resid_mid + W_out gelu(W_in ln2(resid_mid) + b_in) + b_out``, where TransformerLens'
+``"gelu"`` is ``F.gelu``, the exact erf GELU). Attention is fused (``scaled_dot_product_attention``).
+``to_hooked`` copies the weights into a HookedTransformer; ``train_model.py`` checks that both give the
+same logits before saving.
 """
 
 from __future__ import annotations
@@ -33,17 +37,40 @@ class Attention(nn.Module):
         return self.o(z.transpose(1, 2).reshape(b, t, -1))  # [batch, pos, d_model]
 
 
-class FastAttnOnly(nn.Module):
-    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_head: int, n_ctx: int, d_vocab: int) -> None:
+class MLP(nn.Module):
+    """LayerNorm (TransformerLens' ``ln2``) then a GELU MLP (``W_in``, ``b_in``, ``W_out``, ``b_out``)."""
+
+    def __init__(self, d_model: int, d_mlp: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model, eps=1e-5)
+        self.fc_in = nn.Linear(d_model, d_mlp)
+        self.fc_out = nn.Linear(d_mlp, d_model)
+
+    def forward(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(F.gelu(self.fc_in(self.ln(resid))))  # [batch, pos, d_model]
+
+
+class FastTransformer(nn.Module):
+    """``d_mlp=0``: attention-only, with exactly the modules (and so the initialisation, for a given seed) of
+    the attention-only twin the shipped ``scrub-attn-2l`` was trained with."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_head: int, n_ctx: int, d_vocab: int,
+                 d_mlp: int = 0) -> None:
         super().__init__()
         self.embed = nn.Embedding(d_vocab, d_model)
         self.pos = nn.Embedding(n_ctx, d_model)
         self.blocks = nn.ModuleList(Attention(d_model, n_heads, d_head) for _ in range(n_layers))
+        if d_mlp:  # registered only with MLPs, so that the attention-only parameter order is unchanged
+            self.mlps = nn.ModuleList(MLP(d_model, d_mlp) for _ in range(n_layers))
         self.ln_final = nn.LayerNorm(d_model, eps=1e-5)
         self.unembed = nn.Linear(d_model, d_vocab)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
+
+    @property
+    def d_mlp(self) -> int:
+        return self.mlps[0].fc_in.out_features if hasattr(self, "mlps") else 0
 
     @torch.no_grad()
     def sinusoidal_positions(self, scale: float = 1.0) -> None:
@@ -58,8 +85,11 @@ class FastAttnOnly(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         resid = self.embed(tokens)  # [batch, pos, d_model]
         pos = self.pos(torch.arange(tokens.shape[1], device=tokens.device))[None]  # [1, pos, d_model]
-        for block in self.blocks:
+        mlps = self.mlps if hasattr(self, "mlps") else [None] * len(self.blocks)
+        for block, mlp in zip(self.blocks, mlps):
             resid = resid + block(resid, pos)  # [batch, pos, d_model]
+            if mlp is not None:
+                resid = resid + mlp(resid)  # [batch, pos, d_model]
         return self.unembed(self.ln_final(resid))  # [batch, pos, d_vocab]
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -67,10 +97,15 @@ class FastAttnOnly(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
+FastAttnOnly = FastTransformer  # the name the attention-only recipe was written with
+
+
 @torch.no_grad()
-def to_hooked(fast: FastAttnOnly, model: HookedTransformer) -> HookedTransformer:
+def to_hooked(fast: FastTransformer, model: HookedTransformer) -> HookedTransformer:
     """Copy the weights of ``fast`` into ``model`` (same architecture) and return it."""
     n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    assert model.cfg.attn_only == (fast.d_mlp == 0) and (fast.d_mlp == 0 or model.cfg.d_mlp == fast.d_mlp)
+    assert model.cfg.attn_only or model.cfg.act_fn == "gelu"
     sd = {"embed.W_E": fast.embed.weight, "pos_embed.W_pos": fast.pos.weight,
           "ln_final.w": fast.ln_final.weight, "ln_final.b": fast.ln_final.bias,
           "unembed.W_U": fast.unembed.weight.T, "unembed.b_U": fast.unembed.bias}
@@ -85,6 +120,11 @@ def to_hooked(fast: FastAttnOnly, model: HookedTransformer) -> HookedTransformer
                f"blocks.{i}.attn.b_V": blk.v.bias.view(n_heads, d_head),
                f"blocks.{i}.attn.W_O": blk.o.weight.T.reshape(n_heads, d_head, -1),
                f"blocks.{i}.attn.b_O": blk.o.bias}
+        if fast.d_mlp:
+            mlp = fast.mlps[i]
+            sd |= {f"blocks.{i}.ln2.w": mlp.ln.weight, f"blocks.{i}.ln2.b": mlp.ln.bias,
+                   f"blocks.{i}.mlp.W_in": mlp.fc_in.weight.T, f"blocks.{i}.mlp.b_in": mlp.fc_in.bias,  # [d_model, d_mlp]
+                   f"blocks.{i}.mlp.W_out": mlp.fc_out.weight.T, f"blocks.{i}.mlp.b_out": mlp.fc_out.bias}  # [d_mlp, d_model]
     missing, unexpected = model.load_state_dict({k: v.clone() for k, v in sd.items()}, strict=False)
     params = dict(model.named_parameters())
     float_missing = [k for k in missing if k in params]
