@@ -93,8 +93,9 @@ def treeify(claim: Claim, unit: Unit = Unit.NODE) -> TreeNode:
         count[0] += 1
         if count[0] > MAX_TREE_NODES:
             raise TreeTooLargeError(
-                f"hypothesis {claim.name!r} unrolls into more than {MAX_TREE_NODES} path copies; claim fewer "
-                f"paths, or split it with node 'component' aliases so shared sub-claims are not repeated"
+                f"hypothesis {claim.name!r} unrolls into more than {MAX_TREE_NODES} path copies, which strict "
+                f"treeification (unit 'copy') evaluates one by one; use the default unit 'node' (one draw per "
+                f"hypothesis node, any depth), or claim fewer paths"
             )
         node = claim.node(node_id)
         inputs = tuple(

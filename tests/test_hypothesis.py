@@ -8,7 +8,7 @@ import pytest
 from scrub.features import current_token
 from scrub.hypothesis import HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
 from scrub.sites import Channel
-from scrub.treeify import TreeTooLargeError, treeify
+from scrub.treeify import TreeTooLargeError, Unit, treeify
 from tests.helpers import tiny_model
 
 
@@ -117,5 +117,8 @@ def test_tree_size_is_bounded(monkeypatch, model):
     import scrub.treeify as treeify_module
 
     monkeypatch.setattr(treeify_module, "MAX_TREE_NODES", 10)
+    claim = validate(full_graph(model), model)
     with pytest.raises(TreeTooLargeError, match="more than 10 path copies"):
-        treeify(validate(full_graph(model), model))
+        treeify(claim, Unit.COPY)  # strict treeification unrolls every path
+    nodes = list(treeify(claim).walk())  # the default shares one node per hypothesis node
+    assert len(nodes) == len(claim.nodes) and len({id(n) for n in nodes}) == len(nodes)
