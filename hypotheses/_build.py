@@ -17,42 +17,51 @@ from transformer_lens import HookedTransformer
 
 from scrub.features import after_earlier_occurrence
 from scrub.hypothesis import full_graph
-from scrub.sites import parse_component
+from scrub.sites import Head, parse_channel, parse_component
+from scrub.structure import Structure
 
 from hypotheses._heads import HeadRoles
 
 
-def _shortformer(model: HookedTransformer) -> bool:
-    return model.cfg.positional_embedding_type == "shortformer"
+def senders_before(model: HookedTransformer, receiver: str) -> list[str]:
+    """Every component whose output can enter ``receiver`` (embed, pos, earlier heads and MLPs), as the
+    model's structure says."""
+    return [str(s) for s in Structure.of(model).senders(parse_component(receiver, model.cfg))]
 
 
-def senders_before(model: HookedTransformer, head: str) -> list[str]:
-    """Every component whose output can enter ``head``: embed, pos, heads of earlier layers."""
-    layer = parse_component(head, model.cfg).layer
-    heads = [f"{lay}.{h}" for lay in range(layer) for h in range(model.cfg.n_heads)]
-    return ["embed", "pos", *heads]
+def _component(g: nx.DiGraph, model: HookedTransformer, node: str):
+    """The model component a graph node stands for (an alias node names it in its ``component``)."""
+    name = g.nodes[node].get("component", node) if node in g else node
+    return parse_component(name, model.cfg)
 
 
-def _via(model: HookedTransformer, sender: str, channels: str) -> str:
-    """``channels`` minus what ``sender`` cannot enter (positions never enter v in a shortformer model)."""
-    return channels.replace("v", "") if sender == "pos" and _shortformer(model) else channels
+def _via(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str, channels: str) -> str:
+    """``channels`` minus those ``sender`` cannot enter (positions never enter v in a shortformer model);
+    "in" for a receiver that is not a head."""
+    structure = Structure.of(model)
+    s, r = _component(g, model, sender), _component(g, model, receiver)
+    if not isinstance(r, Head):
+        return "in" if structure.feeds(s, r) else ""
+    return "".join(c for c in channels if structure.feeds(s, r, parse_channel(c)))
 
 
 def add_edge(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str, channels: str,
              positions=None) -> None:
-    """Claim ``sender`` -> ``receiver`` through ``channels``, merged with an existing unrestricted edge. A
-    position-restricted edge where the pair already has an edge goes through a full copy of ``sender``
-    (a graph has one edge per pair, and one edge has one ``positions``)."""
-    via = _via(model, sender, channels)
+    """Claim ``sender`` -> ``receiver`` through ``channels`` (ignored for MLP and logits receivers), merged
+    with an existing unrestricted edge. A position-restricted edge where the pair already has an edge goes
+    through a full copy of ``sender`` (a graph has one edge per pair, and one edge has one ``positions``)."""
+    via = _via(g, model, sender, receiver, channels)
     if not via:
         return
+    attrs = {} if via == "in" else {"via": via}
     if g.has_edge(sender, receiver):
         old = g.edges[sender, receiver]
         if positions is None and old.get("positions") is None:
-            g.edges[sender, receiver]["via"] = "".join(sorted(set(old["via"]) | set(via)))
+            if via != "in":
+                g.edges[sender, receiver]["via"] = "".join(sorted(set(old["via"]) | set(via)))
             return
         sender = full_copy(g, model, sender, f"{receiver}:{via}")
-    g.add_edge(sender, receiver, via=via, **({"positions": positions} if positions is not None else {}))
+    g.add_edge(sender, receiver, **attrs, **({"positions": positions} if positions is not None else {}))
 
 
 def full_copy(g: nx.DiGraph, model: HookedTransformer, component: str, tag: str) -> str:
