@@ -16,9 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.components import LayerNorm, LayerNormPre
+from transformer_lens.components import GroupedQueryAttention, LayerNorm, LayerNormPre
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
+
+
+_QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")  # q/k norm in attention
 
 
 class UnsupportedModelError(ValueError):
@@ -26,26 +30,45 @@ class UnsupportedModelError(ValueError):
 
 
 def check_supported(model: HookedTransformer) -> None:
+    """Raise ``UnsupportedModelError`` naming every feature whose maths scrub does not reproduce (supported:
+    standard/shortformer/rotary positions, GQA, any norm and MLP module, parallel blocks, soft-cap, clip_qkv)."""
     cfg = model.cfg
+    arch = getattr(cfg, "original_architecture", None)
     problems = []
-    if cfg.positional_embedding_type not in ("standard", "shortformer"):
-        problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (standard and shortformer are supported)")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) > 0:
-        problems.append("attention soft-capping")
+    kind = cfg.positional_embedding_type
+    if kind == "alibi":
+        problems.append("ALiBi attention biases (positional_embedding_type='alibi')")
+    elif kind not in ("standard", "shortformer", "rotary"):
+        problems.append(f"positional_embedding_type={kind!r} (standard, shortformer and rotary are supported)")
     if getattr(cfg, "use_qk_norm", False):
-        problems.append("q/k normalisation")
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel attention and MLP")
+        problems.append("q/k normalisation (use_qk_norm)")
+    if arch in _QK_NORM_ARCHITECTURES:
+        problems.append(f"OLMo q/k normalisation ({arch})")
+    if arch in POST_NORM_ARCHITECTURES:
+        problems.append(f"post-norm blocks ({arch})")
     if getattr(cfg, "use_normalization_before_and_after", False):
-        problems.append("normalisation after attention")
+        problems.append("normalisation after attention and MLP (use_normalization_before_and_after)")
     if getattr(cfg, "attention_dir", "causal") != "causal":
         problems.append("bidirectional attention")
-    if getattr(cfg, "use_local_attn", False) or getattr(cfg, "attn_types", None):
-        problems.append("local attention")
+    if getattr(cfg, "use_local_attn", False) and any(t != "global" for t in cfg.attn_types or ["local"]):
+        problems.append("local attention (use_local_attn)")
+    if getattr(cfg, "use_logn_attn", False):
+        problems.append("log-n query scaling (use_logn_attn)")
+    if getattr(cfg, "use_attention_sinks", False):
+        problems.append("attention sinks (use_attention_sinks)")
+    if getattr(cfg, "load_in_4bit", False):
+        problems.append("4-bit quantised weights (load_in_4bit)")
+    if _enabled(getattr(cfg, "output_logits_soft_cap", None)):
+        problems.append("output logit soft-capping (output_logits_soft_cap)")
+    if getattr(cfg, "final_rms", False) and cfg.normalization_type in ("LN", "LNPre"):
+        problems.append("an RMS final norm after LayerNorm blocks (final_rms)")
     if problems:
         raise UnsupportedModelError(f"scrub cannot scrub this model: it uses {', '.join(problems)}")
+
+
+def _enabled(cap: float | None) -> bool:
+    """TransformerLens' soft-cap convention: a cap is on only when strictly positive."""
+    return cap is not None and cap > 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +131,8 @@ class CleanRun:
 def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
     """One plain forward pass, caching each source's output."""
     cfg = model.cfg
-    names = {hook_name(Embed()), hook_name(Pos())}
+    rotary = cfg.positional_embedding_type == "rotary"  # no positional embedding: ``pos`` is zeros
+    names = {hook_name(Embed())} | (set() if rotary else {hook_name(Pos())})
     names |= {hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)}
     if not cfg.attn_only:
         names |= {hook_name(Mlp(layer)) for layer in range(cfg.n_layers)}
@@ -119,10 +143,11 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
         for layer in range(cfg.n_layers)
     )
     mlps = () if cfg.attn_only else tuple(cache[hook_name(Mlp(layer))] for layer in range(cfg.n_layers))
-    pos = cache[hook_name(Pos())]
+    embed = cache[hook_name(Embed())]  # [batch, seq, d_model]
+    pos = torch.zeros_like(embed) if rotary else cache[hook_name(Pos())]  # [batch or 1, seq, d_model]
     return CleanRun(
         tokens=tokens,
-        embed=cache[hook_name(Embed())],
+        embed=embed,
         pos=pos.expand(tokens.shape[0], -1, -1) if pos.shape[0] == 1 else pos,
         heads=heads,
         z=tuple(cache[hook_name(Head(layer, 0))] for layer in range(cfg.n_layers)),
@@ -169,20 +194,41 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     layer, each with its own inputs already passed through the layer's ``ln1`` (so an input shared by many
     copies is normalised once). head_index [copy]; xq, xk, xv [copy, batch, seq, d_model], or [batch, seq,
     d_model] when every copy reads the same input (projected without stacking); pos [seq, d_model] for
-    shortformer models (added to the normalised q and k inputs), else None."""
-    attn = model.blocks[layer].attn
+    shortformer models (added to the normalised q and k inputs), else None. With grouped-query attention
+    each copy projects its own k and v input through its query head's key/value head."""
+    attn, cfg = model.blocks[layer].attn, model.cfg
     if pos is not None:
         xq, xk = xq + pos, xk + pos
-    w_q, w_k, w_v = (w[head_index] for w in (attn.W_Q, attn.W_K, attn.W_V))  # [copy, d_model, d_head] x3
-    b_q, b_k, b_v = (b[head_index][:, None, None] for b in (attn.b_Q, attn.b_K, attn.b_V))  # [copy, 1, 1, d_head]
+    if isinstance(attn, GroupedQueryAttention):  # key/value weights stored once per group of query heads
+        w_k, w_v, b_k, b_v = attn._W_K, attn._W_V, attn._b_K, attn._b_V
+        kv_index = head_index // attn.repeat_kv_heads  # [copy]
+    else:
+        w_k, w_v, b_k, b_v = attn.W_K, attn.W_V, attn.b_K, attn.b_V
+        kv_index = head_index  # [copy]
+    w_q, w_k, w_v = attn.W_Q[head_index], w_k[kv_index], w_v[kv_index]  # [copy, d_model, d_head] x3
+    b_q, b_k, b_v = (b[i][:, None, None] for b, i in ((attn.b_Q, head_index), (b_k, kv_index), (b_v, kv_index)))  # [copy, 1, 1, d_head] x3
     q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
     k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
     v = _project(xv, w_v) + b_v  # [copy, batch, seq, d_head]
+    if getattr(cfg, "clip_qkv", None) is not None:
+        q, k, v = (t.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv) for t in (q, k, v))  # [copy, batch, seq, d_head] x3
+    if cfg.positional_embedding_type == "rotary":
+        q, k = _rotate(attn, q), _rotate(attn, k)  # [copy, batch, seq, d_head] x2
     scores = einops.einsum(q, k, "c b q h, c b k h -> c b q k") / attn.attn_scale  # [copy, batch, q, k]
+    cap = getattr(cfg, "attn_scores_soft_cap", None)
+    if _enabled(cap):
+        scores = cap * torch.tanh(scores / cap)  # [copy, batch, q, k]
     seq = scores.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()  # [q, k]
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # [copy, batch, q, k]
     return einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
+
+
+def _rotate(attn: torch.nn.Module, x: Tensor) -> Tensor:
+    """The layer's own rotary embedding (``apply_rotary``, which takes [batch, pos, head, d_head]) of queries
+    or keys x [copy, batch, seq, d_head], so every rotary variant TransformerLens builds is covered."""
+    flat = x.reshape(-1, x.shape[2], 1, x.shape[3])  # [copy*batch, seq, 1, d_head]
+    return attn.apply_rotary(flat).reshape(x.shape)  # [copy, batch, seq, d_head]
 
 
 def _project(x: Tensor, w: Tensor) -> Tensor:

@@ -12,13 +12,16 @@ import copy
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from transformer_lens import ActivationCache, HookedTransformer
 
 from scrub.sites import Channel, Component, Embed, Head, Logits, Mlp, Pos, hook_name
 from scrub.treeify import Assignments, TreeNode
 
 
 def _sources(model: HookedTransformer, receiver: Component) -> list[Component]:
+    """The components whose outputs are summed into ``receiver``'s residual input. Positions are one only
+    when standard (shortformer adds them after ln1, rotary inside attention); in a parallel block the MLP
+    reads resid_pre, so not the heads of its own layer."""
     cfg = model.cfg
     out: list[Component] = [Embed()]
     if cfg.positional_embedding_type == "standard":
@@ -27,30 +30,30 @@ def _sources(model: HookedTransformer, receiver: Component) -> list[Component]:
         out += [Head(layer, h) for h in range(cfg.n_heads) if layer < getattr(receiver, "layer", cfg.n_layers)]
         if not cfg.attn_only and (isinstance(receiver, Logits) or layer < receiver.layer):
             out.append(Mlp(layer))
-    if isinstance(receiver, Mlp):
+    if isinstance(receiver, Mlp) and not cfg.parallel_attn_mlp:
         out += [Head(receiver.layer, h) for h in range(cfg.n_heads)]
     return out
 
 
 def _biases(model: HookedTransformer, receiver: Component) -> Tensor:
+    """The attention output biases b_O in ``receiver``'s residual input: those of the layers whose heads feed it."""
     cfg = model.cfg
     total = torch.zeros(cfg.d_model, dtype=model.blocks[0].attn.b_O.dtype)
+    own = isinstance(receiver, Mlp) and not cfg.parallel_attn_mlp  # a sequential MLP reads its layer's attention
     for layer in range(cfg.n_layers):
-        if isinstance(receiver, Logits) or layer < receiver.layer or (isinstance(receiver, Mlp) and layer == receiver.layer):
+        if isinstance(receiver, Logits) or layer < receiver.layer or (own and layer == receiver.layer):
             total = total + model.blocks[layer].attn.b_O.detach()
     return total
 
 
-@torch.no_grad()
-def _clean_out(model: HookedTransformer, tokens: Tensor, source: Component) -> Tensor:
-    """One source's output on ``tokens`` from a fresh plain run: [batch, seq, d_model]."""
-    _, cache = model.run_with_cache(tokens)
+def _source_out(model: HookedTransformer, cache: ActivationCache, source: Component) -> Tensor:
+    """One source's output in the cache of a plain run: [batch, seq, d_model]."""
     match source:
         case Head(layer=layer, head=head):
             z = cache[hook_name(source)][:, :, head]  # [batch, seq, d_head]
             return z @ model.blocks[layer].attn.W_O[head]
         case Pos():
-            return cache[hook_name(source)].expand(tokens.shape[0], -1, -1)
+            return cache[hook_name(source)].expand(cache[hook_name(Embed())].shape[0], -1, -1)
     return cache[hook_name(source)]
 
 
@@ -60,14 +63,23 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
     patched = copy.deepcopy(model)
     patched.cfg.use_split_qkv_input = True
     patched.cfg.use_hook_mlp_in = True
+    patched.cfg.ungroup_grouped_query_attention = True  # k/v inputs per query head (same maths), as scrub claims them
     patched.setup()
+    runs: dict[tuple[int, ...], ActivationCache] = {}  # plain runs of the model, by the data rows they ran on
+    values: dict[tuple[str, ...], Tensor] = {}  # each node's value, by path (a shared node is computed once)
+
+    def clean_out(rows: Tensor, source: Component) -> Tensor:
+        key = tuple(rows.tolist())
+        if key not in runs:
+            runs[key] = model.run_with_cache(tokens[rows])[1]
+        return _source_out(model, runs[key], source)  # [batch, seq, d_model]
 
     def input_of(node: TreeNode, channel: Channel) -> Tensor:
         total = _biases(model, node.component).expand(tokens.shape[0], tokens.shape[1], -1).clone()
         claimed = {i.child.component: i for i in node.inputs if i.channel == channel}
         for source in _sources(model, node.component):
             other = data.unclaimed(node, channel, str(source))
-            unclaimed = _clean_out(model, tokens[other], source)
+            unclaimed = clean_out(other, source)
             if source not in claimed:
                 total += unclaimed
                 continue
@@ -80,10 +92,15 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
         return total
 
     def value_of(node: TreeNode) -> Tensor:
+        if node.path not in values:
+            values[node.path] = compute(node)
+        return values[node.path]
+
+    def compute(node: TreeNode) -> Tensor:
         comp = node.component
         datum = data[node].datum
         if isinstance(comp, (Embed, Pos)):
-            return _clean_out(model, tokens[datum], comp)
+            return clean_out(datum, comp)
         if isinstance(comp, Head):
             inputs = {c: input_of(node, c) for c in (Channel.Q, Channel.K, Channel.V)}
             captured = {}

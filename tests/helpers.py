@@ -12,14 +12,18 @@ from scrub.model import save_checkpoint
 
 def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, pos: str = "shortformer",
                norm: str | None = "LN", d_vocab: int = 20, n_ctx: int = 12, seed: int = 0, scale: float = 0.5,
-               dtype: torch.dtype = torch.float32) -> HookedTransformer:
+               dtype: torch.dtype = torch.float32, n_kv_heads: int | None = None, parallel: bool = False,
+               gated: bool = False, act_fn: str = "gelu", d_head: int = 4, rotary_dim: int | None = None,
+               **config) -> HookedTransformer:
     """A random-init model with large weights, so that resampling visibly changes the logits. Comparisons
     of two evaluators use float64: without LayerNorm the logits reach ~300, where float32 summation order
-    alone moves them by ~1e-3."""
+    alone moves them by ~1e-3. ``pos`` is "standard", "shortformer" or "rotary" (``rotary_dim`` defaults to
+    d_head); ``n_kv_heads`` gives grouped-query attention; other HookedTransformerConfig fields go in ``config``."""
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, n_heads=n_heads, d_model=16, d_head=4, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu",
+        n_layers=n_layers, n_heads=n_heads, d_model=16, d_head=d_head, n_ctx=n_ctx, d_vocab=d_vocab, act_fn=act_fn,
         attn_only=attn_only, d_mlp=None if attn_only else 24, positional_embedding_type=pos,
         normalization_type=norm, seed=seed, default_prepend_bos=False, dtype=dtype,
+        n_key_value_heads=n_kv_heads, parallel_attn_mlp=parallel, gated_mlp=gated, rotary_dim=rotary_dim, **config,
     )
     model = HookedTransformer(cfg).eval()
     gen = torch.Generator().manual_seed(seed)

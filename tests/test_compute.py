@@ -1,12 +1,37 @@
-"""Component maths: the fused LayerNorm equals TransformerLens' own module."""
+"""Component maths: the fused LayerNorm equals TransformerLens' own module, and recomputed heads and MLPs
+equal TransformerLens' own forward pass on every supported architecture; unsupported ones are named."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformer_lens.components import RMSNorm
 
-from scrub.compute import normalise
+from scrub.compute import UnsupportedModelError, check_supported, clean_run, heads_z_normed, mlp_forward, normalise
 from tests.helpers import tiny_model
+
+# A representative set of the supported architectures (every model has 2 layers, 4 query heads and MLPs).
+ARCHS = {
+    "standard-LN": dict(pos="standard"),
+    "shortformer-LN": dict(),
+    "shortformer-RMS-gated-relu": dict(norm="RMS", gated=True, act_fn="relu"),
+    "shortformer-no-attn-scale": dict(use_attn_scale=False),
+    "rotary-LN": dict(pos="rotary"),
+    "rotary-partial-RMS-GQA-gated": dict(pos="rotary", rotary_dim=2, norm="RMS", n_kv_heads=2, gated=True, act_fn="silu"),
+    "rotary-adjacent-RMSPre-MQA-parallel-gated": dict(pos="rotary", rotary_adjacent_pairs=True, rotary_base=100,
+                                                     norm="RMSPre", n_kv_heads=1, parallel=True, gated=True, act_fn="silu"),
+    "rotary-partial-LNPre-parallel": dict(pos="rotary", rotary_dim=2, norm="LNPre", parallel=True),
+    "standard-no-norm-GQA-parallel": dict(pos="standard", norm=None, n_kv_heads=2, parallel=True),
+    "standard-softcap-clip-layer-scale": dict(pos="standard", attn_scores_soft_cap=2.0, clip_qkv=1.0,
+                                              scale_attn_by_inverse_layer_idx=True),
+    "shortformer-solu-ln": dict(act_fn="solu_ln"),
+    "rotary-RMS-MoE": dict(pos="rotary", norm="RMS", num_experts=3, experts_per_token=2, act_fn="silu"),
+}
+
+
+def arch_model(arch: dict):
+    """float64 throughout (.double(): TransformerLens 3.9 builds MoE experts in float32 whatever cfg.dtype says)."""
+    return tiny_model(attn_only=False, n_heads=4, dtype=torch.float64, **arch).double()
 
 
 def test_normalise_equals_the_module_forward():
@@ -23,3 +48,91 @@ def test_normalise_falls_back_to_other_modules():
     assert isinstance(module, RMSNorm)
     x = torch.randn(2, 5, 16, dtype=torch.float64)  # [batch, seq, d_model]
     assert torch.equal(normalise(module, x), module(x))
+
+
+@pytest.mark.parametrize("norm", ["RMS", "RMSPre"])
+def test_rms_normalise_of_stacked_copies_is_the_module_on_each(norm):
+    module = tiny_model(norm=norm, dtype=torch.float64).blocks[1].ln1
+    x = torch.randn(3, 2, 5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4 + 1  # [copy, batch, seq, d_model]
+    stacked = normalise(module, x)  # [copy, batch, seq, d_model]
+    for c in range(3):
+        assert torch.equal(stacked[c], module(x[c]))
+
+
+@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
+def test_heads_and_mlps_equal_the_forward_pass(arch):
+    """Each copy reads the clean inputs of a different permutation of the batch, so copies are checked to be
+    independent; the shared 3-D input form is checked too."""
+    model = arch_model(arch)
+    check_supported(model)
+    tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(1))  # [batch, seq]
+    _, cache = model.run_with_cache(tokens)
+    heads = torch.tensor([3, 0, 1, 2, 1])  # [copy]
+    perms = torch.stack([torch.randperm(3, generator=torch.Generator().manual_seed(c)) for c in range(5)])  # [copy, batch]
+    shortformer = model.cfg.positional_embedding_type == "shortformer"
+    pos = cache["hook_pos_embed"][0] if shortformer else None  # [seq, d_model]
+    for layer in range(model.cfg.n_layers):
+        block = model.blocks[layer]
+        x = normalise(block.ln1, cache[f"blocks.{layer}.hook_resid_pre"])  # [batch, seq, d_model]
+        z_clean = cache[f"blocks.{layer}.attn.hook_z"]  # [batch, seq, head, d_head]
+        stacked = x[perms]  # [copy, batch, seq, d_model]
+        z = heads_z_normed(model, layer, heads, stacked, stacked, stacked, pos)  # [copy, batch, seq, d_head]
+        for c in range(5):
+            assert torch.allclose(z[c], z_clean[perms[c], :, heads[c]], atol=1e-10, rtol=0), (layer, c)
+        shared = heads_z_normed(model, layer, heads, x, x, x, pos)  # [copy, batch, seq, d_head]
+        assert torch.allclose(shared, z_clean[:, :, heads].permute(2, 0, 1, 3), atol=1e-10, rtol=0), layer
+        mlp_in = cache[f"blocks.{layer}.hook_resid_pre" if model.cfg.parallel_attn_mlp else f"blocks.{layer}.hook_resid_mid"]
+        out = mlp_forward(model, layer, mlp_in[perms])  # [copy, batch, seq, d_model]
+        assert torch.allclose(out, cache[f"blocks.{layer}.hook_mlp_out"][perms], atol=1e-10, rtol=0), layer
+
+
+def test_grouped_query_heads_take_their_own_key_and_value_inputs():
+    """Two query heads of one key/value group, given k/v inputs from different data, each attend as its own
+    key/value head would on that datum (a finer intervention than the model's grouping)."""
+    model = arch_model(ARCHS["rotary-partial-RMS-GQA-gated"])
+    tokens = torch.randint(0, 20, (2, 12), generator=torch.Generator().manual_seed(3))  # [batch, seq]
+    _, cache = model.run_with_cache(tokens)
+    x = normalise(model.blocks[0].ln1, cache["blocks.0.hook_resid_pre"])  # [batch, seq, d_model]
+    kv = torch.stack([x, x.flip(0)])  # [copy, batch, seq, d_model]: head 1 reads the other datum's k and v
+    z = heads_z_normed(model, 0, torch.tensor([0, 1]), torch.stack([x, x]), kv, kv, None)  # [copy, batch, seq, d_head]
+    assert torch.allclose(z[0], cache["blocks.0.attn.hook_z"][:, :, 0], atol=1e-10, rtol=0)
+    assert not torch.allclose(z[1], cache["blocks.0.attn.hook_z"][:, :, 1], atol=1e-3)
+
+
+def test_clean_run_of_a_rotary_model_has_zero_positions():
+    model = arch_model(ARCHS["rotary-LN"])
+    tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(1))  # [batch, seq]
+    clean = clean_run(model, tokens)
+    assert clean.pos.shape == clean.embed.shape and not clean.pos.any()
+    assert torch.equal(clean.logits, model(tokens))
+
+
+REFUSED = {
+    "ALiBi": dict(positional_embedding_type="alibi"),
+    "relative_positional_bias": dict(positional_embedding_type="relative_positional_bias"),
+    "use_qk_norm": dict(use_qk_norm=True),
+    "OLMo q/k normalisation": dict(original_architecture="OlmoeForCausalLM"),
+    "post-norm": dict(original_architecture="Olmo2ForCausalLM"),
+    "use_normalization_before_and_after": dict(use_normalization_before_and_after=True),
+    "bidirectional": dict(attention_dir="bidirectional"),
+    "local attention": dict(use_local_attn=True, window_size=4, attn_types=["global", "local"]),
+    "use_logn_attn": dict(use_logn_attn=True),
+    "attention sinks": dict(use_attention_sinks=True),
+    "load_in_4bit": dict(load_in_4bit=True),
+    "output logit soft-capping": dict(output_logits_soft_cap=30.0),
+    "final_rms": dict(final_rms=True),
+}
+
+
+@pytest.mark.parametrize("name, fields", REFUSED.items(), ids=REFUSED.keys())
+def test_unsupported_features_are_refused_by_name(name, fields):
+    model = tiny_model(attn_only=False)
+    for key, value in fields.items():
+        setattr(model.cfg, key, value)
+    with pytest.raises(UnsupportedModelError, match=name):
+        check_supported(model)
+
+
+def test_global_only_local_attention_config_is_accepted():
+    model = tiny_model(use_local_attn=True, window_size=4, attn_types=["global", "global"])
+    check_supported(model)
