@@ -89,14 +89,13 @@ class _Plan:
 
 @dataclass
 class _Context:
-    """What one ``evaluate_many`` call shares: the model, its structure, the clean run and caches of sums,
-    normalised inputs and datum-map keys (so equal maps are compared by bytes, not elementwise)."""
+    """What one ``evaluate_many`` call shares: the model, its structure, the clean run and caches of clean
+    residuals, normalised inputs and datum-map keys (equal maps are compared by bytes, not elementwise)."""
 
     model: HookedTransformer
     clean: CleanRun
     structure: Structure
     values: dict = field(default_factory=dict)
-    sums: dict = field(default_factory=dict)
     normed: dict = field(default_factory=dict)
     resid: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
@@ -113,31 +112,23 @@ class _Context:
         return (type(comp).__name__ == "Mlp", getattr(comp, "layer", -1))
 
     def resid_before(self, comp: Component) -> Tensor:
-        """The clean residual that ``comp`` reads, attention biases included: [batch, seq, d_model]."""
-        slot = self.slot(comp)
-        if slot not in self.resid:
-            senders = self.structure.residual_senders(comp)
-            self.resid[slot] = self.group_sum(comp, frozenset(senders), direct=True) + self.bias(comp)
-        return self.resid[slot]
+        """The clean residual that ``comp`` reads, attention biases included: [batch, seq, d_model]. All
+        slots are summed once, cumulatively in computation order (their sender sets only grow)."""
+        if not self.resid:
+            total, included = torch.zeros_like(self.clean.embed), set()  # [batch, seq, d_model]
+            for receiver in self.structure.receivers:
+                new = [s for s in self.structure.residual_senders(receiver) if s not in included]
+                if new:
+                    total = total + _sum_outputs(self.clean, new)
+                    included.update(new)
+                self.resid.setdefault(self.slot(receiver), total + self.bias(receiver))
+        return self.resid[self.slot(comp)]
 
     def bias(self, comp: Component) -> Tensor:
         total = torch.zeros_like(self.clean.embed[0, 0])  # [d_model]
         for layer in self.structure.bias_layers(comp):
             total = total + self.clean.attn_bias[layer]
         return total
-
-    def group_sum(self, comp: Component, sources: frozenset[Component], direct: bool = False) -> Tensor:
-        """Σ of the clean outputs of ``sources`` (no biases), [batch, seq, d_model]: summed directly, or as the
-        clean residual minus the few senders left out."""
-        key = (self.slot(comp), sources)
-        if key not in self.sums:
-            senders = self.structure.residual_senders(comp)
-            rest = [s for s in senders if s not in sources]
-            if direct or len(rest) >= len(sources):
-                self.sums[key] = _sum_outputs(self.clean, [s for s in senders if s in sources])
-            else:
-                self.sums[key] = self.resid_before(comp) - self.bias(comp) - _sum_outputs(self.clean, rest)
-        return self.sums[key]
 
 
 def _sum_outputs(clean: CleanRun, sources: list[Component]) -> Tensor:
@@ -280,26 +271,47 @@ def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mas
 
 
 def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
-    """The input residual a plan describes: [rows, seq, d_model]."""
-    senders = frozenset(ctx.structure.residual_senders(comp))
-    resid = None
+    """The input residual a plan describes: [rows, seq, d_model]. A group of most senders is the clean
+    residual on its map minus the senders left out; the heads among those, and the recomputed heads, are
+    added d_head-wide in one matmul per layer (z @ W_O)."""
+    senders = ctx.structure.residual_senders(comp)
+    resid, biases = None, 0  # how many attention-bias sums ``resid`` holds
+    heads: dict[int, list[tuple[Tensor, int]]] = {}  # layer -> (z [rows, seq, d_head], head): summed @ W_O
+    rest: list[Tensor] = []  # other residual addends [rows, seq, d_model]
+
+    def add(term: Tensor) -> None:
+        nonlocal resid
+        resid = term if resid is None else resid + term
+
     for index, sources in plan.groups:
-        part = ctx.resid_before(comp)[index] if sources == senders else ctx.group_sum(comp, sources)[index]
-        resid = part if resid is None else resid + part
-    if resid is None:
-        resid = torch.zeros_like(ctx.clean.embed) + ctx.bias(comp)
-    elif not (len(plan.groups) == 1 and plan.groups[0][1] == senders):
-        resid = resid + ctx.bias(comp)
-    by_layer: dict[int, list[_Delta]] = {}
+        left_out = [s for s in senders if s not in sources]
+        if len(left_out) < len(sources):  # the clean residual on this map, minus what is left out
+            add(ctx.resid_before(comp)[index])
+            biases += 1
+            for s in left_out:
+                if isinstance(s, Head):
+                    heads.setdefault(s.layer, []).append((-ctx.clean.z[s.layer][:, :, s.head][index], s.head))
+                else:
+                    rest.append(-ctx.clean.out(s)[index])
+        else:
+            for s in sources:
+                if isinstance(s, Head):
+                    heads.setdefault(s.layer, []).append((ctx.clean.z[s.layer][:, :, s.head][index], s.head))
+                else:
+                    rest.append(ctx.clean.out(s)[index])
     for d in plan.deltas:
         if d.z is not None:
-            by_layer.setdefault(d.head.layer, []).append(d)
+            heads.setdefault(d.head.layer, []).append((d.z, d.head.head))
         else:
-            resid = resid + d.tensor
-    for layer, ds in by_layer.items():  # recomputed heads of one layer: one matmul
-        z = torch.cat([d.z for d in ds], -1)  # [rows, seq, n*d_head]
-        w_o = ctx.model.blocks[layer].attn.W_O[[d.head.head for d in ds]].reshape(z.shape[-1], -1)  # [n*d_head, d_model]
-        resid = resid + z @ w_o
+            rest.append(d.tensor)
+    for layer, terms in heads.items():  # one matmul per layer
+        z = torch.cat([t for t, _ in terms], -1)  # [rows, seq, n*d_head]
+        w_o = ctx.model.blocks[layer].attn.W_O[[h for _, h in terms]].reshape(z.shape[-1], -1)  # [n*d_head, d_model]
+        add(z @ w_o)  # [rows, seq, d_model]
+    for term in rest:
+        add(term)
+    if biases != 1:
+        add((1 - biases) * ctx.bias(comp))
     return resid
 
 

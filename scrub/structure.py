@@ -95,7 +95,13 @@ class Structure:
         return out
 
     def feeds(self, sender: Component, receiver: Component, channel: Channel | None = None) -> bool:
-        return sender in self.senders(receiver, channel)
+        if isinstance(sender, Pos) and self.pos == "shortformer":
+            return isinstance(receiver, Head) and channel in (None, Channel.Q, Channel.K)
+        return receiver in self._sender_sets and sender in self._sender_sets[receiver]
+
+    @cached_property
+    def _sender_sets(self) -> dict[Component, frozenset[Component]]:
+        return {r: frozenset(s) for r, s in self._residual_senders.items()}
 
     def why_not(self, sender: Component, receiver: Component, channel: Channel | None = None) -> str:
         """Why ``sender`` cannot enter ``receiver`` (through ``channel``), in words, with the fix."""
