@@ -8,7 +8,7 @@ from scrub.experiment import ScrubResult, run
 from scrub.features import Feature
 from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
 from scrub.patching import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits
-from scrub.treeify import SamplingOptions
+from scrub.treeify import SamplingOptions, Unit
 from scrub.data import (
     all_positions, check_length, induction_candidates, loss_mask, natural_batch, repeated_random_tokens,
 )
@@ -21,7 +21,7 @@ from scrub.sites import Head, SiteError, parse_component
 from scrub.tokenizer import Tokenizer, check_compatible, load_tokenizer
 
 __all__ = [
-    "run", "ScrubResult", "SamplingOptions", "Feature", "Claim", "HypothesisError", "add_path", "empty_graph",
+    "run", "ScrubResult", "SamplingOptions", "Unit", "Feature", "Claim", "HypothesisError", "add_path", "empty_graph",
     "full_graph", "load_hypothesis", "validate", "PatchPath", "PatchMatrix", "parse_path", "patched_logits",
     "patch_effects", "patch_matrix",
     "load_model", "save_checkpoint", "ModelLoadError", "Head", "SiteError", "parse_component",

@@ -159,6 +159,9 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="examples per batch; resampling draws within a batch")
     parser.add_argument("--independent", action="store_true", help="one random draw per unclaimed input, not per node")
     parser.add_argument("--allow-self", action="store_true", help="let a draw return the datum it is drawn for")
+    parser.add_argument("--unit", choices=("node", "copy"), default="node",
+                        help="one draw per hypothesis node per datum (default, any depth) or per tree copy "
+                             "(strict treeification, small claims only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
@@ -185,12 +188,12 @@ def run_command(args: argparse.Namespace) -> int:
     import torch
 
     from scrub.experiment import run
-    from scrub.treeify import SamplingOptions
+    from scrub.treeify import SamplingOptions, Unit
 
     model = quiet_load(args.model)
     data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
     result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
-                 batch_size=args.batch_size, options=SamplingOptions(args.independent, args.allow_self),
+                 batch_size=args.batch_size, options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
                  progress=sys.stderr.isatty())
     per = result.per_example_recovered()
     per = per[torch.isfinite(per)]
@@ -199,6 +202,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict() | {
             "data": args.data, "positions": args.positions, "seed": args.seed, "model": str(args.model),
+            "unit": args.unit, "batch_size": args.batch_size, "independent": args.independent,
+            "allow_self": args.allow_self,
             "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles)),
             "share_examples_worse_than_baseline": worse,
         }))
@@ -215,11 +220,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 def patch_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, out="scrub-output/patch")
-    parser.add_argument("--senders", nargs="+", default=None, metavar="HEAD", help="sender heads, e.g. 0.0 0.3 (default all)")
-    parser.add_argument("--receivers", nargs="+", default=None, metavar="HEAD",
-                        help="receiver heads, e.g. 1.6 (default all; only those after a sender are patched)")
+    parser.add_argument("--senders", nargs="+", default=None, metavar="COMPONENT",
+                        help="sender heads (e.g. 0.0 0.3) or MLPs (mlp.0) (default all heads, and MLPs with --mlps)")
+    parser.add_argument("--receivers", nargs="+", default=None, metavar="COMPONENT",
+                        help="receiver heads (e.g. 1.6) or MLPs (mlp.1) (default all heads, and MLPs with --mlps; "
+                             "only those a sender feeds are patched)")
     parser.add_argument("--input", nargs="+", default=["q", "k", "v"], metavar="q|k|v",
-                        help="receiver input channel(s) (default q k v)")
+                        help="receiver head input channel(s) (default q k v; an MLP has one input)")
+    parser.add_argument("--mlps", action="store_true", help="include MLPs as senders and receivers")
     parser.add_argument("--metric", default="loss", help="'loss' (default) or 'logit_diff', at second-repeat positions")
     parser.add_argument("--n", type=int, default=16, help="repeated-random-token sequences (default 16)")
     parser.add_argument("--length", type=int, default=40, help="length of each repeat (default 40: 1 + 2x40 tokens)")
@@ -228,25 +236,17 @@ def patch_arguments(parser: argparse.ArgumentParser) -> None:
 def patch_command(args: argparse.Namespace) -> int:
     """Effects of every sender -> receiver:channel -> logits and sender -> logits path, table and heatmap."""
     from scrub.data import check_length, default_exclude_common, repeated_random_tokens
-    from scrub.patching import head_channels, make_metric, patch_matrix, second_repeat_positions
+    from scrub.patching import head_channels, make_metric, matrix_components, patch_matrix, second_repeat_positions
     from scrub.plots import patch_heatmap
-    from scrub.sites import Head, parse_component
+    from scrub.sites import Head, Mlp
 
     if args.n < 1 or args.length < 2:
         raise ValueError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
     channels = head_channels(args.input)  # checked before the model loads
     model = quiet_load(args.model)
     cfg = model.cfg
-
-    def heads(names):
-        if names is None:
-            return None
-        parsed = [parse_component(name, cfg) for name in names]
-        if bad := [str(c) for c in parsed if not isinstance(c, Head)]:
-            raise SiteError(f"{', '.join(bad)}: senders and receivers are heads written 'LAYER.HEAD', e.g. '1.6'")
-        return parsed
-
-    senders, receivers = heads(args.senders), heads(args.receivers)
+    senders = matrix_components(model, args.senders, args.mlps, "senders")
+    receivers = matrix_components(model, args.receivers, args.mlps, "receivers")
     check_length(1 + 2 * args.length, model)
     exclude = default_exclude_common(model)
     reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab, exclude_common=exclude)
@@ -263,15 +263,22 @@ def patch_command(args: argparse.Namespace) -> int:
     print(f"model {args.model}: path patching on {args.n} repeated random sequences (1 + 2x{args.length}); corrupted: "
           f"fresh random sequences; {args.metric} at second-repeat positions: clean {matrix.clean:.4f}, "
           f"corrupted {matrix.corrupted:.4f}; cells are patched - clean")
-    cols = [r for r in matrix.receivers if any(r.layer > s.layer for s in matrix.senders)]
-    for k, channel in enumerate(matrix.channels):
+
+    def table(title: str, kind: type, k: int) -> None:
+        cols = [j for j, r in enumerate(matrix.receivers)
+                if isinstance(r, kind) and not bool(matrix.effects[:, j, k].isnan().all())]
         if not cols:
-            break
-        print(f"\nsender -> receiver:{channel.value} -> logits")
-        print("      " + " ".join(f"{str(r):>7}" for r in cols))
+            return
+        print(f"\n{title}")
+        print("      " + " ".join(f"{str(matrix.receivers[j]):>7}" for j in cols))
         for i, s in enumerate(matrix.senders):
-            cells = [matrix.effects[i, matrix.receivers.index(r), k] for r in cols]
-            print(f"{str(s):<5} " + " ".join("      ." if v.isnan() else f"{float(v):>7.3f}" for v in cells))
+            cells = [matrix.effects[i, j, k] for j in cols]
+            if not all(v.isnan() for v in cells):
+                print(f"{str(s):<5} " + " ".join("      ." if v.isnan() else f"{float(v):>7.3f}" for v in cells))
+
+    for k, channel in enumerate(matrix.channels):
+        table(f"sender -> receiver:{channel.value} -> logits", Head, k)
+    table("sender -> mlp -> logits", Mlp, 0)
     print("\nsender -> logits")
     for s, v in zip(matrix.senders, matrix.to_logits):
         print(f"{str(s):<5} {float(v):>7.3f}")
