@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
 from scrub.sites import Channel, Component, Embed, Head, Logits, Mlp, Pos, hook_name
-from scrub.treeify import Assignments, TreeNode
+from scrub.treeify import Assignments, TreeNode, unroll
 
 
 def _sources(model: HookedTransformer, receiver: Component) -> list[Component]:
@@ -59,7 +59,10 @@ def _source_out(model: HookedTransformer, cache: ActivationCache, source: Compon
 
 @torch.no_grad()
 def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, tokens: Tensor) -> Tensor:
-    """Logits [batch, seq, d_vocab] of the treeified claim, computed literally."""
+    """Logits [batch, seq, d_vocab] of the treeified claim, computed literally (a node-mode graph is first
+    unrolled into one copy per path, each on the data its node's draws give it)."""
+    if root.shared:
+        root, data = unroll(root, data)
     patched = copy.deepcopy(model)
     patched.cfg.use_split_qkv_input = True
     patched.cfg.use_hook_mlp_in = True

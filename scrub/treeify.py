@@ -240,22 +240,26 @@ def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "", op
     return out
 
 
-def unroll(root: TreeNode, data: Assignments, claim: Claim) -> tuple[TreeNode, Assignments]:
-    """The copy-mode tree of ``claim`` with the per-copy data that node-mode ``data`` implies: a copy of node X
-    under a parent copy on datum d is computed on read_X[d] and reads its unclaimed inputs where X's draws
-    for that datum say. For the naive reference, which evaluates trees literally; small claims only."""
-    tree = treeify(claim, Unit.COPY)
+def unroll(root: TreeNode, data: Assignments) -> tuple[TreeNode, Assignments]:
+    """The copy-mode tree of a node-mode graph with the per-copy data its draws imply: a copy of node X under
+    a parent copy on datum d is computed on read_X[d] and reads its unclaimed inputs where X's draws for
+    that datum say. For the naive reference, which evaluates trees literally; small claims only."""
     out = Assignments(options=SamplingOptions(data.options.independent, data.options.allow_self, Unit.COPY),
                       seed=data.seed, salt=data.salt)
+    count = [0]
 
-    def visit(copy: TreeNode, node: TreeNode, parent: Tensor) -> None:
+    def visit(node: TreeNode, path: tuple[str, ...], parent: Tensor) -> TreeNode:
+        count[0] += 1
+        if count[0] > MAX_TREE_NODES:
+            raise TreeTooLargeError(f"the claim unrolls into more than {MAX_TREE_NODES} path copies")
         a = data[node]
         datum = parent if a.read is None else a.read[parent]  # [batch]
         other = a.other[datum]  # [batch]
-        out.by_path[copy.path] = Assignment(datum, other, a.forced_self[parent], other == datum)
-        out.node_of[copy.path] = (node.path, datum)
-        for c, n in zip(copy.inputs, node.inputs, strict=True):
-            visit(c.child, n.child, datum)
+        out.by_path[path] = Assignment(datum, other, a.forced_self[parent], other == datum)
+        out.node_of[path] = (node.path, datum)
+        inputs = tuple(TreeInput(i.channel, visit(i.child, path + (f"{i.child.path[-1]}:{i.channel.value}",), datum),
+                                 i.positions) for i in node.inputs)
+        return TreeNode(node.component, path, node.feature, inputs)
 
-    visit(tree, root, torch.arange(data[root].datum.shape[0]))
+    tree = visit(root, ("logits",), torch.arange(data[root].datum.shape[0]))
     return tree, out

@@ -22,7 +22,7 @@ from scrub.features import Feature, sample_agreeing
 from scrub.hypothesis import empty_graph, full_graph, validate
 from scrub.treeify import SamplingOptions, Unit, assign_data, treeify
 from tests.helpers import n_channel_edges, subgraph, tiny_model
-from tests.naive import naive
+from scrub.reference import naive_logits
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -126,7 +126,7 @@ def test_engine_equals_naive_reference_on_random_hypotheses(shape, data_seed, ke
             graph.nodes[node]["feature"] = feature
     tokens = batch(data_seed, n=4, seq=8)
     logits, tree, data, claim = scrub(model, graph, tokens, SamplingOptions(independent=independent, unit=unit))
-    reference = naive(model, claim, tree, data, tokens)
+    reference = naive_logits(model, tree, data, tokens)
     assert torch.allclose(logits, reference, atol=1e-9, rtol=1e-9)
 
 
