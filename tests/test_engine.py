@@ -137,3 +137,20 @@ def test_unsupported_architecture_is_named():
     model.cfg.positional_embedding_type = "alibi"
     with pytest.raises(UnsupportedModelError, match="alibi"):
         check_supported(model)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_units_coincide_on_two_examples(shape):
+    """With two examples every draw is forced (the other example, or itself when the feature disagrees), so
+    one draw per node and one draw per copy give the same logits: the old numbers, where they are defined."""
+    model = tiny_model(**shape, seed=4, dtype=torch.float64)
+    tokens = torch.randint(0, 20, (2, 12), generator=torch.Generator().manual_seed(5))
+    g = nx.DiGraph()
+    add_path(g, "embed", ("0.1", "v"), ("1.2", "k"), "logits")
+    add_path(g, "embed", ("0.0", "v"), ("1.2", "k"))
+    add_path(g, "embed", ("0.0", "q"), ("1.2", "q"), "logits")
+    g.nodes["0.0"]["feature"] = current_token(3)
+    node, *_ = scrub_logits(model, g, tokens, unit=Unit.NODE)
+    copy, *_ = scrub_logits(model, g, tokens, unit=Unit.COPY)
+    assert torch.allclose(node, copy, atol=1e-12, rtol=0)
+    assert not torch.allclose(node, model(tokens), atol=1e-3)
