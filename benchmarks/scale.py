@@ -1,0 +1,91 @@
+"""Scrubbing at real-model scale, as ratios measured in one run: a whole ``scrub.run`` of ``full_graph`` and of
+the IOI-shaped claim against one plain forward, and their peak memory against a ``run_with_cache``.
+
+Model: a random-init GPT-2-small-shaped HookedTransformer (12 layers x 12 heads, d_model 768, d_mlp 3072,
+LayerNorm, GELU, learned positions) with a 2,048-token vocabulary; batch 8 x 64 random tokens. Each stage runs
+in its own subprocess so its peak RSS is its own. Usage (see benchmarks/README.md):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import torch  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+
+from bench import rss_mb, timed  # noqa: E402
+from scrub.experiment import run  # noqa: E402
+from scrub.hypothesis import full_graph  # noqa: E402
+
+STAGES = ("forward", "cache", "full", "ioi")
+
+
+def gpt2_shaped(n_layers: int = 12) -> HookedTransformer:
+    cfg = HookedTransformerConfig(n_layers=n_layers, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=2048,
+                                  n_ctx=128, act_fn="gelu", normalization_type="LN",
+                                  positional_embedding_type="standard", seed=0)
+    return HookedTransformer(cfg).eval()
+
+
+def stage(name: str, args) -> dict:
+    torch.set_grad_enabled(False)
+    model = gpt2_shaped(args.layers)
+    tokens = torch.randint(0, 2048, (args.n, args.seq), generator=torch.Generator().manual_seed(0))  # [n, seq]
+    base = rss_mb()
+    scrub = lambda hypothesis: run(model, hypothesis, tokens, batch_size=args.n, progress=False)  # noqa: E731
+    if name == "forward":
+        seconds = timed(lambda: model(tokens), repeats=args.repeats)
+    elif name == "cache":
+        seconds = timed(lambda: model.run_with_cache(tokens), repeats=args.repeats)
+    elif name == "full":  # the graph is built and validated inside the timed call
+        seconds = timed(lambda: scrub(full_graph(model)), repeats=args.repeats)
+    elif name == "ioi":  # the hypothesis file is loaded and validated inside the timed call
+        seconds = timed(lambda: scrub(ROOT / "hypotheses" / "ioi_shape.py"), repeats=args.repeats)
+    return {"seconds": seconds, "peak_extra_mb": rss_mb() - base}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stage", choices=STAGES, default=None)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(stage(args.stage, args)))
+        return
+    r = {}
+    for name in STAGES:
+        cmd = [sys.executable, __file__, "--stage", name, "--layers", str(args.layers), "--n", str(args.n),
+               "--seq", str(args.seq), "--repeats", str(args.repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        if done.returncode:
+            raise RuntimeError(f"stage {name} failed:\n{done.stderr[-2000:]}")
+        r[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    fwd, cache = r["forward"], r["cache"]
+    print(f"GPT-2-small-shaped random model ({args.layers} x 12, d_model 768, d_mlp 3072, vocab 2048); "
+          f"batch {args.n} x {args.seq}; median of {args.repeats} after a warm-up; OMP_NUM_THREADS=1")
+    print("| measurement | seconds | peak+MB | time ratio | memory ratio |\n|---|---:|---:|---|---|")
+    print(f"| plain forward `model(tokens)` | {fwd['seconds']:.3f} | {fwd['peak_extra_mb']:.0f} | | |")
+    print(f"| `run_with_cache` (every hook) | {cache['seconds']:.3f} | {cache['peak_extra_mb']:.0f} | "
+          f"{cache['seconds'] / fwd['seconds']:.2f}x forward | |")
+    for key, label in (("full", "`scrub.run` of `full_graph` (graph built + validated)"),
+                       ("ioi", "`scrub.run` of `hypotheses/ioi_shape.py` (file loaded + validated)")):
+        x = r[key]
+        print(f"| {label} | {x['seconds']:.3f} | {x['peak_extra_mb']:.0f} | "
+              f"**{x['seconds'] / fwd['seconds']:.2f}x** forward (goal <= 4x) | "
+              f"**{x['peak_extra_mb'] / cache['peak_extra_mb']:.2f}x** run_with_cache (goal <= 3x) |")
+
+
+if __name__ == "__main__":
+    main()
