@@ -98,34 +98,6 @@ class CleanRun:
                 return self.mlps[layer]
         raise ValueError(f"{component} is not a source")
 
-    def sources_before(self, receiver: Component) -> list[Component]:
-        """The claimable components whose outputs are summed into ``receiver``'s input."""
-        out: list[Component] = [Embed()] + ([] if self.shortformer else [Pos()])
-        for layer in range(len(self.heads)):
-            out += [Head(layer, h) for h in range(self.heads[layer].shape[2]) if Head(layer, h).depth < receiver.depth]
-            if self.mlps and Mlp(layer).depth < receiver.depth:
-                out.append(Mlp(layer))
-        return out
-
-    def resid_before(self, receiver: Component) -> Tensor:
-        """The clean residual stream that ``receiver`` reads (before its LayerNorm), [batch, seq, d_model]."""
-        resid = self.embed if self.shortformer else self.embed + self.pos
-        for layer in range(len(self.heads)):
-            if Head(layer, 0).depth >= receiver.depth:
-                break
-            resid = resid + self.heads[layer].sum(2) + self.attn_bias[layer]
-            if self.mlps and Mlp(layer).depth < receiver.depth:
-                resid = resid + self.mlps[layer]
-        return resid
-
-    def constant_before(self, receiver: Component) -> Tensor:
-        """The data-independent part of ``receiver``'s input: the attention biases of earlier layers."""
-        total = torch.zeros_like(self.embed[0, 0])
-        for layer in range(len(self.heads)):
-            if Head(layer, 0).depth < receiver.depth:
-                total = total + self.attn_bias[layer]
-        return total  # [d_model]
-
 
 @torch.no_grad()
 def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:

@@ -14,35 +14,16 @@ import torch
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
-from scrub.sites import Channel, Component, Embed, Head, Logits, Mlp, Pos, hook_name
+from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos, hook_name
+from scrub.structure import Structure
 from scrub.treeify import Assignments, TreeNode, unroll
-
-
-def _sources(model: HookedTransformer, receiver: Component) -> list[Component]:
-    """The components whose outputs are summed into ``receiver``'s residual input. Positions are one only
-    when standard (shortformer adds them after ln1, rotary inside attention); in a parallel block the MLP
-    reads resid_pre, so not the heads of its own layer."""
-    cfg = model.cfg
-    out: list[Component] = [Embed()]
-    if cfg.positional_embedding_type == "standard":
-        out.append(Pos())
-    for layer in range(cfg.n_layers):
-        out += [Head(layer, h) for h in range(cfg.n_heads) if layer < getattr(receiver, "layer", cfg.n_layers)]
-        if not cfg.attn_only and (isinstance(receiver, Logits) or layer < receiver.layer):
-            out.append(Mlp(layer))
-    if isinstance(receiver, Mlp) and not cfg.parallel_attn_mlp:
-        out += [Head(receiver.layer, h) for h in range(cfg.n_heads)]
-    return out
 
 
 def _biases(model: HookedTransformer, receiver: Component) -> Tensor:
     """The attention output biases b_O in ``receiver``'s residual input: those of the layers whose heads feed it."""
-    cfg = model.cfg
-    total = torch.zeros(cfg.d_model, dtype=model.blocks[0].attn.b_O.dtype)
-    own = isinstance(receiver, Mlp) and not cfg.parallel_attn_mlp  # a sequential MLP reads its layer's attention
-    for layer in range(cfg.n_layers):
-        if isinstance(receiver, Logits) or layer < receiver.layer or (own and layer == receiver.layer):
-            total = total + model.blocks[layer].attn.b_O.detach()
+    total = torch.zeros(model.cfg.d_model, dtype=model.blocks[0].attn.b_O.dtype)
+    for layer in Structure.of(model).bias_layers(receiver):
+        total = total + model.blocks[layer].attn.b_O.detach()
     return total
 
 
@@ -80,7 +61,7 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
     def input_of(node: TreeNode, channel: Channel) -> Tensor:
         total = _biases(model, node.component).expand(tokens.shape[0], tokens.shape[1], -1).clone()
         claimed = {i.child.component: i for i in node.inputs if i.channel == channel}
-        for source in _sources(model, node.component):
+        for source in Structure.of(model).residual_senders(node.component):
             other = data.unclaimed(node, channel, str(source))
             unclaimed = clean_out(other, source)
             if source not in claimed:
