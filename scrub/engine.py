@@ -21,7 +21,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
-from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
+from scrub.sites import Channel, Component, Embed, Head, Pos
 from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeNode
 from scrub.unembed import FactoredUnembed, Term, unembed
