@@ -1,11 +1,12 @@
 """Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023) as a special case of treeified evaluation.
 
 Owns ``PatchPath`` (a sender's route to the logits through named receiver inputs), the tree and data
-assignments that patch a set of paths, the batched sender x receiver effect matrix (``patch_matrix``),
-the metrics it reports and ``hooked_patch_logits``, a literal TransformerLens-hook implementation used
-by the tests and benchmarks. No new engine: a set of patched paths becomes a ``TreeNode`` tree in which
-every copy on a patched path claims the next copy towards the sender, the sender's copy reads the
-corrupted datum and everything unclaimed reads the clean reference, then ``engine.evaluate_many`` runs it.
+assignments that patch a set of paths, the sender x receiver effect matrix (``patch_matrix``, computed by
+the vectorised single-edge code in ``scrub/patch_matrix.py``), the metrics it reports and
+``hooked_patch_logits``, a literal TransformerLens-hook implementation used by the tests and benchmarks.
+Any set of paths goes through the tree engine: it becomes a ``TreeNode`` tree in which every copy on a
+patched path claims the next copy towards the sender, the sender's copy reads the corrupted datum and
+everything unclaimed reads the clean reference, then ``engine.evaluate_many`` runs it.
 
 Data convention: one ``CleanRun`` on ``torch.cat([reference, corrupted])``, so datum ``i`` is reference
 row ``i`` and datum ``n + i`` its corrupted partner. Patching a path ``s -> R:c -> logits`` replaces
@@ -27,10 +28,12 @@ from transformer_lens import HookedTransformer
 
 from scrub.compute import CleanRun, check_supported, clean_run
 from scrub.engine import evaluate_many
+from scrub.patch_matrix import matrix_values
 from scrub.sites import (
     HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, hook_name,
     parse_channel, parse_component,
 )
+from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
 
 TREES_PER_CALL = 64  # trees stacked into one evaluate_many call (bounds the stacked q/k/v inputs)
@@ -152,6 +155,21 @@ class Metric:
             return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
         raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
 
+    def many(self, logits: Tensor, *, overwrite: bool = False) -> Tensor:
+        """The metric of many patched runs at once: logits [paths, batch, n_pos, d_vocab] -> [paths].
+        ``overwrite=True`` lets it use ``logits`` as scratch space (no second d_vocab-wide tensor)."""
+        labels = self.labels.expand(logits.shape[0], *self.labels.shape)[..., None]  # [paths, batch, n_pos, 1]
+        if self.kind == "loss":
+            picked = logits.gather(-1, labels)[..., 0]  # [paths, batch, n_pos]
+            top = logits.amax(-1, keepdim=True)  # [paths, batch, n_pos, 1]
+            shifted = logits.sub_(top) if overwrite else logits - top  # [paths, batch, n_pos, d_vocab]
+            lse = shifted.exp_().sum(-1).log_() + top[..., 0]  # logsumexp (torch's is ~3x slower on CPU)
+            return (lse - picked).flatten(1).mean(1)
+        if self.kind == "logit_diff":
+            foils = self.foils.expand(logits.shape[0], *self.foils.shape)[..., None]  # [paths, batch, n_pos, 1]
+            return (logits.gather(-1, labels) - logits.gather(-1, foils)).flatten(1).mean(1)
+        raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
+
 
 def make_metric(kind: str, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
     """``positions`` [n_pos]: prediction positions (each < seq - 1)."""
@@ -215,27 +233,36 @@ def patch_effects(model: HookedTransformer, reference: Tensor, corrupted: Tensor
 @dataclass(frozen=True)
 class PatchMatrix:
     """Effects (patched - clean metric) of every sender -> receiver:channel -> logits path and every
-    sender -> logits path. ``effects[s, r, c]`` is NaN where the receiver is not after the sender."""
+    sender -> logits path. Senders and receivers are heads, and MLPs when asked for (``include_mlps`` or
+    ``Mlp`` components in the lists). ``effects[s, r, c]`` is NaN where ``s`` does not feed ``r``'s input
+    ``c`` (``Structure.feeds``: ``r`` is not computed after ``s``). An MLP receiver has one input: its
+    effect ``s -> mlp.L -> logits`` is written to every channel column (and listed once by ``to_dict``)."""
 
-    senders: tuple[Head, ...]
-    receivers: tuple[Head, ...]
+    senders: tuple[Component, ...]
+    receivers: tuple[Component, ...]
     channels: tuple[Channel, ...]
-    effects: Tensor  # [sender, receiver, channel]
-    to_logits: Tensor  # [sender]
+    effects: Tensor  # [sender, receiver, channel], float64
+    to_logits: Tensor  # [sender], float64
     metric: str
     clean: float
     corrupted: float
 
     def to_dict(self) -> dict:
-        pairs = {f"{s} -> {r}:{c.value}": float(self.effects[i, j, k])
-                 for i, s in enumerate(self.senders) for j, r in enumerate(self.receivers)
-                 for k, c in enumerate(self.channels) if not torch.isnan(self.effects[i, j, k])}
+        pairs = {}
+        for i, s in enumerate(self.senders):
+            for j, r in enumerate(self.receivers):
+                for k, c in enumerate(self.channels):
+                    if torch.isnan(self.effects[i, j, k]) or (isinstance(r, Mlp) and k > 0):
+                        continue
+                    name = f"{s} -> {r}" if isinstance(r, Mlp) else f"{s} -> {r}:{c.value}"
+                    pairs[name] = float(self.effects[i, j, k])
         return {"metric": self.metric, "clean": self.clean, "corrupted": self.corrupted, "paths": pairs,
                 "to_logits": {f"{s} -> logits": float(v) for s, v in zip(self.senders, self.to_logits)}}
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` paths with the largest absolute effect."""
-        items = [(p, v) for p, v in self.to_dict()["paths"].items()] + list(self.to_dict()["to_logits"].items())
+        d = self.to_dict()
+        items = list(d["paths"].items()) + list(d["to_logits"].items())
         return sorted(items, key=lambda kv: -abs(kv[1]))[:k]
 
 
@@ -244,34 +271,47 @@ def head_channels(values: Sequence[str | Channel]) -> tuple[Channel, ...]:
     channels = tuple(parse_channel(c) for c in values)
     if Channel.IN in channels:
         raise SiteError("unknown input channel 'in': heads take 'q', 'k' or 'v'")
+    if not channels:
+        raise SiteError("no input channel: heads take 'q', 'k' or 'v'")
     return channels
+
+
+def matrix_components(model: HookedTransformer, components: Sequence[Component | str] | None,
+                      include_mlps: bool, role: str) -> tuple[Component, ...]:
+    """The senders or receivers of a matrix: the given heads/MLPs (names parsed), or by default every head
+    (and every MLP with ``include_mlps``) in computation order."""
+    structure = Structure.of(model)
+    if components is None:
+        if include_mlps and not structure.has_mlps:
+            raise SiteError("include_mlps: this model is attention-only and has no MLPs")
+        return tuple(c for c in structure.sources if isinstance(c, Head) or (include_mlps and isinstance(c, Mlp)))
+    parsed = tuple(parse_component(c, model.cfg) for c in components)
+    if bad := [str(c) for c in parsed if not isinstance(c, (Head, Mlp))]:
+        raise SiteError(f"{', '.join(bad)}: {role} are heads written 'LAYER.HEAD' (e.g. '1.6') or MLPs 'mlp.LAYER'")
+    return parsed
 
 
 @torch.no_grad()
 def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor, metric: Metric, *,
-                 senders: Sequence[Head] | None = None, receivers: Sequence[Head] | None = None,
-                 channels: Sequence[Channel] = HEAD_CHANNELS) -> PatchMatrix:
-    """Every sender -> receiver:channel -> logits and sender -> logits effect, batched into few calls."""
-    heads = all_heads(model.cfg)
-    senders, receivers = tuple(senders or heads), tuple(receivers or heads)
+                 senders: Sequence[Component] | None = None, receivers: Sequence[Component] | None = None,
+                 channels: Sequence[Channel] = HEAD_CHANNELS, include_mlps: bool = False,
+                 progress: bool = True) -> PatchMatrix:
+    """Every sender -> receiver:channel -> logits and sender -> logits effect (``patch_matrix.matrix_values``:
+    one clean run, then each path costs about one receiver recomputation and a d_head-wide unembedding).
+    ``include_mlps``: MLPs are senders and receivers too (by default; explicit lists may name MLPs either
+    way). ``metric``: a ``Metric`` (anything with ``positions`` and ``__call__`` on [batch, n_pos, d_vocab]
+    logits; a ``many`` method on [paths, batch, n_pos, d_vocab] is used when present). ``progress``: a tqdm
+    bar on stderr (shown on a terminal only)."""
+    senders = matrix_components(model, senders, include_mlps, "senders")
+    receivers = matrix_components(model, receivers, include_mlps, "receivers")
     channels = head_channels(channels)
     clean = pair_run(model, reference, corrupted)
-    # one channel per evaluate_many call: the other two inputs of every receiver copy are then one shared tensor
-    groups = [[(i, j, k) for i, s in enumerate(senders) for j, r in enumerate(receivers) if r.layer > s.layer]
-              for k in range(len(channels))]
-    cells = [cell for group in groups for cell in group]
-    sets = [[[PatchPath(senders[i], ((receivers[j], channels[k]),))] for i, j, k in group] for group in groups]
-    sets.append([[PatchPath(s)] for s in senders] + [[]])
-    values = torch.cat([patch_effects(model, reference, corrupted, group, metric, clean=clean,
-                                      positions=metric.positions) for group in sets if group])  # [n_sets]
-    base = float(values[-1])
-    effects = torch.full((len(senders), len(receivers), len(channels)), float("nan"))
-    for (i, j, k), v in zip(cells, values):
-        effects[i, j, k] = v - base
+    values = matrix_values(model, clean, metric, metric.positions, senders, receivers, channels, progress=progress)
     n = reference.shape[0]
+    clean_value = float(metric(clean.logits[:n][:, metric.positions]))
     corrupted_value = float(metric(clean.logits[n:][:, metric.positions]))
-    return PatchMatrix(senders, receivers, channels, effects, values[len(cells):-1] - base, metric.kind, base,
-                       corrupted_value)
+    return PatchMatrix(senders, receivers, channels, values.effects, values.to_logits,
+                       getattr(metric, "kind", "metric"), clean_value, corrupted_value)
 
 
 def every_path_to_logits(model: HookedTransformer) -> list[PatchPath]:
@@ -310,9 +350,11 @@ def edge_paths(model: HookedTransformer, sender: Component, receiver: Component,
 # --- the literal TransformerLens-hook implementation (tests and benchmarks) ---------------------------
 
 def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
-    """A copy of ``model`` with per-head q/k/v input hooks switched on (the user's model is not changed)."""
+    """A copy of ``model`` with per-head q/k/v input hooks (and the MLP input hook) switched on (the user's
+    model is not changed)."""
     hooked = copy.deepcopy(model)
     hooked.cfg.use_split_qkv_input = True
+    hooked.cfg.use_hook_mlp_in = True
     hooked.setup()
     return hooked
 
@@ -322,11 +364,14 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
                         clean_cache=None, corrupted_cache=None, downstream: bool = False) -> Tensor:
     """Patch one path ``sender -> logits`` or ``sender -> R:c -> logits`` with plain hooks: cache both runs,
     freeze every head (and MLP) output at its clean value except the receiver, which is recomputed with
-    the sender's corrupted-minus-clean output added to its input ``c``. ``downstream=True`` recomputes the
-    components after the receiver instead of freezing them (edge patching). ``hooked``: ``split_qkv_copy``."""
+    the sender's corrupted-minus-clean output added to its input ``c``. Senders and receivers are heads or
+    MLPs (an MLP receiver's input is ``hook_mlp_in``). ``downstream=True`` recomputes the components after
+    the receiver instead of freezing them (edge patching). ``hooked``: ``split_qkv_copy``."""
     cfg = hooked.cfg
-    if len(path.via) > 1 or not isinstance(path.sender, Head) or any(not isinstance(r, Head) for r, _ in path.via):
-        raise ValueError("hooked_patch_logits handles head -> logits and head -> head:channel -> logits only")
+    if (len(path.via) > 1 or not isinstance(path.sender, (Head, Mlp))
+            or any(not isinstance(r, (Head, Mlp)) for r, _ in path.via)):
+        raise ValueError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
+                         "for heads and MLPs only")
     outs = [hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)]
     outs += [] if cfg.attn_only else [hook_name(Mlp(layer)) for layer in range(cfg.n_layers)]
     if clean_cache is None:
@@ -336,22 +381,28 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
     s = path.sender
     receiver = path.via[0][0] if path.via else None
 
+    def part(component: Component) -> tuple:
+        """The index of ``component``'s own slice of its output hook."""
+        return (slice(None), slice(None), component.head) if isinstance(component, Head) else (...,)
+
     def freeze(act, hook):
         frozen = clean_cache[hook.name].clone()
         if receiver is not None and hook.name == hook_name(receiver):
-            frozen[:, :, receiver.head] = act[:, :, receiver.head]  # recomputed
+            frozen[part(receiver)] = act[part(receiver)]  # recomputed
         if receiver is None and hook.name == hook_name(s):
-            frozen[:, :, s.head] = corrupted_cache[hook.name][:, :, s.head]
+            frozen[part(s)] = corrupted_cache[hook.name][part(s)]
         return frozen
 
     hooks = [] if downstream and receiver is not None else [(name, freeze) for name in outs]
     if receiver is not None:
-        w_o = hooked.blocks[s.layer].attn.W_O[s.head]  # [d_head, d_model]
-        delta = (corrupted_cache[hook_name(s)][:, :, s.head] - clean_cache[hook_name(s)][:, :, s.head]) @ w_o
+        delta = corrupted_cache[hook_name(s)][part(s)] - clean_cache[hook_name(s)][part(s)]
+        if isinstance(s, Head):
+            delta = delta @ hooked.blocks[s.layer].attn.W_O[s.head]  # [batch, seq, d_model]
 
         def add(act, hook):
-            act[:, :, receiver.head] = act[:, :, receiver.head] + delta
+            act[part(receiver)] = act[part(receiver)] + delta
             return act
 
-        hooks.append((hook_name(receiver, f"{path.via[0][1].value}_input"), add))
+        kind = "mlp_in" if isinstance(receiver, Mlp) else f"{path.via[0][1].value}_input"
+        hooks.append((hook_name(receiver, kind), add))
     return hooked.run_with_hooks(reference, fwd_hooks=hooks)

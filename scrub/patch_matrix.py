@@ -1,0 +1,320 @@
+"""The single-edge path-patching matrix, vectorised: every sender -> receiver:channel -> logits and every
+sender -> logits effect without building a tree per path.
+
+A path ``s -> R:c -> logits`` changes exactly one thing downstream of the clean run: R's input ``c`` gains
+Δ_s = out_s(corrupted) - out_s(reference), and R's changed output reaches the final residual directly
+(everything else is frozen at its clean value). So, per receiver layer:
+
+* the clean residual R reads is computed once (``_Residuals``, from ``Structure.residual_senders``);
+  Δ_s comes straight from the clean run on cat([reference, corrupted]) (``CleanRun.out``);
+* ``ln1(resid + Δ_s)`` is computed once per sender and shared by every receiver head of the layer and
+  every channel; the two unpatched channels read the shared clean ``ln1(resid)``;
+* ``compute.heads_z_normed`` recomputes the receivers' attention for a chunk of (sender, receiver) copies
+  (the only attention maths; rotary/GQA support lands there), and Δz_R = z_patched - z_clean;
+* Δz_R reaches the logits in factored form at the metric's positions only (``_Unembed``): the clean final
+  residual is unembedded once, each path adds Δz_R @ (W_O[R] Ã) (d_head wide), and the LayerNorm scale of
+  the patched residual comes from d_head-wide products with precomputed W_O[R]-Gram terms;
+* MLP receivers are recomputed with ``compute.mlp_forward`` at the metric's positions only (an MLP acts
+  position by position); their change, like an MLP sender's direct path, is unembedded d_model wide.
+
+Each path then costs about one head recomputation, one d_head x d_vocab product and the metric. The
+metric sees [paths, batch, n_pos, d_vocab] logits in one call when it has a ``many`` method
+(``patching.Metric`` does), else it is called once per path. Results equal ``patching.patch_effects`` (the
+tree engine) and ``patching.hooked_patch_logits`` (literal hooks); see tests/test_patch_matrix.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
+from scrub.sites import Channel, Component, Head, Mlp
+from scrub.structure import Structure
+from scrub.unembed import FactoredUnembed, unembed
+
+MATRIX_BUDGET = 1 << 22  # floats in one stacked receiver input (or attention scores) of a chunk of copies
+UNEMBED_BUDGET = 1 << 21  # floats of logits per metric call: small chunks stay in cache (~3x faster than 20 MB)
+
+
+@dataclass(frozen=True)
+class MatrixValues:
+    """Raw output of ``matrix_values``: metric values of the patched runs minus ``base``."""
+
+    effects: Tensor  # [sender, receiver, channel]; NaN where the sender does not feed that input
+    to_logits: Tensor  # [sender]
+    base: float  # the metric of the unpatched logits, computed the same (factored) way as the paths
+
+
+@torch.no_grad()
+def matrix_values(model: HookedTransformer, clean: CleanRun, metric: Callable[[Tensor], Tensor], positions: Tensor,
+                  senders: Sequence[Component], receivers: Sequence[Component], channels: Sequence[Channel], *,
+                  progress: bool = True, budget: int = MATRIX_BUDGET,
+                  unembed_budget: int = UNEMBED_BUDGET) -> MatrixValues:
+    """Effects of every ``sender -> receiver:channel -> logits`` path and every ``sender -> logits`` path.
+
+    ``clean``: the clean run on cat([reference, corrupted]) (rows 0..n-1 reference, n..2n-1 corrupted);
+    ``metric``: logits [batch, n_pos, d_vocab] -> scalar, with an optional ``many`` ([paths, batch, n_pos,
+    d_vocab] -> [paths]); ``positions`` [n_pos]: the sequence positions the metric scores. Senders are
+    heads and MLPs; receivers are heads (patched through each of ``channels``) and MLPs (one input: the
+    effect is written to every channel column). ``budget``: floats per stacked receiver input of a chunk
+    of copies; ``unembed_budget``: floats of logits per metric call."""
+    job = _Matrix(model, clean, metric, positions, tuple(senders), tuple(receivers), tuple(channels), budget,
+                  unembed_budget)
+    with _bar(job.total, progress) as bar:
+        job.bar = bar
+        for i, s in enumerate(job.senders):  # sender -> logits: Δ_s straight into the final residual
+            job.to_logits[i] = float(job.score(job.direct(s)[None])[0]) - job.base
+            bar.update(1)
+        layers: dict[int, list[int]] = {}
+        for j, r in enumerate(job.receivers):
+            if isinstance(r, Head):
+                layers.setdefault(r.layer, []).append(j)
+        for layer, cols in sorted(layers.items()):
+            job.head_receivers(layer, cols)
+        for j, r in enumerate(job.receivers):
+            if isinstance(r, Mlp):
+                job.mlp_receiver(j)
+    return MatrixValues(job.effects, job.to_logits, job.base)
+
+
+class _Matrix:
+    """The state of one matrix computation: the clean residuals, the unembedding, the results."""
+
+    def __init__(self, model: HookedTransformer, clean: CleanRun, metric, positions: Tensor, senders, receivers,
+                 channels, budget: int, unembed_budget: int):
+        self.model, self.clean, self.budget = model, clean, budget
+        self.senders, self.receivers, self.channels = senders, receivers, channels
+        self.structure = Structure.of(model)
+        self.n = clean.tokens.shape[0] // 2
+        self.positions = positions.to(clean.tokens.device)  # [n_pos]
+        self.residuals = _Residuals(clean, self.structure, self.n)
+        self.out = _Unembed(model, self.residuals.before(self.structure.receivers[-1])[:, self.positions])
+        self.per_call = max(1, unembed_budget // (self.n * len(self.positions) * self.out.d_vocab))
+        self.score = _scorer(metric)
+        self.base = float(self.score(self.out.resid(torch.zeros_like(self.out.base)[None]))[0])
+        feeds = [[[self.structure.feeds(s, r, c if isinstance(r, Head) else None) for c in channels]
+                  for r in receivers] for s in senders]
+        self.feeds = torch.tensor(feeds, dtype=torch.bool).reshape(len(senders), len(receivers), len(channels))
+        self.effects = torch.full(self.feeds.shape, float("nan"), dtype=torch.float64)  # [sender, receiver, channel]
+        self.to_logits = torch.full((len(senders),), float("nan"), dtype=torch.float64)  # [sender]
+        heads = [j for j, r in enumerate(receivers) if isinstance(r, Head)]
+        mlps = [j for j, r in enumerate(receivers) if isinstance(r, Mlp)]
+        self.total = int(self.feeds[:, heads].sum()) + int(self.feeds[:, mlps, 0].sum()) + len(senders)
+        self.bar = None
+
+    def values(self, logits_of: Callable[[slice], Tensor], k: int) -> list[float]:
+        """Metric values of ``k`` paths whose logits [paths, n, n_pos, d_vocab] ``logits_of(slice)`` gives,
+        in calls of ``per_call`` paths, minus the base."""
+        out: list[float] = []
+        for start in range(0, k, self.per_call):
+            out += self.score(logits_of(slice(start, min(k, start + self.per_call)))).tolist()
+        return [v - self.base for v in out]
+
+    def head_receivers(self, layer: int, cols: list[int]) -> None:
+        """Fill ``effects[:, cols, :]`` for receiver heads ``cols``, all of one layer."""
+        rows = [i for i in range(len(self.senders)) if bool(self.feeds[i, cols].any())]
+        if not rows:
+            return
+        n, positions = self.n, self.positions
+        heads = torch.tensor([self.receivers[j].head for j in cols])  # [n_r]
+        n_r = len(cols)
+        ln1 = self.model.blocks[layer].ln1
+        resid = self.residuals.before(self.receivers[cols[0]])  # [n, seq, d_model]
+        _, seq, d_model = resid.shape
+        pos = self.clean.pos[0] if self.structure.pos == "shortformer" else None  # [seq, d_model]
+        normed = normalise(ln1, resid)  # [n, seq, d_model]: the clean input of every channel
+        z_clean = heads_z_normed(self.model, layer, heads, normed, normed, normed, pos)  # [n_r, n, seq, d_head]
+        z_clean = z_clean[:, :, positions]  # [n_r, n, n_pos, d_head]
+        chunk = max(1, self.budget // (n_r * n * seq * max(d_model, seq)))
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            k = len(part)
+            delta = torch.stack([_delta(self.clean, self.senders[i], n) for i in part])  # [k, n, seq, d_model]
+            patched = normalise(ln1, resid + delta)  # [k, n, seq, d_model]: shared by every head and channel
+            del delta
+            if k == 1:  # every copy reads one input: heads_z_normed projects it unstacked
+                xs = patched[0]  # [n, seq, d_model]
+            else:
+                xs = patched[:, None].expand(k, n_r, n, seq, d_model).reshape(k * n_r, n, seq, d_model)  # [copy, ...]
+            del patched
+            index = heads.repeat(k)  # [copy]: copy = sender * n_r + receiver
+            for c, channel in enumerate(self.channels):
+                fed = self.feeds[part][:, cols, c]  # [k, n_r]
+                if not bool(fed.any()):
+                    continue
+                inputs = [xs if ch == channel else normed for ch in (Channel.Q, Channel.K, Channel.V)]
+                z = heads_z_normed(self.model, layer, index, *inputs, pos)  # [copy, n, seq, d_head]
+                dz = z.view(k, n_r, n, seq, -1)[:, :, :, positions] - z_clean  # [k, n_r, n, n_pos, d_head]
+                del z
+                for r, j in enumerate(cols):
+                    receiver = self.receivers[j]
+                    values = self.values(lambda sl: self.out.head(receiver, dz[sl, r]), k)
+                    for i, v, f in zip(part, values, fed[:, r].tolist()):
+                        if f:
+                            self.effects[i, j, c] = v
+                            self.bar.update(1)
+
+    def mlp_receiver(self, j: int) -> None:
+        """Fill ``effects[:, j, :]`` for one MLP receiver, recomputed at the scored positions only (an MLP
+        acts position by position)."""
+        rows = [i for i in range(len(self.senders)) if bool(self.feeds[i, j, 0])]
+        if not rows:
+            return
+        receiver, n, positions = self.receivers[j], self.n, self.positions
+        resid = self.residuals.before(receiver)[:, positions]  # [n, n_pos, d_model]
+        mlp_clean = mlp_forward(self.model, receiver.layer, resid[None])  # [1, n, n_pos, d_model]
+        width = max(self.model.cfg.d_mlp or 0, resid.shape[-1])
+        chunk = max(1, self.budget // (n * len(positions) * width))
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            delta = torch.stack([_delta(self.clean, self.senders[i], n)[:, positions] for i in part])
+            # delta: [k, n, n_pos, d_model]
+            change = mlp_forward(self.model, receiver.layer, resid + delta) - mlp_clean  # [k, n, n_pos, d_model]
+            for i, v in zip(part, self.values(lambda sl: self.out.resid(change[sl]), len(part))):
+                self.effects[i, j, :] = v
+                self.bar.update(1)
+
+    def direct(self, sender: Component) -> Tensor:
+        """Logits [n, n_pos, d_vocab] with ``sender -> logits`` patched."""
+        n, positions = self.n, self.positions
+        if isinstance(sender, Head):
+            z = self.clean.z[sender.layer][:, positions, sender.head]  # [2n, n_pos, d_head]
+            return self.out.head(sender, (z[n:] - z[:n])[None])[0]
+        return self.out.resid(_delta(self.clean, sender, n)[:, positions][None])[0]
+
+
+def _delta(clean: CleanRun, sender: Component, n: int) -> Tensor:
+    """out_s(corrupted) - out_s(reference), [n, seq, d_model]."""
+    full = clean.out(sender)  # [2n, seq, d_model]
+    return full[n:] - full[:n]
+
+
+# --- clean residuals ----------------------------------------------------------------------------------
+
+class _Residuals:
+    """The clean residual each receiver reads on the reference rows, from ``Structure.residual_senders``."""
+
+    def __init__(self, clean: CleanRun, structure: Structure, n: int):
+        self.clean, self.structure, self.n = clean, structure, n
+        self.cache: dict[tuple, Tensor] = {}
+
+    def before(self, receiver: Component) -> Tensor:
+        """[n, seq, d_model], before the receiver's normalisation."""
+        sources = self.structure.residual_senders(receiver)
+        biases = self.structure.bias_layers(receiver)
+        key = (sources, biases)
+        if key not in self.cache:
+            clean, n = self.clean, self.n
+            resid = torch.zeros_like(clean.embed[:n])
+            by_layer: dict[int, list[int]] = {}
+            for s in sources:
+                if isinstance(s, Head):
+                    by_layer.setdefault(s.layer, []).append(s.head)
+                else:
+                    resid = resid + clean.out(s)[:n]
+            for layer, heads in by_layer.items():
+                resid = resid + clean.heads[layer][:n, :, heads].sum(2)
+            for layer in biases:
+                resid = resid + clean.attn_bias[layer]
+            self.cache[key] = resid
+        return self.cache[key]
+
+
+# --- the logits of one changed addend -------------------------------------------------------------------
+
+class _Unembed:
+    """Logits [paths, n, n_pos, d_vocab] of the clean final residual plus one addend per path, factored
+    through ``unembed.FactoredUnembed`` when the model ends in a LayerNorm: logits = (base·Ã + x·M) / s + c
+    with s the LayerNorm scale of the patched residual. For a head's Δz (x d_head wide, M = W_O[h] Ã) the
+    scale needs |centred(base + Δz W_O[h])|², expanded as |b|² + 2 Δz·(b W̄ᵀ) + Δz (W̄ W̄ᵀ) Δzᵀ with b the
+    centred base and W̄ = W_O[h] centred over d_model, so nothing per path is d_model wide. Without a final
+    LayerNorm every path goes through ``unembed.unembed``."""
+
+    def __init__(self, model: HookedTransformer, base: Tensor):
+        self.model = model
+        self.base = base  # [n, n_pos, d_model]
+        self.d_vocab = model.cfg.d_vocab_out if getattr(model.cfg, "d_vocab_out", -1) > 0 else model.cfg.d_vocab
+        self.factored = FactoredUnembed.of(model)
+        self.heads: dict[Head, tuple[Tensor, Tensor, Tensor]] = {}
+        self.a: Tensor | None = None
+        if self.factored is not None:
+            self.lin = base @ self.factored.a  # [n, n_pos, d_vocab]
+            self.centred = base - base.mean(-1, keepdim=True)  # [n, n_pos, d_model]
+            self.sq = self.centred.pow(2).sum(-1)  # [n, n_pos]
+
+    def head(self, head: Head, dz: Tensor) -> Tensor:
+        """dz [paths, n, n_pos, d_head]: the change of ``head``'s z."""
+        w_o = self.model.blocks[head.layer].attn.W_O.detach()[head.head]  # [d_head, d_model]
+        if self.factored is None:
+            return unembed(self.model, self.base + dz @ w_o)
+        if head not in self.heads:
+            w_c = w_o - w_o.mean(-1, keepdim=True)  # [d_head, d_model]
+            self.heads[head] = (self._with_bias(self.factored.head_map(head)), self.centred @ w_c.T, w_c @ w_c.T)
+        m, u, gram = self.heads[head]  # [d_head + 1, d_vocab], [n, n_pos, d_head], [d_head, d_head]
+        sq = self.sq + 2 * (dz * u).sum(-1) + ((dz @ gram) * dz).sum(-1)  # [paths, n, n_pos]
+        return self._finish(dz, m, sq)
+
+    def resid(self, delta: Tensor) -> Tensor:
+        """delta [paths, n, n_pos, d_model]: a change of the final residual."""
+        if self.factored is None:
+            return unembed(self.model, self.base + delta)
+        resid = self.base + delta  # [paths, n, n_pos, d_model]
+        sq = (resid - resid.mean(-1, keepdim=True)).pow(2).sum(-1)  # [paths, n, n_pos]
+        if self.a is None:
+            self.a = self._with_bias(self.factored.a)
+        return self._finish(delta, self.a, sq)
+
+    def _with_bias(self, m: Tensor) -> Tensor:
+        """[width, d_vocab] -> [width + 1, d_vocab]: the last row is the logit bias c."""
+        return torch.cat([m, self.factored.c[None]])
+
+    def _finish(self, x: Tensor, m: Tensor, sq: Tensor) -> Tensor:
+        """(base·Ã + x·m) / s + c for x [paths, n, n_pos, width], m [width + 1, d_vocab] (``_with_bias``) and
+        the centred squared norms sq [paths, n, n_pos] of the patched residuals, computed as [x/s, 1]·[m; c]
+        + base·Ã/s: one matmul and one fused multiply-add d_vocab wide."""
+        inv = (sq.clamp_min(0) / self.base.shape[-1] + self.factored.eps).rsqrt()[..., None]  # [paths, n, n_pos, 1]
+        x = torch.cat([x * inv, torch.ones_like(inv)], -1)  # [paths, n, n_pos, width + 1]
+        return (x @ m).addcmul_(self.lin, inv)  # [paths, n, n_pos, d_vocab]
+
+
+# --- metric and progress ------------------------------------------------------------------------------
+
+def _scorer(metric: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """logits [paths, n, n_pos, d_vocab] (a temporary: the metric may overwrite it) -> [paths] float64."""
+    many = getattr(metric, "many", None)
+    if many is None:
+        def call(logits: Tensor) -> Tensor:
+            return torch.stack([torch.as_tensor(metric(x)) for x in logits])
+    elif "overwrite" in inspect.signature(many).parameters:
+        def call(logits: Tensor) -> Tensor:
+            return many(logits, overwrite=True)
+    else:
+        call = many
+    return lambda logits: call(logits).double()
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, k: int) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool):
+    """A tqdm bar on stderr (shown on a terminal only), or nothing."""
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="path patching", unit="path", file=sys.stderr, disable=None, leave=False)
