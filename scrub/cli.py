@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,12 +38,12 @@ def progress(items, desc: str):
     return tqdm(items, desc=desc, file=sys.stderr, disable=None, leave=False)
 
 
-def quiet_load(name: str):
-    """``load_model`` with TransformerLens' "Moving model to device" print sent to stderr, not stdout."""
+def quiet_load(name: str, device: str = "cpu"):
+    """``load_model`` onto ``device`` with TransformerLens' "Moving model to device" print sent to stderr."""
     from scrub.model import load_model
 
     with contextlib.redirect_stdout(sys.stderr):
-        return load_model(name)
+        return load_model(name, device=str(device))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, out: str) -> None:
@@ -184,17 +185,23 @@ def scrub_data(model, kind: str, n: int, seq_len: int, seed: int):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Scrub one hypothesis and print loss recovered with its interval and the per-example spread."""
+    """Scrub one hypothesis and print loss recovered with its interval and the per-example spread.
+
+    Under torchrun every rank loads the model onto its device (``cuda:LOCAL_RANK`` on GPUs), scrubs its share
+    of the batches, and rank 0 alone prints the result, which equals the one-process result."""
     import torch
 
+    from scrub import distributed
     from scrub.experiment import run
     from scrub.treeify import SamplingOptions, Unit
 
-    model = quiet_load(args.model)
+    model = quiet_load(args.model, device=distributed.device())  # the CLI owns its model: it may place it
     data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
     result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
                  batch_size=args.batch_size, options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
-                 progress=sys.stderr.isatty())
+                 progress=sys.stderr.isatty() and distributed.is_main())
+    if not distributed.is_main():
+        return 0
     per = result.per_example_recovered()
     per = per[torch.isfinite(per)]
     quantiles = torch.quantile(per.double(), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist() if per.numel() else []
@@ -328,6 +335,9 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+SHARDED = ("run",)  # the subcommands that may run under torchrun (several processes share the batches)
+
+
 def build_parser(commands: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scrub", description="Causal scrubbing and path patching.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -337,14 +347,26 @@ def build_parser(commands: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentP
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse ``argv``, run the subcommand, turn bad input into one stderr line and exit code 2."""
+    """Entry point: parse ``argv``, run the subcommand, turn bad input into one stderr line and exit code 2.
+
+    Under torchrun (``torchrun --nproc-per-node=N -m scrub run ...``) each process runs this; the process
+    group a run starts is ended here, and an error line names the rank that hit it."""
+    from scrub import distributed
+
     args = build_parser().parse_args(argv)
     run = {command.name: command.run for command in COMMANDS}[args.command]
+    several = distributed.launched()  # torchrun started this process as one of several
+    where = f" [rank {os.environ.get('RANK', '?')}]" if several else ""
     try:
+        if several and args.command not in SHARDED:
+            raise ValueError(f"only {', '.join(f'`scrub {c}`' for c in SHARDED)} shares its work across processes; "
+                             f"start `scrub {args.command}` as one process (python -m scrub {args.command} ...), not under torchrun")
         return run(args)
     except (ModelLoadError, SiteError, ValueError, OSError) as err:
-        print(f"scrub {args.command}: error: {err}", file=sys.stderr)
+        print(f"scrub {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

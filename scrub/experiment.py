@@ -2,11 +2,13 @@
 
 Streams the dataset in batches; per batch it does one clean forward pass, draws the data of every tree
 copy (sampling from the other examples of that batch), evaluates the hypothesis and the baseline with
-the engine, and keeps per-example losses at the scored positions.
+the engine, and keeps per-example losses at the scored positions. Under torchrun the batches are shared
+out across the processes (``scrub.distributed``) and every process returns the one-process result.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
+from scrub import distributed
 from scrub.compute import check_supported, clean_run
 from scrub.engine import evaluate
 from scrub.data import all_positions, induction_candidates
@@ -110,7 +113,12 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         batch_size: int = 32, options: SamplingOptions = SamplingOptions(), device: str | None = None,
         n_bootstrap: int = 1000, progress: bool = True) -> ScrubResult:
     """Scrub ``hypothesis`` on ``data`` [n, seq] and report loss recovered against ``baseline``
-    (default: the empty hypothesis, every path resampled)."""
+    (default: the empty hypothesis, every path resampled).
+
+    The model stays where it is: the run uses its device (``device``, if given, must match it). Launched by
+    torchrun, every process calls ``run`` with the same arguments; batch ``i`` is evaluated by rank
+    ``i % world_size`` and every rank returns the result one process would (draws depend only on ``seed``
+    and the batch index)."""
     check_supported(model)
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device) != model_device:
@@ -121,10 +129,10 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     claim = as_claim(hypothesis, model)
     base = as_claim(baseline if baseline is not None else empty_graph(), model, name="empty")
     tree, base_tree = treeify(claim, options.unit), treeify(base, options.unit)
-    parts: dict[str, list[ExampleLosses]] = {"clean": [], "baseline": [], "scrubbed": []}
-    self_rates = []
-    batches = range(0, data.shape[0], batch_size)
-    for i, start in enumerate(tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False)):
+    current = distributed.setup(device)  # None for one process
+    done: list[tuple[int, tuple[dict[str, ExampleLosses], float]]] = []  # (batch index, (losses, self rate))
+    batches = distributed.shard(range(0, data.shape[0], batch_size), current)  # this rank's (i, start)
+    for i, start in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
         tokens = data[start : start + batch_size].to(device)  # [batch, seq]
         if tokens.shape[0] < 2:
             continue
@@ -135,9 +143,15 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         base_data = assign_data(base_tree, tokens, seed=seed, salt=salt, options=options)  # common random numbers
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
-        for key, logits in (("clean", clean.logits), ("baseline", baselined), ("scrubbed", scrubbed)):
-            parts[key].append(example_losses(token_losses(logits, tokens).cpu(), mask.cpu()))
-        self_rates.append(scrub_data.self_sample_rate())
+        losses = {key: example_losses(token_losses(logits, tokens).cpu(), mask.cpu())
+                  for key, logits in (("clean", clean.logits), ("baseline", baselined), ("scrubbed", scrubbed))}
+        done.append((i, (losses, scrub_data.self_sample_rate())))
+    check = None if current is None else (
+        claim.name, base.name, tuple(data.shape), hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest(), seed,
+        batch_size, options, positions if isinstance(positions, str) else "function", n_bootstrap)
+    evaluated = distributed.gather(done, current, check=check)  # every rank's batches, in batch order
+    parts = {key: [losses[key] for losses, _ in evaluated] for key in ("clean", "baseline", "scrubbed")}
+    self_rates = [rate for _, rate in evaluated]
     joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v])) for k, v in parts.items()}
     keep = joined["clean"].count > 0
     joined = {k: ExampleLosses(v.total[keep], v.count[keep]) for k, v in joined.items()}
