@@ -9,7 +9,7 @@ flags are switched on, and scrub never changes the user's model. ``check_support
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import einops
 import torch
@@ -20,6 +20,7 @@ from transformer_lens.components import GroupedQueryAttention, LayerNorm, LayerN
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
+from scrub.structure import Structure
 
 
 _QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")  # q/k norm in attention
@@ -84,6 +85,42 @@ class CleanRun:
     mlps: tuple[Tensor, ...]  # per layer [batch, seq, d_model] (empty tuple if attention-only)
     logits: Tensor  # [batch, seq, d_vocab]
     shortformer: bool
+    structure: Structure
+    _resid: dict = field(default_factory=dict, repr=False, compare=False)  # receiver slot -> residual
+
+    def resid_before(self, receiver: Component) -> Tensor:
+        """The clean residual ``receiver`` reads, before its normalisation and with the attention biases:
+        [batch, seq, d_model]. Every receiver's is summed once, cumulatively in computation order."""
+        if not self._resid:
+            total, included = torch.zeros_like(self.embed), set()  # [batch, seq, d_model]
+            for r in self.structure.receivers:
+                new = [s for s in self.structure.residual_senders(r) if s not in included]
+                if new:
+                    total = total + self.sum_outputs(new)
+                    included.update(new)
+                self._resid.setdefault(_slot(r), total + self.bias_before(r))
+        return self._resid[_slot(receiver)]
+
+    def bias_before(self, receiver: Component) -> Tensor:
+        """The attention output biases in ``receiver``'s input: [d_model]."""
+        total = torch.zeros_like(self.embed[0, 0])  # [d_model]
+        for layer in self.structure.bias_layers(receiver):
+            total = total + self.attn_bias[layer]
+        return total
+
+    def sum_outputs(self, sources: list[Component]) -> Tensor:
+        """Σ of the clean outputs of ``sources`` (no biases), whole layers of heads at once: [batch, seq, d_model]."""
+        total = torch.zeros_like(self.embed)
+        by_layer: dict[int, list[int]] = {}
+        for s in sources:
+            if isinstance(s, Head):
+                by_layer.setdefault(s.layer, []).append(s.head)
+            else:
+                total = total + self.out(s)
+        for layer, heads in by_layer.items():
+            out = self.heads[layer]  # [batch, seq, head, d_model]
+            total = total + (out.sum(2) if len(heads) == out.shape[2] else out[:, :, heads].sum(2))
+        return total
 
     def out(self, component: Component) -> Tensor:
         """The clean output of a source component, [batch, seq, d_model]."""
@@ -127,7 +164,13 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
         mlps=mlps,
         logits=logits,
         shortformer=cfg.positional_embedding_type == "shortformer",
+        structure=Structure.of(model),
     )
+
+
+def _slot(receiver: Component) -> tuple[bool, float]:
+    """Receivers in one slot (the heads of a layer; its MLP; the logits) read the same residual senders."""
+    return isinstance(receiver, Mlp), getattr(receiver, "layer", float("inf"))
 
 
 def normalise(norm: torch.nn.Module, x: Tensor) -> Tensor:

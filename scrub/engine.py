@@ -89,15 +89,14 @@ class _Plan:
 
 @dataclass
 class _Context:
-    """What one ``evaluate_many`` call shares: the model, its structure, the clean run and caches of clean
-    residuals, normalised inputs and datum-map keys (equal maps are compared by bytes, not elementwise)."""
+    """What one ``evaluate_many`` call shares: the model, its structure, the clean run and caches of
+    normalised inputs and datum-map keys (equal maps are compared by bytes, not elementwise)."""
 
     model: HookedTransformer
     clean: CleanRun
     structure: Structure
     values: dict = field(default_factory=dict)
     normed: dict = field(default_factory=dict)
-    resid: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
 
     def mkey(self, index: Tensor) -> bytes:
@@ -112,38 +111,10 @@ class _Context:
         return (type(comp).__name__ == "Mlp", getattr(comp, "layer", -1))
 
     def resid_before(self, comp: Component) -> Tensor:
-        """The clean residual that ``comp`` reads, attention biases included: [batch, seq, d_model]. All
-        slots are summed once, cumulatively in computation order (their sender sets only grow)."""
-        if not self.resid:
-            total, included = torch.zeros_like(self.clean.embed), set()  # [batch, seq, d_model]
-            for receiver in self.structure.receivers:
-                new = [s for s in self.structure.residual_senders(receiver) if s not in included]
-                if new:
-                    total = total + _sum_outputs(self.clean, new)
-                    included.update(new)
-                self.resid.setdefault(self.slot(receiver), total + self.bias(receiver))
-        return self.resid[self.slot(comp)]
+        return self.clean.resid_before(comp)  # [batch, seq, d_model]
 
     def bias(self, comp: Component) -> Tensor:
-        total = torch.zeros_like(self.clean.embed[0, 0])  # [d_model]
-        for layer in self.structure.bias_layers(comp):
-            total = total + self.clean.attn_bias[layer]
-        return total
-
-
-def _sum_outputs(clean: CleanRun, sources: list[Component]) -> Tensor:
-    """Σ of clean outputs, whole layers of heads at once: [batch, seq, d_model]."""
-    total = torch.zeros_like(clean.embed)
-    by_layer: dict[int, list[int]] = {}
-    for s in sources:
-        if isinstance(s, Head):
-            by_layer.setdefault(s.layer, []).append(s.head)
-        else:
-            total = total + clean.out(s)
-    for layer, heads in by_layer.items():
-        out = clean.heads[layer]  # [batch, seq, head, d_model]
-        total = total + (out.sum(2) if len(heads) == out.shape[2] else out[:, :, heads].sum(2))
-    return total
+        return self.clean.bias_before(comp)  # [d_model]
 
 
 @torch.no_grad()
@@ -161,7 +132,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``). ``positions``
     [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab], and
     trees whose logits differ from the clean run through head outputs are unembedded in factored form."""
-    ctx = _Context(model, clean, Structure.of(model))
+    ctx = _Context(model, clean, clean.structure)
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
     for job in jobs:
         if isinstance(job.node.component, (Embed, Pos)):
