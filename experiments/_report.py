@@ -331,7 +331,8 @@ def write_report(res: StudyResults, out: Path) -> Path:
           "- Hypotheses are built from the full graph minus the inputs of the induction heads (Redwood's baseline), "
           "plus the claimed paths; a previous-token head on a mechanism path is an alias node whose V reads the "
           "embedding and whose Q/K read only positions. All hypotheses and baselines of one batch share one clean run "
-          "and the same seeded draws per tree path (`experiments/_evaluate.py`).",
+          "and the same seeded draws: one draw per hypothesis node per datum, shared by every path through the node "
+          "(Redwood's implementation; `experiments/_evaluate.py`).",
           "- Shortformer: positions enter only Q and K and are identical across examples, so resampling never touches "
           "them; the positional refinement is a no-op by construction."]
     path = out / "induction_study.md"
