@@ -153,7 +153,9 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=("natural", "rrt"), default="natural",
                         help="natural text from the validation split, or repeated random tokens")
     parser.add_argument("--baseline", type=Path, default=None, help="baseline hypothesis file (default: the empty one)")
-    parser.add_argument("--n", type=int, default=64, help="number of examples (default 64)")
+    parser.add_argument("--n", "--examples", dest="n", type=int, default=64,
+                        help="number of examples (default 64); --examples is the same option, for torchrun "
+                             "command lines, whose own parser takes --n for --nnodes")
     parser.add_argument("--seq-len", type=int, default=128, help="natural-text length; RRT is 1 + 2 x (seq-len // 2)")
     parser.add_argument("--positions", choices=("all", "candidates"), default="all",
                         help="score all positions or only induction candidates (current token seen before)")

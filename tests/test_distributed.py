@@ -163,12 +163,12 @@ def test_two_process_torchrun_prints_the_one_process_json():
     """``torchrun --nproc-per-node=2 -m scrub run ...`` prints, once, exactly what ``python -m scrub run ...``
     prints (natural text; batches of 2, the last one skipped; draws may return their own datum)."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | {"OMP_NUM_THREADS": "1"}
-    command = ["run", "hypotheses/induction_minimal.py", "--n", "9", "--batch-size", "2", "--seq-len", "32",
+    command = ["run", "hypotheses/induction_minimal.py", "--examples", "9", "--batch-size", "2", "--seq-len", "32",
                "--allow-self", "--json"]
     torchrun = Path(sys.executable).parent / "torchrun"
-    # ``-m --``: torchrun's own parser would take scrub's ``--n`` for an abbreviation of its options
+    # the standard launch; scrub's --examples stands for --n, which torchrun's own parser would take for --nnodes
     runs = [[sys.executable, "-m", "scrub", *command],
-            [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "--", "scrub", *command]]
+            [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "scrub", *command]]
     one, two = (subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180) for argv in runs)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
