@@ -39,16 +39,27 @@ from scrub.patching import (  # noqa: E402
 from scrub.sites import Head, Mlp, hook_name  # noqa: E402
 
 
-def timed(fn, repeats: int = 1) -> float:
-    """Median wall seconds of ``repeats`` calls, after one warm-up call when repeating."""
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(forward, matrix, repeats: int, forwards_per_round: int = 3) -> tuple[list[float], list[float]]:
+    """Wall seconds of ``forward`` and ``matrix`` measured alternately (after a warm-up forward, and a warm-up
+    matrix when repeating), so that load from other processes hits both alike; returns all times of each."""
+    forward()
     if repeats > 1:
-        fn()
-    times = []
+        matrix()
+    f_times, m_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        f_times += [seconds(forward) for _ in range(forwards_per_round)]
+        m_times.append(seconds(matrix))
+    return f_times, m_times
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
 
 
 def gpt2_small_shaped(seed: int = 0) -> HookedTransformer:
@@ -92,20 +103,20 @@ def matrix_paths(matrix) -> dict[PatchPath, float]:
 @torch.no_grad()
 def measure(name: str, model: HookedTransformer, ref, cor, metric, *, forward_repeats: int, matrix_repeats: int,
             hooked_sample: int, engine_sample: int, mlps: bool) -> dict:
-    print(f"[{name}] forward ...", file=sys.stderr, flush=True)
-    r: dict = {"name": name, "batch": tuple(ref.shape)}
-    r["forward"] = timed(lambda: model(ref), forward_repeats)
-    print(f"[{name}] matrix ...", file=sys.stderr, flush=True)
+    print(f"[{name}] forward and matrix, interleaved ...", file=sys.stderr, flush=True)
+    r: dict = {"name": name, "batch": tuple(ref.shape), "repeats": matrix_repeats}
     box = {}
-    r["matrix"] = timed(lambda: box.update(m=patch_matrix(model, ref, cor, metric)), matrix_repeats)
+    f_times, m_times = interleaved(lambda: model(ref), lambda: box.update(m=patch_matrix(model, ref, cor, metric)),
+                                   matrix_repeats, forward_repeats)
+    r["forward"], r["forward_best"] = median(f_times), min(f_times)
+    r["matrix"], r["matrix_best"] = median(m_times), min(m_times)
     effects = matrix_paths(box["m"])
     paths = list(effects)
     r["paths"] = len(paths)
     r["head_head"] = sum(1 for p in paths if p.via)
     if mlps:
         print(f"[{name}] matrix with MLPs ...", file=sys.stderr, flush=True)
-        r["matrix_mlps"] = timed(lambda: box.update(mm=patch_matrix(model, ref, cor, metric, include_mlps=True)),
-                                 matrix_repeats)
+        r["matrix_mlps"] = seconds(lambda: box.update(mm=patch_matrix(model, ref, cor, metric, include_mlps=True)))
         mm = box["mm"]
         heads = [j for j, x in enumerate(mm.receivers) if isinstance(x, Head)]
         mlp_cols = [j for j, x in enumerate(mm.receivers) if isinstance(x, Mlp)]
@@ -155,9 +166,11 @@ def report(rows: list[dict]) -> None:
     for r in rows:
         m = r["name"]
         batch = "x".join(str(x) for x in r["batch"])
-        print(f"| {m} | plain forward `model(tokens)`, {batch} | {r['forward']:.4f} | |")
+        print(f"| {m} | plain forward `model(tokens)`, {batch} (median; best) | {r['forward']:.4f}; "
+              f"{r['forward_best']:.4f} | |")
         print(f"| {m} | **matrix**: {r['head_head']} head -> head:q/k/v + {r['paths'] - r['head_head']} head -> logits "
-              f"paths = {r['paths']} | {r['matrix']:.3f} | {r['matrix'] / r['forward']:.1f}x a forward; "
+              f"paths = {r['paths']} (median; best of {r['repeats']}) | {r['matrix']:.3f}; {r['matrix_best']:.3f} | "
+              f"**{r['matrix'] / r['forward']:.1f}x** a forward (best/best {r['matrix_best'] / r['forward_best']:.1f}x); "
               f"{1e3 * r['matrix'] / r['paths']:.2f} ms/path |")
         if "matrix_mlps" in r:
             print(f"| {m} | matrix with MLPs as senders and receivers ({r['paths_mlps']} paths) | {r['matrix_mlps']:.3f} | "
@@ -172,8 +185,8 @@ def report(rows: list[dict]) -> None:
                   f"{total / r['forward']:.1f}x a forward; matrix {total / r['matrix']:.1f}x faster |")
     print()
     for r in rows:
-        print(f"{r['name']}: max |matrix - hooked| = {r['max_diff']:.1e} over the hooked sample (effects reach "
-              f"{r['max_effect']:.2f}); max |matrix - tree engine| = {r.get('engine_diff', float('nan')):.1e}")
+        print(f"{r['name']}: max |matrix - hooked| = {r['max_diff']:.1e} over the hooked sample (largest |effect| "
+              f"{r['max_effect']:.2e}); max |matrix - tree engine| = {r.get('engine_diff', float('nan')):.1e}")
 
 
 def main() -> None:
@@ -190,7 +203,7 @@ def main() -> None:
     rows = []
     if "shipped" not in skip:
         model, name, ref, cor, metric = shipped()
-        rows.append(measure(name, model, ref, cor, metric, forward_repeats=7, matrix_repeats=3,
+        rows.append(measure(name, model, ref, cor, metric, forward_repeats=3, matrix_repeats=5,
                             hooked_sample=max(args.hooked_sample, 40), engine_sample=args.engine_sample, mlps=False))
     if "gpt2" not in skip:
         model = gpt2_small_shaped()

@@ -70,7 +70,7 @@ def matrix_values(model: HookedTransformer, clean: CleanRun, metric: Callable[[T
     with _bar(job.total, progress) as bar:
         job.bar = bar
         for i, s in enumerate(job.senders):  # sender -> logits: Δ_s straight into the final residual
-            job.to_logits[i] = float(job.score(job.direct(s)[None])[0]) - job.base
+            job.to_logits[i] = job.values(lambda sl, centred: job.direct(s, centred), 1)[0]
             bar.update(1)
         layers: dict[int, list[int]] = {}
         for j, r in enumerate(job.receivers):
@@ -97,7 +97,8 @@ class _Matrix:
         self.residuals = _Residuals(clean, self.structure, self.n)
         self.out = _Unembed(model, self.residuals.before(self.structure.receivers[-1])[:, self.positions])
         self.per_call = max(1, unembed_budget // (self.n * len(self.positions) * self.out.d_vocab))
-        self.score = _scorer(metric)
+        self.score = _Score(metric)
+        self.centre = self.score.centred and self.out.factored is not None  # see ``values``
         self.base = float(self.score(self.out.resid(torch.zeros_like(self.out.base)[None]))[0])
         feeds = [[[self.structure.feeds(s, r, c if isinstance(r, Head) else None) for c in channels]
                   for r in receivers] for s in senders]
@@ -109,12 +110,19 @@ class _Matrix:
         self.total = int(self.feeds[:, heads].sum()) + int(self.feeds[:, mlps, 0].sum()) + len(senders)
         self.bar = None
 
-    def values(self, logits_of: Callable[[slice], Tensor], k: int) -> list[float]:
-        """Metric values of ``k`` paths whose logits [paths, n, n_pos, d_vocab] ``logits_of(slice)`` gives,
-        in calls of ``per_call`` paths, minus the base."""
+    def values(self, logits_of: Callable[[slice, bool], Tensor], k: int) -> list[float]:
+        """Metric values of ``k`` paths, minus the base, in calls of ``per_call`` paths. ``logits_of(slice,
+        centred)`` gives their logits [paths, n, n_pos, d_vocab]; with ``centred`` each row is moved by the
+        maximum of its clean logits (inside the unembedding product), so a metric that ignores a constant per
+        row (``Metric.many(centred=True)``) skips its own max subtraction: two of the ~7 d_vocab-wide passes.
+        Should a patched logit overflow against that constant, the chunk is redone with plain logits."""
         out: list[float] = []
         for start in range(0, k, self.per_call):
-            out += self.score(logits_of(slice(start, min(k, start + self.per_call)))).tolist()
+            part = slice(start, min(k, start + self.per_call))
+            values = self.score(logits_of(part, self.centre), centred=self.centre)
+            if self.centre and not bool(values.isfinite().all()):
+                values = self.score(logits_of(part, False))
+            out += values.tolist()
         return [v - self.base for v in out]
 
     def head_receivers(self, layer: int, cols: list[int]) -> None:
@@ -126,9 +134,10 @@ class _Matrix:
         heads = torch.tensor([self.receivers[j].head for j in cols])  # [n_r]
         n_r = len(cols)
         ln1 = self.model.blocks[layer].ln1
-        resid = self.residuals.before(self.receivers[cols[0]])  # [n, seq, d_model]
+        seq = int(positions.max()) + 1  # causal attention: later positions change no scored query
+        resid = self.residuals.before(self.receivers[cols[0]])[:, :seq]  # [n, seq, d_model]
         _, seq, d_model = resid.shape
-        pos = self.clean.pos[0] if self.structure.pos == "shortformer" else None  # [seq, d_model]
+        pos = self.clean.pos[0, :seq] if self.structure.pos == "shortformer" else None  # [seq, d_model]
         normed = normalise(ln1, resid)  # [n, seq, d_model]: the clean input of every channel
         z_clean = heads_z_normed(self.model, layer, heads, normed, normed, normed, pos)  # [n_r, n, seq, d_head]
         z_clean = z_clean[:, :, positions]  # [n_r, n, n_pos, d_head]
@@ -136,7 +145,7 @@ class _Matrix:
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             k = len(part)
-            delta = torch.stack([_delta(self.clean, self.senders[i], n) for i in part])  # [k, n, seq, d_model]
+            delta = torch.stack([_delta(self.clean, self.senders[i], n)[:, :seq] for i in part])  # [k, n, seq, d_model]
             patched = normalise(ln1, resid + delta)  # [k, n, seq, d_model]: shared by every head and channel
             del delta
             if k == 1:  # every copy reads one input: heads_z_normed projects it unstacked
@@ -155,7 +164,7 @@ class _Matrix:
                 del z
                 for r, j in enumerate(cols):
                     receiver = self.receivers[j]
-                    values = self.values(lambda sl: self.out.head(receiver, dz[sl, r]), k)
+                    values = self.values(lambda sl, centred: self.out.head(receiver, dz[sl, r], centred), k)
                     for i, v, f in zip(part, values, fed[:, r].tolist()):
                         if f:
                             self.effects[i, j, c] = v
@@ -177,17 +186,17 @@ class _Matrix:
             delta = torch.stack([_delta(self.clean, self.senders[i], n)[:, positions] for i in part])
             # delta: [k, n, n_pos, d_model]
             change = mlp_forward(self.model, receiver.layer, resid + delta) - mlp_clean  # [k, n, n_pos, d_model]
-            for i, v in zip(part, self.values(lambda sl: self.out.resid(change[sl]), len(part))):
+            for i, v in zip(part, self.values(lambda sl, centred: self.out.resid(change[sl], centred), len(part))):
                 self.effects[i, j, :] = v
                 self.bar.update(1)
 
-    def direct(self, sender: Component) -> Tensor:
-        """Logits [n, n_pos, d_vocab] with ``sender -> logits`` patched."""
+    def direct(self, sender: Component, centred: bool) -> Tensor:
+        """Logits [1, n, n_pos, d_vocab] with ``sender -> logits`` patched."""
         n, positions = self.n, self.positions
         if isinstance(sender, Head):
             z = self.clean.z[sender.layer][:, positions, sender.head]  # [2n, n_pos, d_head]
-            return self.out.head(sender, (z[n:] - z[:n])[None])[0]
-        return self.out.resid(_delta(self.clean, sender, n)[:, positions][None])[0]
+            return self.out.head(sender, (z[n:] - z[:n])[None], centred)
+        return self.out.resid(_delta(self.clean, sender, n)[:, positions][None], centred)
 
 
 def _delta(clean: CleanRun, sender: Component, n: int) -> Tensor:
@@ -248,9 +257,12 @@ class _Unembed:
             self.lin = base @ self.factored.a  # [n, n_pos, d_vocab]
             self.centred = base - base.mean(-1, keepdim=True)  # [n, n_pos, d_model]
             self.sq = self.centred.pow(2).sum(-1)  # [n, n_pos]
+            inv = (self.sq / base.shape[-1] + self.factored.eps).rsqrt()[..., None]  # [n, n_pos, 1]
+            self.top = (self.lin * inv + self.factored.c).amax(-1)[..., None]  # [n, n_pos, 1] clean max logit
 
-    def head(self, head: Head, dz: Tensor) -> Tensor:
-        """dz [paths, n, n_pos, d_head]: the change of ``head``'s z."""
+    def head(self, head: Head, dz: Tensor, centred: bool = False) -> Tensor:
+        """dz [paths, n, n_pos, d_head]: the change of ``head``'s z. ``centred``: minus the clean max logit
+        of each row (factored form only)."""
         w_o = self.model.blocks[head.layer].attn.W_O.detach()[head.head]  # [d_head, d_model]
         if self.factored is None:
             return unembed(self.model, self.base + dz @ w_o)
@@ -259,9 +271,9 @@ class _Unembed:
             self.heads[head] = (self._with_bias(self.factored.head_map(head)), self.centred @ w_c.T, w_c @ w_c.T)
         m, u, gram = self.heads[head]  # [d_head + 1, d_vocab], [n, n_pos, d_head], [d_head, d_head]
         sq = self.sq + 2 * (dz * u).sum(-1) + ((dz @ gram) * dz).sum(-1)  # [paths, n, n_pos]
-        return self._finish(dz, m, sq)
+        return self._finish(dz, m, sq, centred)
 
-    def resid(self, delta: Tensor) -> Tensor:
+    def resid(self, delta: Tensor, centred: bool = False) -> Tensor:
         """delta [paths, n, n_pos, d_model]: a change of the final residual."""
         if self.factored is None:
             return unembed(self.model, self.base + delta)
@@ -269,35 +281,41 @@ class _Unembed:
         sq = (resid - resid.mean(-1, keepdim=True)).pow(2).sum(-1)  # [paths, n, n_pos]
         if self.a is None:
             self.a = self._with_bias(self.factored.a)
-        return self._finish(delta, self.a, sq)
+        return self._finish(delta, self.a, sq, centred)
 
     def _with_bias(self, m: Tensor) -> Tensor:
-        """[width, d_vocab] -> [width + 1, d_vocab]: the last row is the logit bias c."""
-        return torch.cat([m, self.factored.c[None]])
+        """[width, d_vocab] -> [width + 2, d_vocab]: then the logit bias c and a row of ones (for the shift)."""
+        return torch.cat([m, self.factored.c[None], torch.ones_like(self.factored.c)[None]])
 
-    def _finish(self, x: Tensor, m: Tensor, sq: Tensor) -> Tensor:
-        """(base·Ã + x·m) / s + c for x [paths, n, n_pos, width], m [width + 1, d_vocab] (``_with_bias``) and
-        the centred squared norms sq [paths, n, n_pos] of the patched residuals, computed as [x/s, 1]·[m; c]
-        + base·Ã/s: one matmul and one fused multiply-add d_vocab wide."""
+    def _finish(self, x: Tensor, m: Tensor, sq: Tensor, centred: bool) -> Tensor:
+        """(base·Ã + x·m) / s + c - t for x [paths, n, n_pos, width], m [width + 2, d_vocab] (``_with_bias``),
+        the centred squared norms sq [paths, n, n_pos] of the patched residuals and t the clean max logit of
+        the row if ``centred`` (else 0), computed as [x/s, 1, -t]·[m; c; 1] + base·Ã/s: one matmul and one
+        fused multiply-add d_vocab wide."""
         inv = (sq.clamp_min(0) / self.base.shape[-1] + self.factored.eps).rsqrt()[..., None]  # [paths, n, n_pos, 1]
-        x = torch.cat([x * inv, torch.ones_like(inv)], -1)  # [paths, n, n_pos, width + 1]
+        shift = -self.top.expand_as(inv) if centred else torch.zeros_like(inv)  # [paths, n, n_pos, 1]
+        x = torch.cat([x * inv, torch.ones_like(inv), shift], -1)  # [paths, n, n_pos, width + 2]
         return (x @ m).addcmul_(self.lin, inv)  # [paths, n, n_pos, d_vocab]
 
 
 # --- metric and progress ------------------------------------------------------------------------------
 
-def _scorer(metric: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """logits [paths, n, n_pos, d_vocab] (a temporary: the metric may overwrite it) -> [paths] float64."""
-    many = getattr(metric, "many", None)
-    if many is None:
-        def call(logits: Tensor) -> Tensor:
-            return torch.stack([torch.as_tensor(metric(x)) for x in logits])
-    elif "overwrite" in inspect.signature(many).parameters:
-        def call(logits: Tensor) -> Tensor:
-            return many(logits, overwrite=True)
-    else:
-        call = many
-    return lambda logits: call(logits).double()
+class _Score:
+    """logits [paths, n, n_pos, d_vocab] (a temporary: the metric may overwrite it) -> [paths] float64, via
+    the metric's ``many`` when it has one, else one call per path."""
+
+    def __init__(self, metric: Callable[[Tensor], Tensor]):
+        self.metric = metric
+        self.many = getattr(metric, "many", None)
+        params = inspect.signature(self.many).parameters if self.many is not None else {}
+        self.overwrite = "overwrite" in params
+        self.centred = "centred" in params  # the metric accepts rows moved by a constant
+
+    def __call__(self, logits: Tensor, centred: bool = False) -> Tensor:
+        if self.many is None:
+            return torch.stack([torch.as_tensor(self.metric(x)) for x in logits]).double()
+        kwargs = ({"overwrite": True} if self.overwrite else {}) | ({"centred": True} if centred else {})
+        return self.many(logits, **kwargs).double()
 
 
 class _NoBar:

@@ -155,15 +155,22 @@ class Metric:
             return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
         raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
 
-    def many(self, logits: Tensor, *, overwrite: bool = False) -> Tensor:
+    def many(self, logits: Tensor, *, overwrite: bool = False, centred: bool = False) -> Tensor:
         """The metric of many patched runs at once: logits [paths, batch, n_pos, d_vocab] -> [paths].
-        ``overwrite=True`` lets it use ``logits`` as scratch space (no second d_vocab-wide tensor)."""
+        ``overwrite=True`` lets it use ``logits`` as scratch space (no second d_vocab-wide tensor).
+        ``centred=True``: the caller has already moved each row of logits by a constant near its maximum
+        (both metrics ignore a constant per row), so the loss skips its own max subtraction; the values
+        are then non-finite if that constant was too far off, and the caller retries with plain logits."""
         labels = self.labels.expand(logits.shape[0], *self.labels.shape)[..., None]  # [paths, batch, n_pos, 1]
         if self.kind == "loss":
             picked = logits.gather(-1, labels)[..., 0]  # [paths, batch, n_pos]
-            top = logits.amax(-1, keepdim=True)  # [paths, batch, n_pos, 1]
-            shifted = logits.sub_(top) if overwrite else logits - top  # [paths, batch, n_pos, d_vocab]
-            lse = shifted.exp_().sum(-1).log_() + top[..., 0]  # logsumexp (torch's is ~3x slower on CPU)
+            if centred:
+                top = torch.zeros_like(picked)  # [paths, batch, n_pos]
+                shifted = logits if overwrite else logits.clone()  # [paths, batch, n_pos, d_vocab]
+            else:
+                top = logits.amax(-1)  # [paths, batch, n_pos]
+                shifted = logits.sub_(top[..., None]) if overwrite else logits - top[..., None]
+            lse = shifted.exp_().sum(-1).log_() + top  # logsumexp (torch's is ~3x slower on CPU)
             return (lse - picked).flatten(1).mean(1)
         if self.kind == "logit_diff":
             foils = self.foils.expand(logits.shape[0], *self.foils.shape)[..., None]  # [paths, batch, n_pos, 1]

@@ -56,20 +56,21 @@ def check_nan_pattern(model, matrix):
                 assert bool(torch.isnan(matrix.effects[i, j, k])) != fed, (s, r, c)
 
 
-CASES = [  # pos, attn_only, norm, metric
-    ("shortformer", True, "LN", "loss"),
-    ("standard", True, "LNPre", "logit_diff"),
-    ("standard", False, "LN", "loss"),
-    ("shortformer", False, "LN", "logit_diff"),
-    ("standard", False, None, "loss"),  # no final LayerNorm: the plain unembedding
+EARLY = (1, 3, 4)  # scored positions well before the end of the sequence, not contiguous
+CASES = [  # pos, attn_only, norm, metric, positions
+    ("shortformer", True, "LN", "loss", range(2, 9)),
+    ("standard", True, "LNPre", "logit_diff", range(2, 9)),
+    ("standard", False, "LN", "loss", range(2, 9)),
+    ("shortformer", False, "LN", "logit_diff", EARLY),
+    ("standard", False, None, "loss", EARLY),  # no final LayerNorm: the plain unembedding
 ]
 
 
-@pytest.mark.parametrize("pos,attn_only,norm,kind", CASES)
-def test_matrix_equals_tree_engine(pos, attn_only, norm, kind):
+@pytest.mark.parametrize("pos,attn_only,norm,kind,positions", CASES)
+def test_matrix_equals_tree_engine(pos, attn_only, norm, kind, positions):
     model = tiny_model(n_layers=3, n_heads=3, attn_only=attn_only, pos=pos, norm=norm, dtype=torch.float64, seed=3)
     ref, cor = batches(1)
-    metric = make_metric(kind, ref, cor, torch.arange(2, 9))
+    metric = make_metric(kind, ref, cor, torch.tensor(positions))
     matrix = patch_matrix(model, ref, cor, metric, include_mlps=not attn_only, progress=False)
     assert any(isinstance(r, Mlp) for r in matrix.receivers) == (not attn_only)
     check_nan_pattern(model, matrix)
