@@ -236,3 +236,25 @@ def test_shipped_model_matches_hooks_in_float32():
     for path, effect in sample:
         logits = hooked_patch_logits(hooked, ref, cor, path, clean_cache, cor_cache)
         assert effect == pytest.approx(float(metric(logits[:, metric.positions])) - base, abs=1e-4), str(path)
+
+
+def test_a_bad_row_constant_is_caught_and_the_chunk_redone(monkeypatch):
+    """The unembedding subtracts each row's clean max logit so the loss can skip its own max; should a patched
+    logit overflow against it, the chunk is scored again from plain logits."""
+    import sys
+
+    module = sys.modules["scrub.patch_matrix"]  # ``scrub.patch_matrix`` the attribute is the function
+    model = tiny_model(n_layers=2, attn_only=False, pos="standard", dtype=torch.float64, seed=2)
+    ref, cor = batches(6)
+    metric = make_metric("loss", ref, cor, torch.arange(2, 9))
+    want = patch_matrix(model, ref, cor, metric, include_mlps=True, progress=False)
+    init = module._Unembed.__init__
+
+    def far_off(self, *args):
+        init(self, *args)
+        self.top = self.top - 1000.0  # exp(1000) overflows in float64
+
+    monkeypatch.setattr(module._Unembed, "__init__", far_off)
+    got = patch_matrix(model, ref, cor, metric, include_mlps=True, progress=False)
+    torch.testing.assert_close(got.effects, want.effects, atol=1e-12, rtol=0, equal_nan=True)
+    torch.testing.assert_close(got.to_logits, want.to_logits, atol=1e-12, rtol=0)
