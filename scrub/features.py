@@ -5,10 +5,15 @@ on the feature when their rows are equal. A claimed node with a feature reads a 
 data that agree with its parent's datum on that feature; a node without one (the identity) reads its
 parent's datum itself. Sampling draws from the other sequences of the same batch, so a larger batch
 gives finer features more candidates. Everything here is a pure function.
+
+Codes must be an integer or bool tensor with one row per sequence (``[batch]`` or ``[batch, ...]``):
+anything else (a Python int, a numpy array, float codes, even whole-valued ones) is a one-line
+``FeatureError`` saying so, rather than being truncated by ``.long()`` or failing deep in torch.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +25,16 @@ from scrub.data import induction_candidates
 TokenFn = Callable[[Tensor], Tensor]
 
 
+class FeatureError(ValueError):
+    """A feature that fails on a batch or returns something other than integer codes, one row per sequence."""
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` of an exception, on one line (torch messages can span several)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 @dataclass(frozen=True)
 class Feature:
     """A named function of the input: ``fn(tokens [batch, seq]) -> codes [batch, ...]`` (integers)."""
@@ -28,18 +43,57 @@ class Feature:
     fn: TokenFn
 
     def codes(self, tokens: Tensor) -> Tensor:
-        out = self.fn(tokens)
-        if out.shape[0] != tokens.shape[0]:
-            raise ValueError(f"feature {self.name!r} returned {out.shape[0]} rows for {tokens.shape[0]} sequences")
-        return out.reshape(tokens.shape[0], -1).long()  # [batch, k]
+        """The codes of every sequence: a LongTensor [batch, k] on the CPU (where the sampler draws)."""
+        n = tokens.shape[0]
+        try:
+            out = self.fn(tokens)
+        except Exception as err:  # the user's function: one line, naming the feature
+            raise FeatureError(f"feature {self.name!r} failed on tokens of shape {list(tokens.shape)}: {one_line(err)}") from err
+        if isinstance(out, Feature):
+            raise FeatureError(f"feature {self.name!r} returned a Feature, not codes: {self.name!r} makes features, so "
+                               f"call it, e.g. feature={self.name}() rather than feature={self.name}")
+        if not isinstance(out, Tensor):
+            module = type(out).__module__
+            if module == "numpy":
+                kind, fix = f"a numpy.{type(out).__name__}", "return a torch tensor instead, e.g. torch.as_tensor(codes)"
+            else:
+                kind = f"a Python {type(out).__name__}" if module == "builtins" else f"a {type(out).__name__}"
+                fix = "return a tensor of integer codes with one row per sequence, e.g. tokens[:, -1]"
+            raise FeatureError(f"feature {self.name!r} returned {kind}, not a tensor: {fix}")
+        if out.dtype.is_floating_point or out.dtype.is_complex:
+            raise FeatureError(f"feature {self.name!r} returned {str(out.dtype).replace('torch.', '')} codes: codes are "
+                               f"integer class labels (two sequences agree when their codes are equal); convert with "
+                               f".long() if the values are whole, or bucket them first, e.g. (x * 10).floor().long()")
+        if out.dim() == 0:
+            raise FeatureError(f"feature {self.name!r} returned a single value for {n} sequences: return one row per "
+                               f"sequence, [batch] or [batch, k]")
+        if out.shape[0] != n:
+            raise FeatureError(f"feature {self.name!r} returned {out.shape[0]} rows for {n} sequences: return one row "
+                               f"per sequence, [batch] or [batch, k]")
+        return out.reshape(n, -1).long().cpu()  # [batch, k]
+
+
+def _makes_features(value: object) -> bool:
+    """Whether ``value`` is a function that returns a Feature (a factory such as ``previous_token``)."""
+    try:
+        annotation = inspect.signature(value).return_annotation  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return annotation is Feature or annotation == "Feature"
 
 
 def as_feature(value: Feature | TokenFn | None, *, where: str = "") -> Feature | None:
     """Accept a Feature, a plain callable (named after itself) or None (the identity)."""
     if value is None or isinstance(value, Feature):
         return value
+    if value is Feature:
+        raise TypeError(f"{where}feature=Feature is the class: make a feature, e.g. Feature('parity', lambda t: t[:, -1] % 2)")
     if callable(value):
-        return Feature(getattr(value, "__name__", "feature"), value)
+        name = getattr(value, "__name__", "feature")
+        if _makes_features(value):
+            raise TypeError(f"{where}feature={name} is a function that makes a feature, not a feature: call it, "
+                            f"feature={name}()")
+        return Feature(name, value)
     raise TypeError(f"{where}feature must be a scrub.features.Feature or a callable tokens -> codes, got {type(value).__name__}")
 
 

@@ -9,28 +9,65 @@ several graph nodes, i.e. claim it differently on different paths), edge ``posit
 tokens -> bool mask [batch, seq]: the receiver positions where the edge is claimed). The claim is the
 set of input -> logits paths of the graph. ``validate`` turns a graph into a frozen ``Claim`` or raises
 ``HypothesisError`` naming the file, the node or edge, and the fix.
+
+The rules, each checked with a one-line error (``HypothesisError``, a ``ValueError``):
+
+- node ids are strings. A node without ``component`` is named by its id, which must be the component's
+  one spelling (``"1.3"``, not ``"1.03"`` or ``" 1.3"``: a non-canonical spelling would otherwise be a
+  second node of the same head). To give a component a second node, use an id that is not a component
+  name with ``component="1.3"`` (e.g. ``"1.3#k"``); an id that reads as a component name must be its own.
+- node attributes are ``feature`` and ``component``; edge attributes are ``via`` and ``positions``.
+  Anything else (``features=``, ``position=``) is a misspelling, and is rejected with a suggestion.
+- every node lies on a path to ``logits``; no cycles; every edge goes forward in the model and enters an
+  input the receiver has (``Structure``).
+- paths start at inputs (``check_paths``; run by ``load_hypothesis`` and ``check_on``, not by
+  ``validate``, which accepts any graph the engine can evaluate). A node with no in-edges is legal: all its
+  inputs are unclaimed and read another datum (``full_graph`` minus the edges into a head is how a head's
+  inputs are resampled). A node that has in-edges, but none of whose in-paths starts at ``embed`` or
+  ``pos``, is an error: its claimed inputs all come from nodes computed entirely on other data, so the
+  claim says nothing about the input, yet it changes the loss. Claim an input of the node where the
+  paths start, or drop the node's in-edges.
+- features return integer (or bool) codes, one row per example; float codes are rejected, even when
+  whole (write ``.long()`` yourself, so that rounding is visible). Positions masks are bool tensors of the
+  tokens' shape ``[batch, seq]``; 0/1 integer or float masks are rejected (they would weight the claim),
+  with ``.bool()`` as the fix. ``check_on(claim, tokens)`` evaluates every feature and positions function
+  once on a batch, before any work; positions functions are also checked on every call.
+- hypothesis files: syntax errors and exceptions raised while importing the file or inside
+  ``hypothesis(model)`` are reported with the file and line; ``print`` inside a file goes to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import importlib.util
+import inspect
+import re
 import sys
+import traceback
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
 import networkx as nx
+import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.features import Feature, as_feature
+from scrub.features import Feature, FeatureError, as_feature, one_line
 from scrub.sites import (
-    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Pos, SiteError, parse_channel, parse_component,
+    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, parse_channel, parse_component,
 )
 from scrub.structure import Structure
 
 PositionFn = Callable[[Tensor], Tensor]
+
+NODE_ATTRIBUTES = ("feature", "component")
+EDGE_ATTRIBUTES = ("via", "positions")
+_MEANT = {"channel": "via", "channels": "via", "input": "via", "inputs": "via", "mask": "positions",
+          "where": "positions", "at": "positions", "head": "component", "alias": "component", "of": "component"}
+_LOOKS_LIKE_COMPONENT = re.compile(r"^\s*(embed|pos|logits|\d+\s*\.\s*\d+|mlp\s*\.\s*\d+)\s*$", re.IGNORECASE)
 
 
 class HypothesisError(ValueError):
@@ -42,6 +79,50 @@ class ClaimNode:
     id: str
     component: Component
     feature: Feature | None = None
+
+
+@dataclass(frozen=True)
+class CheckedPositions:
+    """An edge's positions function, checked on every call: it must return a bool mask of the tokens' shape
+    [batch, seq] on their device. ``where`` names the file and edge for the error."""
+
+    fn: PositionFn
+    where: str
+
+    @property
+    def __name__(self) -> str:  # reads like the wrapped function
+        return getattr(self.fn, "__name__", "positions")
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        try:
+            mask = self.fn(tokens)
+        except Exception as err:  # the user's function: report it in one line, with where it is used
+            raise HypothesisError(f"{self.where}: positions function {self.__name__!r} failed on tokens of shape "
+                                  f"{list(tokens.shape)}: {one_line(err)}") from err
+        problem = _mask_problem(mask, tokens)
+        if problem:
+            raise HypothesisError(f"{self.where}: positions function {self.__name__!r} {problem}")
+        return mask
+
+
+def _mask_problem(mask: object, tokens: Tensor) -> str | None:
+    shape = list(tokens.shape)
+    if isinstance(mask, Feature):
+        return (f"returned a Feature: 'positions' takes a function tokens -> bool mask {shape} "
+                f"(e.g. scrub.features.after_earlier_occurrence); features go on nodes as feature=...")
+    if not isinstance(mask, Tensor):
+        kind = f"{type(mask).__module__}.{type(mask).__name__}" if type(mask).__module__ == "numpy" else type(mask).__name__
+        return f"returned a {kind}, not a torch bool tensor {shape}: return e.g. tokens > 0 or torch.as_tensor(mask).bool()"
+    if mask.dtype != torch.bool:
+        dtype = str(mask.dtype).replace("torch.", "")
+        return (f"returned {'an' if dtype[0] in 'aeiou' else 'a'} {dtype} mask: masks must be bool (True where the edge is "
+                f"claimed), since 0/1 or fractional values would weight the claim; return mask.bool() or a comparison")
+    if list(mask.shape) != shape:
+        return (f"returned a mask of shape {list(mask.shape)} for tokens of shape {shape}: a mask has one row per "
+                f"example and one column per position, [batch, seq]")
+    if mask.device != tokens.device:
+        return f"returned a mask on {mask.device} for tokens on {tokens.device}: build it on tokens.device"
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +144,7 @@ class Claim:
     edges: tuple[ClaimEdge, ...]
     root: str | None  # id of the logits node; None for the empty hypothesis
     description: str = ""
+    origin: str = "<graph>"  # the hypothesis file (or "<graph>"), named by errors
 
     def node(self, node_id: str) -> ClaimNode:
         return self._by_id[node_id]
@@ -108,9 +190,23 @@ def add_path(graph: nx.DiGraph, *steps: Step) -> nx.DiGraph:
     A step ``(node, channel)`` says the previous node enters ``node`` through ``channel``. Channels of an
     existing edge are merged, so the same pair may be entered through several inputs.
     """
-    names = [s[0] if isinstance(s, tuple) else s for s in steps]
+    if not isinstance(graph, nx.DiGraph):
+        raise HypothesisError(f"add_path(graph, *steps): the first argument is the networkx.DiGraph to add to, "
+                              f"got {type(graph).__name__}")
+    if len(steps) < 2:
+        raise HypothesisError(f"add_path{tuple(steps)!r}: a path has at least two steps, e.g. "
+                              f"add_path(g, 'embed', ('0.0', 'v'), 'logits')")
+    for i, step in enumerate(steps):
+        pair = isinstance(step, (tuple, list)) and len(step) == 2 and isinstance(step[0], str)
+        if not (isinstance(step, str) or pair):
+            raise HypothesisError(f"add_path step {step!r}: write a step as a node name such as '1.3', or as a pair "
+                                  f"(node, via) such as ('1.3', 'q')")
+        if pair and i == 0:
+            raise HypothesisError(f"add_path step {tuple(step)!r}: the first step has no previous node to enter "
+                                  f"{step[0]!r} through {step[1]!r}; start the path with a node name, e.g. 'embed'")
+    names = [s[0] if isinstance(s, (tuple, list)) else s for s in steps]
     for prev, step, name in zip(names, steps[1:], names[1:]):
-        via = step[1] if isinstance(step, tuple) else None
+        via = step[1] if isinstance(step, (tuple, list)) else None
         if graph.has_edge(prev, name):
             old = _channels(graph.edges[prev, name].get("via"))
             new = old | _channels(via)
@@ -122,14 +218,19 @@ def add_path(graph: nx.DiGraph, *steps: Step) -> nx.DiGraph:
 
 
 def _channels(via: object) -> set[Channel]:
+    """The channels ``via`` names: ``"q"``, ``"kv"``, ``"q,k"``, ``("k", "v")``, a ``Channel``, or None."""
     if via is None:
         return set()
-    if isinstance(via, (str, Channel)):
-        text = via.value if isinstance(via, Channel) else via
-        items: Iterable[str] = [text] if text in ("in",) else list(text.replace(",", "").replace(" ", ""))
-    else:
-        items = [c.value if isinstance(c, Channel) else str(c) for c in via]  # type: ignore[union-attr]
-    return {parse_channel(c) for c in items}
+    if isinstance(via, Channel):
+        return {via}
+    if isinstance(via, str):
+        text = via.replace(",", "").replace(" ", "")
+        items: Iterable[str] = [text] if text.lower() == "in" else list(text)
+        return {parse_channel(c) for c in items}
+    if isinstance(via, (tuple, list, set, frozenset)) and all(isinstance(c, (str, Channel)) for c in via):
+        return set().union(*(_channels(c) for c in via))
+    raise SiteError(f"via={via!r} is not a list of inputs: write the inputs of a head as a string, 'q', 'k', 'v' or "
+                    f"several ('kv'), or as a tuple ('k', 'v')")
 
 
 def full_graph(model: HookedTransformer | HookedTransformerConfig) -> nx.DiGraph:
@@ -154,28 +255,67 @@ def empty_graph() -> nx.DiGraph:
 
 # --- validation ----------------------------------------------------------------------------------------
 
+def _unknown_attributes(attrs: dict, allowed: tuple[str, ...], what: str) -> str | None:
+    for key in attrs:
+        if key in allowed:
+            continue
+        guess = _MEANT.get(str(key).lower()) or next(iter(difflib.get_close_matches(str(key).lower(), allowed, 1, 0.6)), None)
+        hint = f"did you mean {guess!r}? " if guess in allowed else ""
+        listed = " and ".join(repr(a) for a in allowed)
+        return f"{what} has an unknown attribute {key!r}: {hint}{what.split()[0]} attributes are {listed}; rename or remove it"
+    return None
+
+
+def _node(node_id: object, attrs: dict, cfg: HookedTransformerConfig, where: str) -> ClaimNode:
+    label = f"node {node_id!r}"
+    if not isinstance(node_id, str):
+        guess = str(node_id)
+        raise HypothesisError(f"{where}{label} is a {type(node_id).__name__}: node ids are strings, write {guess!r}"
+                              + (" (a float such as 1.10 would be read as 1.1)" if isinstance(node_id, float) else ""))
+    if problem := _unknown_attributes(attrs, NODE_ATTRIBUTES, label):
+        raise HypothesisError(f"{where}{problem}")
+    try:
+        if "component" in attrs:
+            name = attrs["component"]
+            if not isinstance(name, (str, Head, Mlp, Embed, Pos, Logits)):
+                raise SiteError(f"component={name!r} is a {type(name).__name__}: write the component's name, e.g. '1.3'")
+            component = parse_component(name, cfg, strict=True)
+            if _LOOKS_LIKE_COMPONENT.match(node_id) and node_id != str(component):
+                raise SiteError(f"its id reads as a component name but it has component={str(component)!r}: an id that "
+                                f"names a component must be that component's; use an alias such as "
+                                f"'{component}#{node_id.strip()}' for a second node of {component}")
+        else:
+            component = parse_component(node_id, cfg, strict=True)
+    except SiteError as err:
+        hint = ""
+        if "is not how this component is written" in str(err) and "component" not in attrs:
+            with contextlib.suppress(SiteError):
+                canonical = str(parse_component(node_id.strip().lower(), cfg))
+                hint = f"; to give {canonical} a second node, use another id with component={canonical!r}"
+        raise HypothesisError(f"{where}{label}: {err}{hint}") from None
+    try:
+        feature = as_feature(attrs.get("feature"), where=f"{label}: ")
+    except TypeError as err:
+        raise HypothesisError(f"{where}{err}") from None
+    if feature is not None and isinstance(component, Logits):
+        raise HypothesisError(f"{where}{label}: logits always see the reference input; remove its feature")
+    return ClaimNode(node_id, component, feature)
+
+
 def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConfig, *, origin: str = "<graph>") -> Claim:
-    """Check a hypothesis graph against the model and freeze it into a ``Claim``."""
+    """Check a hypothesis graph against the model and freeze it into a ``Claim``.
+
+    This checks everything the engine needs (see the module docstring); ``check_paths`` adds the check that
+    every claimed path starts at an input, and ``check_on`` the checks that need data."""
     cfg = getattr(model, "cfg", model)
     where = f"{origin}: "
     if isinstance(graph, nx.MultiGraph):
         raise HypothesisError(f"{where}use a networkx.DiGraph, not a MultiDiGraph: write several inputs of one edge as via='kv'")
     if not isinstance(graph, nx.DiGraph):
-        raise HypothesisError(f"{where}hypothesis(model) must return a networkx.DiGraph, got {type(graph).__name__}")
-    nodes = []
-    for node_id, attrs in graph.nodes(data=True):
-        name = attrs.get("component", node_id)
-        try:
-            component = parse_component(str(name), cfg)
-        except SiteError as err:
-            raise HypothesisError(f"{where}node {node_id!r}: {err}") from None
-        try:
-            feature = as_feature(attrs.get("feature"), where=f"node {node_id!r}: ")
-        except TypeError as err:
-            raise HypothesisError(f"{where}{err}") from None
-        if feature is not None and isinstance(component, Logits):
-            raise HypothesisError(f"{where}node {node_id!r}: logits always see the reference input; remove its feature")
-        nodes.append(ClaimNode(str(node_id), component, feature))
+        hint = (" (does hypothesis(model) end with `return g`?)" if graph is None else
+                ": an undirected networkx.Graph has no direction" if isinstance(graph, nx.Graph) else "")
+        raise HypothesisError(f"{where}hypothesis(model) must return a networkx.DiGraph, got {type(graph).__name__}{hint}")
+    nodes = [_node(node_id, attrs, cfg, where) for node_id, attrs in graph.nodes(data=True)]
     by_id = {n.id: n for n in nodes}
     roots = [n.id for n in nodes if isinstance(n.component, Logits)]
     if len(roots) > 1:
@@ -189,19 +329,25 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
     structure = Structure.of(cfg)
     edges = []
     for src, dst, attrs in graph.edges(data=True):
-        s, d = by_id[str(src)], by_id[str(dst)]
+        s, d = by_id[src], by_id[dst]
         label = f"edge {src!r} -> {dst!r}"
         edges.extend(_check_edge(s, d, attrs, structure, where, label))
-    reach = {str(n) for n in nx.ancestors(graph, roots[0])} if roots else set()
+    if nodes and not roots:
+        raise HypothesisError(f"{where}the graph has no 'logits' node, so {nodes[0].id!r} lies on no path that reaches "
+                              f"'logits': every claimed path ends at 'logits' (to claim nothing, return an empty "
+                              f"networkx.DiGraph)")
+    reach = set(nx.ancestors(graph, roots[0])) if roots else set()
     for n in nodes:
         if n.id not in roots and n.id not in reach:
             raise HypothesisError(f"{where}node {n.id!r} lies on no path that reaches 'logits': add an edge from it "
                                   f"towards 'logits' or remove it")
     name = Path(origin).stem if origin != "<graph>" else "graph"
-    return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None)
+    return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None, origin=origin)
 
 
 def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, where: str, label: str) -> list[ClaimEdge]:
+    if problem := _unknown_attributes(attrs, EDGE_ATTRIBUTES, label):
+        raise HypothesisError(f"{where}{problem}")
     if isinstance(s.component, Logits):
         raise HypothesisError(f"{where}{label} leaves 'logits': logits are the end of every path")
     if isinstance(d.component, (Embed, Pos)):
@@ -209,8 +355,11 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
     if not structure.feeds(s.component, d.component) and not isinstance(s.component, Pos):
         raise HypothesisError(f"{where}{label}: {structure.why_not(s.component, d.component)}")
     positions = attrs.get("positions")
-    if positions is not None and not callable(positions):
-        raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq]")
+    if isinstance(positions, Feature) or (positions is not None and not callable(positions)):
+        got = "a Feature (features go on nodes)" if isinstance(positions, Feature) else f"a {type(positions).__name__}"
+        raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq], got {got}")
+    if positions is not None and not isinstance(positions, CheckedPositions):
+        positions = CheckedPositions(positions, f"{where}{label}")
     try:
         channels = _channels(attrs.get("via"))
     except SiteError as err:
@@ -233,10 +382,90 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
     return [ClaimEdge(s.id, d.id, c, positions) for c in sorted(channels, key=order.__getitem__)]
 
 
+# --- whole-claim and data checks, before any work ------------------------------------------------------
+
+def check_paths(claim: Claim) -> None:
+    """Every node with claimed inputs must be reached by a path from an input (``embed`` or ``pos``).
+
+    A node without in-edges is legal (its inputs are all resampled). A node with in-edges none of whose
+    in-paths starts at an input reads only nodes computed on other data: the claim on it says nothing about
+    the input but changes the loss, so it is an error, reported at the first such node."""
+    where = f"{claim.origin}: "
+    g = nx.DiGraph()
+    g.add_nodes_from(n.id for n in claim.nodes)
+    g.add_edges_from((e.source, e.target) for e in claim.edges)
+    reached = {n.id for n in claim.nodes if isinstance(n.component, (Embed, Pos))}
+    for node_id in nx.topological_sort(g):
+        preds = list(g.predecessors(node_id))
+        if not preds or node_id in reached:
+            continue
+        if any(p in reached for p in preds):
+            reached.add(node_id)
+            continue
+        starts = sorted(a for a in nx.ancestors(g, node_id) if g.in_degree(a) == 0)
+        named = ", ".join(repr(a) for a in starts)
+        raise HypothesisError(
+            f"{where}node {node_id!r} has claimed inputs, but none of its paths starts at an input ('embed' or 'pos'): "
+            f"they start at {named}, which {'has' if len(starts) == 1 else 'have'} no claimed inputs and so "
+            f"{'is' if len(starts) == 1 else 'are'} computed entirely on another datum; claim an input of {starts[0]!r} "
+            f"(e.g. an edge from 'embed'), or remove the edges into {node_id!r} to resample all its inputs")
+
+
+def check_on(claim: Claim, tokens: Tensor) -> None:
+    """Check a claim before a run: its paths start at inputs (``check_paths``), and every feature and every
+    positions function, evaluated once on ``tokens`` [batch, seq] (e.g. the first batch), returns integer
+    codes with one row per example, or a bool mask [batch, seq]. Raises ``HypothesisError`` naming the file,
+    the node or edge, and the fix."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype.is_floating_point:
+        raise ValueError("check_on(claim, tokens): tokens are the integer token ids of a batch, [batch, seq]")
+    check_paths(claim)
+    where = f"{claim.origin}: "
+    for node in claim.nodes:
+        if node.feature is not None:
+            try:
+                node.feature.codes(tokens)
+            except FeatureError as err:
+                raise HypothesisError(f"{where}node {node.id!r}: {err}") from None
+    seen: set[int] = set()
+    for e in claim.edges:
+        if e.positions is None or id(e.positions) in seen:
+            continue
+        seen.add(id(e.positions))
+        fn = e.positions
+        if not isinstance(fn, CheckedPositions):
+            fn = CheckedPositions(fn, f"{where}edge {e.source!r} -> {e.target!r}")
+        fn(tokens)
+
+
 # --- hypothesis files ----------------------------------------------------------------------------------
 
+def _where_in(path: Path, err: BaseException) -> str:
+    """``path:line`` of the deepest frame of ``err``'s traceback that is in ``path`` (``path`` if none)."""
+    target = str(path.resolve())
+    line = None
+    for frame in traceback.extract_tb(err.__traceback__):
+        with contextlib.suppress(OSError):
+            if str(Path(frame.filename).resolve()) == target:
+                line = frame.lineno
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def _raised(path: Path, err: Exception, doing: str) -> HypothesisError:
+    if isinstance(err, SyntaxError):  # also a syntax error in a module the file imports
+        file = err.filename or str(path)
+        text = f"{err.msg}" + (f": {err.text.strip()}" if err.text and err.text.strip() else "")
+        return HypothesisError(f"{file}:{err.lineno}: {type(err).__name__} while {doing}: {text}; fix the file")
+    if isinstance(err, HypothesisError):
+        return HypothesisError(f"{_where_in(path, err)}: {err}")
+    return HypothesisError(f"{_where_in(path, err)}: {doing} raised {one_line(err)}")
+
+
 def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
-    """Import a hypothesis file, call its ``hypothesis(model)`` and validate the graph it returns."""
+    """Import a hypothesis file, call its ``hypothesis(model)`` and validate the graph it returns.
+
+    Errors (syntax, an exception while importing or inside ``hypothesis``, a wrong signature, a bad graph)
+    are one-line ``HypothesisError``s naming the file and, where there is one, the line. Whatever the file
+    prints goes to stderr, so stdout stays the command's output."""
     path = Path(path)
     if not path.is_file():
         raise HypothesisError(f"no hypothesis file at {path}: pass a .py file that defines hypothesis(model)")
@@ -250,7 +479,10 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
     extra = [str(path.resolve().parent), str(path.resolve().parent.parent)]
     sys.path[:0] = extra
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(sys.stderr):
+            spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - whatever the file raises becomes one line naming file and line
+        raise _raised(path, err, "importing the file") from None
     finally:
         sys.modules.pop(module_name, None)
         for entry in extra:
@@ -258,6 +490,20 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
     fn = getattr(module, "hypothesis", None)
     if not callable(fn):
         raise HypothesisError(f"{path}: defines no function hypothesis(model) -> networkx.DiGraph; add one")
-    graph = fn(model)
+    try:
+        inspect.signature(fn).bind(model)
+    except TypeError:
+        line = getattr(getattr(fn, "__code__", None), "co_firstlineno", None)
+        raise HypothesisError(f"{path}{f':{line}' if line else ''}: hypothesis{inspect.signature(fn)} cannot be called "
+                              f"with the model; write def hypothesis(model): (scrub calls it with the model as its one "
+                              f"argument)") from None
+    except ValueError:  # no signature to inspect (a builtin): just call it
+        pass
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            graph = fn(model)
+    except Exception as err:  # noqa: BLE001 - as above
+        raise _raised(path, err, "hypothesis(model)") from None
     claim = validate(graph, model, origin=str(path))
+    check_paths(claim)
     return replace(claim, description=(module.__doc__ or "").strip())

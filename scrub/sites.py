@@ -93,43 +93,58 @@ _HEAD = re.compile(r"^(\d+)\.(\d+)$")
 _MLP = re.compile(r"^mlp\.(\d+)$")
 
 
-def parse_component(name: str | Component, cfg: HookedTransformerConfig) -> Component:
-    """Turn ``"1.6"``, ``"mlp.0"``, ``"embed"``, ``"pos"`` or ``"logits"`` into a component of this model."""
+def parse_component(name: str | Component, cfg: HookedTransformerConfig, *, strict: bool = False) -> Component:
+    """Turn ``"1.6"``, ``"mlp.0"``, ``"embed"``, ``"pos"`` or ``"logits"`` into a component of this model.
+
+    Surrounding spaces and leading zeros are forgiven (``" 1.06"`` reads as ``"1.6"``) unless ``strict``:
+    hypothesis graphs use names as node ids, so there a component has exactly one spelling, ``str(component)``.
+    """
     if isinstance(name, (Head, Mlp, Embed, Pos, Logits)):
         name = str(name)
-    text = str(name).strip()
-    if text == "embed":
-        return Embed()
-    if text == "logits":
-        return Logits()
-    if text == "pos":
-        if cfg.positional_embedding_type not in ("standard", "shortformer"):
-            raise SiteError(f"'pos' names a learned positional embedding; this model uses {cfg.positional_embedding_type!r}")
-        return Pos()
-    if m := _HEAD.match(text):
-        layer, head = int(m[1]), int(m[2])
-        if layer >= cfg.n_layers or head >= cfg.n_heads:
-            raise SiteError(
-                f"unknown head {text!r}: this model has {cfg.n_layers} layers x {cfg.n_heads} heads, "
-                f"so heads run from '0.0' to '{cfg.n_layers - 1}.{cfg.n_heads - 1}'"
-            )
-        return Head(layer, head)
-    if m := _MLP.match(text):
-        layer = int(m[1])
+    if not isinstance(name, str):
+        raise SiteError(f"a component name is a string such as '1.6' or 'mlp.0', got {type(name).__name__} {name!r}")
+    text = name.strip()
+    lower = text.lower()
+    if lower in ("embed", "logits", "pos"):
+        component: Component = {"embed": Embed(), "logits": Logits(), "pos": Pos()}[lower]
+    elif m := _HEAD.match(text):
+        component = Head(int(m[1]), int(m[2]))
+    elif m := _MLP.match(lower):
+        component = Mlp(int(m[1]))
+    else:
+        raise SiteError(
+            f"cannot read component name {text!r}: write 'embed', 'pos', a head as 'LAYER.HEAD' (e.g. '1.6'), "
+            f"an MLP as 'mlp.LAYER' (e.g. 'mlp.0'), or 'logits'"
+        )
+    canonical = str(component)
+    if name != canonical and (strict or lower != text):
+        raise SiteError(f"{name!r} is not how this component is written: write {canonical!r} (one spelling: no "
+                        f"spaces, no leading zeros, lower case)")
+    if isinstance(component, Pos) and cfg.positional_embedding_type not in ("standard", "shortformer"):
+        raise SiteError(f"'pos' names a learned positional embedding; this model uses {cfg.positional_embedding_type!r}")
+    if isinstance(component, Head) and (component.layer >= cfg.n_layers or component.head >= cfg.n_heads):
+        raise SiteError(
+            f"unknown head {canonical!r}: this model has {cfg.n_layers} layers x {cfg.n_heads} heads, "
+            f"so heads run from '0.0' to '{cfg.n_layers - 1}.{cfg.n_heads - 1}'"
+        )
+    if isinstance(component, Mlp):
         if cfg.attn_only:
-            raise SiteError(f"unknown component {text!r}: this model is attention-only and has no MLPs")
-        if layer >= cfg.n_layers:
-            raise SiteError(f"unknown MLP {text!r}: this model has {cfg.n_layers} layers ('mlp.0' to 'mlp.{cfg.n_layers - 1}')")
-        return Mlp(layer)
-    raise SiteError(
-        f"cannot read component name {text!r}: write 'embed', 'pos', a head as 'LAYER.HEAD' (e.g. '1.6'), "
-        f"an MLP as 'mlp.LAYER' (e.g. 'mlp.0'), or 'logits'"
-    )
+            raise SiteError(f"unknown component {canonical!r}: this model is attention-only and has no MLPs")
+        if component.layer >= cfg.n_layers:
+            raise SiteError(f"unknown MLP {canonical!r}: this model has {cfg.n_layers} layers "
+                            f"('mlp.0' to 'mlp.{cfg.n_layers - 1}')")
+    return component
 
 
 def parse_channel(value: str | Channel) -> Channel:
+    """``"q"``, ``"k"``, ``"v"`` (any case) or ``"in"`` into a ``Channel``."""
+    if isinstance(value, Channel):
+        return value
+    if not isinstance(value, str):
+        raise SiteError(f"unknown input channel {value!r} ({type(value).__name__}): heads take 'q', 'k' or 'v', "
+                        f"written as a string such as via='k' or via='qk'")
     try:
-        return Channel(value.value if isinstance(value, Channel) else str(value).lower())
+        return Channel(value.strip().lower())
     except ValueError:
         raise SiteError(f"unknown input channel {value!r}: heads take 'q', 'k' or 'v'") from None
 

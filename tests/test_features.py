@@ -71,3 +71,20 @@ def test_feature_row_count_is_checked():
         assert "returned 1 rows for 3 sequences" in str(err)
     else:
         raise AssertionError
+
+
+def test_feature_factories_must_be_called_and_codes_must_be_integers():
+    import pytest
+
+    from scrub.features import FeatureError
+
+    with pytest.raises(TypeError, match=r"feature=current_token is a function that makes a feature.*current_token\(\)"):
+        as_feature(current_token)
+    tokens = torch.tensor([[1, 2], [3, 4]])
+    with pytest.raises(FeatureError, match="returned float32 codes"):
+        Feature("mean", lambda t: t.float().mean(1)).codes(tokens)
+    with pytest.raises(FeatureError, match="returned a Python int"):
+        Feature("three", lambda t: 3).codes(tokens)
+    with pytest.raises(FeatureError, match="failed on tokens of shape \\[2, 2\\]: IndexError"):
+        Feature("far", lambda t: t[:, 9]).codes(tokens)
+    assert Feature("odd", lambda t: t[:, 0] % 2 == 1).codes(tokens).tolist() == [[1], [1]]  # bool codes are classes
