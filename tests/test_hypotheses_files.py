@@ -15,7 +15,9 @@ from scrub.hypothesis import full_graph, load_hypothesis, validate
 from scrub.model import SHIPPED_DIR, ArchSpec, load_model
 from scrub.scores import HeadScores
 
-FILES = sorted(p for p in (Path(__file__).resolve().parents[1] / "hypotheses").glob("*.py") if not p.name.startswith("_"))
+HYPOTHESES = Path(__file__).resolve().parents[1] / "hypotheses"
+IOI = HYPOTHESES / "ioi_shape.py"  # names GPT-2 small's heads: tested on a 12 x 12 model below
+FILES = sorted(p for p in HYPOTHESES.glob("*.py") if not p.name.startswith("_") and p != IOI)
 
 
 @pytest.fixture(scope="module", params=["random", "shipped"])
@@ -92,3 +94,26 @@ def test_roles_fall_back_to_top_scorers():
     prefix = torch.tensor([[0.0] * 4, [0.0, 0.1, 0.3, 0.2]])
     roles = roles_from_scores(_scores(prefix, z - 1, torch.tensor([[0.1, 0.0, 0.2, 0.0], [0.0] * 4])), z)
     assert roles.induction == ("1.2",) and roles.previous_token == "0.2" and len(roles.fallbacks) == 2
+
+
+def test_ioi_shape_on_a_12_by_12_model(model_and_roles):
+    """The IOI-shaped claim loads on any 12 x 12 model, claims exactly the circuit's paths into its heads, runs
+    (every other path kept), and refuses a smaller model with one line."""
+    from hypotheses import ioi_shape
+    from scrub.experiment import run
+    from tests.helpers import tiny_model
+
+    small, _ = model_and_roles
+    with pytest.raises(ValueError, match="12 layers x 12 heads"):
+        load_hypothesis(IOI, small)
+    model = tiny_model(n_layers=12, n_heads=12, attn_only=False, pos="standard", n_ctx=10)
+    claim = load_hypothesis(IOI, model)
+    assert len(claim.description) > 40 and claim.root == "logits"
+    into = lambda head: {(e.source, e.channel.value) for e in claim.inputs_of(head)}  # noqa: E731
+    assert into("5.5") == {(h, "k") for h in ioi_shape.PREVIOUS_TOKEN}
+    assert into("7.3") == {(h, "v") for h in ioi_shape.INDUCTION + ioi_shape.DUPLICATE_TOKEN}
+    assert into("9.9") == {(h, "q") for h in ioi_shape.S_INHIBITION} | {("embed", "k"), ("embed", "v")}
+    assert len(into("2.2")) == len(into("2.3")) > 20  # the previous-token heads keep all their inputs
+    tokens = torch.randint(0, 20, (4, 10), generator=torch.Generator().manual_seed(0))
+    result = run(model, claim, tokens, progress=False, n_bootstrap=20)
+    assert result.loss_scrubbed != result.loss_clean
