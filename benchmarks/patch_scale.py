@@ -10,9 +10,9 @@ samples of those paths and extrapolated to all of them (the script says so); the
 are computed once and their time is added to the extrapolation. Agreement of the sampled paths with the
 matrix is printed. Not part of the test run. Usage:
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/patch_scale.py                # both models (~10 min)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/patch_scale.py                # both models (~6 min)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/patch_scale.py --skip gpt2    # shipped model only (~1 min)
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/patch_scale.py --mlps         # also time the matrix with MLPs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/patch_scale.py --mlps         # and the matrix with MLPs (+6 min)
 """
 
 from __future__ import annotations

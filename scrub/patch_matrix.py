@@ -9,11 +9,13 @@ A path ``s -> R:c -> logits`` changes exactly one thing downstream of the clean 
   Δ_s comes straight from the clean run on cat([reference, corrupted]) (``CleanRun.out``);
 * ``ln1(resid + Δ_s)`` is computed once per sender and shared by every receiver head of the layer and
   every channel; the two unpatched channels read the shared clean ``ln1(resid)``;
-* ``compute.heads_z_normed`` recomputes the receivers' attention for a chunk of (sender, receiver) copies
-  (the only attention maths; rotary/GQA support lands there), and Δz_R = z_patched - z_clean;
+* ``compute.heads_z_normed`` recomputes the receivers' attention (the only attention maths: rotary, GQA,
+  soft-capping live there) for a chunk of (sender, receiver) copies, up to the last scored position only,
+  and Δz_R = z_patched - z_clean;
 * Δz_R reaches the logits in factored form at the metric's positions only (``_Unembed``): the clean final
   residual is unembedded once, each path adds Δz_R @ (W_O[R] Ã) (d_head wide), and the LayerNorm scale of
-  the patched residual comes from d_head-wide products with precomputed W_O[R]-Gram terms;
+  the patched residual comes from d_head-wide products with precomputed W_O[R]-Gram terms; the same product
+  subtracts each row's clean max logit, so the loss needs no max pass of its own (``_Matrix.values``);
 * MLP receivers are recomputed with ``compute.mlp_forward`` at the metric's positions only (an MLP acts
   position by position); their change, like an MLP sender's direct path, is unembedded d_model wide.
 
