@@ -2,7 +2,7 @@
 
 Owns ``PatchPath`` (a sender's route to the logits through named receiver inputs), the tree and data
 assignments that patch a set of paths, the sender x receiver effect matrix (``patch_matrix``, computed by
-the vectorised single-edge code in ``scrub/patch_matrix.py``), the metrics it reports and
+the vectorised single-edge code in ``scrub/path_matrix.py``), the metrics it reports and
 ``hooked_patch_logits``, a literal TransformerLens-hook implementation used by the tests and benchmarks.
 Any set of paths goes through the tree engine: it becomes a ``TreeNode`` tree in which every copy on a
 patched path claims the next copy towards the sender, the sender's copy reads the corrupted datum and
@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 
 from scrub.compute import CleanRun, check_supported, clean_run
 from scrub.engine import evaluate_many
-from scrub.patch_matrix import matrix_values
+from scrub.path_matrix import matrix_values
 from scrub.sites import (
     HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, hook_name,
     parse_channel, parse_component,

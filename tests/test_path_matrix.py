@@ -1,4 +1,4 @@
-"""The vectorised path-patching matrix (scrub/patch_matrix.py) equals the tree engine (``patch_effects``) and
+"""The vectorised path-patching matrix (scrub/path_matrix.py) equals the tree engine (``patch_effects``) and
 literal TransformerLens hooks (``hooked_patch_logits``) path by path: heads only and with MLPs, every channel,
 both position kinds, with and without a final LayerNorm; and on the shipped model in float32."""
 
@@ -168,7 +168,7 @@ def test_bad_components_are_named():
 
 
 def test_chunking_does_not_change_the_result():
-    from scrub.patch_matrix import matrix_values
+    from scrub.path_matrix import matrix_values
     from scrub.patching import pair_run
 
     model = tiny_model(n_layers=3, n_heads=3, attn_only=False, pos="standard", dtype=torch.float64, seed=7)
@@ -243,7 +243,7 @@ def test_a_bad_row_constant_is_caught_and_the_chunk_redone(monkeypatch):
     logit overflow against it, the chunk is scored again from plain logits."""
     import sys
 
-    module = sys.modules["scrub.patch_matrix"]  # ``scrub.patch_matrix`` the attribute is the function
+    module = sys.modules["scrub.path_matrix"]
     model = tiny_model(n_layers=2, attn_only=False, pos="standard", dtype=torch.float64, seed=2)
     ref, cor = batches(6)
     metric = make_metric("loss", ref, cor, torch.arange(2, 9))

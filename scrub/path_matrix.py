@@ -5,7 +5,7 @@ A path ``s -> R:c -> logits`` changes exactly one thing downstream of the clean 
 Δ_s = out_s(corrupted) - out_s(reference), and R's changed output reaches the final residual directly
 (everything else is frozen at its clean value). So, per receiver layer:
 
-* the clean residual R reads is computed once (``_Residuals``, from ``Structure.residual_senders``);
+* the clean residual R reads comes from ``CleanRun.resid_before`` (summed once per run);
   Δ_s comes straight from the clean run on cat([reference, corrupted]) (``CleanRun.out``);
 * ``ln1(resid + Δ_s)`` is computed once per sender and shared by every receiver head of the layer and
   every channel; the two unpatched channels read the shared clean ``ln1(resid)``;
@@ -22,7 +22,7 @@ A path ``s -> R:c -> logits`` changes exactly one thing downstream of the clean 
 Each path then costs about one head recomputation, one d_head x d_vocab product and the metric. The
 metric sees [paths, batch, n_pos, d_vocab] logits in one call when it has a ``many`` method
 (``patching.Metric`` does), else it is called once per path. Results equal ``patching.patch_effects`` (the
-tree engine) and ``patching.hooked_patch_logits`` (literal hooks); see tests/test_patch_matrix.py.
+tree engine) and ``patching.hooked_patch_logits`` (literal hooks); see tests/test_path_matrix.py.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ class _Matrix:
         self.structure = Structure.of(model)
         self.n = clean.tokens.shape[0] // 2
         self.positions = positions.to(clean.tokens.device)  # [n_pos]
-        self.residuals = _Residuals(clean, self.structure, self.n)
-        self.out = _Unembed(model, self.residuals.before(self.structure.receivers[-1])[:, self.positions])
+        self.out = _Unembed(model, clean.resid_before(self.structure.receivers[-1])[: self.n, self.positions])
         self.per_call = max(1, unembed_budget // (self.n * len(self.positions) * self.out.d_vocab))
         self.score = _Score(metric)
         self.centre = self.score.centred and self.out.factored is not None  # see ``values``
@@ -137,7 +136,7 @@ class _Matrix:
         n_r = len(cols)
         ln1 = self.model.blocks[layer].ln1
         seq = int(positions.max()) + 1  # causal attention: later positions change no scored query
-        resid = self.residuals.before(self.receivers[cols[0]])[:, :seq]  # [n, seq, d_model]
+        resid = self.clean.resid_before(self.receivers[cols[0]])[: self.n, :seq]  # [n, seq, d_model]
         _, seq, d_model = resid.shape
         pos = self.clean.pos[0, :seq] if self.structure.pos == "shortformer" else None  # [seq, d_model]
         normed = normalise(ln1, resid)  # [n, seq, d_model]: the clean input of every channel
@@ -179,7 +178,7 @@ class _Matrix:
         if not rows:
             return
         receiver, n, positions = self.receivers[j], self.n, self.positions
-        resid = self.residuals.before(receiver)[:, positions]  # [n, n_pos, d_model]
+        resid = self.clean.resid_before(receiver)[: self.n, positions]  # [n, n_pos, d_model]
         mlp_clean = mlp_forward(self.model, receiver.layer, resid[None])  # [1, n, n_pos, d_model]
         width = max(self.model.cfg.d_mlp or 0, resid.shape[-1])
         chunk = max(1, self.budget // (n * len(positions) * width))
@@ -208,35 +207,6 @@ def _delta(clean: CleanRun, sender: Component, n: int) -> Tensor:
 
 
 # --- clean residuals ----------------------------------------------------------------------------------
-
-class _Residuals:
-    """The clean residual each receiver reads on the reference rows, from ``Structure.residual_senders``."""
-
-    def __init__(self, clean: CleanRun, structure: Structure, n: int):
-        self.clean, self.structure, self.n = clean, structure, n
-        self.cache: dict[tuple, Tensor] = {}
-
-    def before(self, receiver: Component) -> Tensor:
-        """[n, seq, d_model], before the receiver's normalisation."""
-        sources = self.structure.residual_senders(receiver)
-        biases = self.structure.bias_layers(receiver)
-        key = (sources, biases)
-        if key not in self.cache:
-            clean, n = self.clean, self.n
-            resid = torch.zeros_like(clean.embed[:n])
-            by_layer: dict[int, list[int]] = {}
-            for s in sources:
-                if isinstance(s, Head):
-                    by_layer.setdefault(s.layer, []).append(s.head)
-                else:
-                    resid = resid + clean.out(s)[:n]
-            for layer, heads in by_layer.items():
-                resid = resid + clean.heads[layer][:n, :, heads].sum(2)
-            for layer in biases:
-                resid = resid + clean.attn_bias[layer]
-            self.cache[key] = resid
-        return self.cache[key]
-
 
 # --- the logits of one changed addend -------------------------------------------------------------------
 
