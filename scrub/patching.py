@@ -30,7 +30,7 @@ from scrub.compute import CleanRun, check_supported, clean_run
 from scrub.engine import evaluate_many
 from scrub.path_matrix import matrix_values
 from scrub.sites import (
-    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, all_heads, hook_name,
+    HEAD_CHANNELS, Channel, Component, Head, Logits, Mlp, SiteError, hook_name,
     parse_channel, parse_component,
 )
 from scrub.structure import Structure
@@ -82,8 +82,10 @@ def parse_path(text: str, model: HookedTransformer) -> PatchPath:
             channel = Channel.IN
         else:
             raise SiteError(f"path {text!r}: {part!r} cannot receive a path step (use heads 'L.H:q|k|v' or 'mlp.L')")
-        if comp.depth <= prev.depth:
-            raise SiteError(f"path {text!r}: {comp} is not computed after {prev}, so {prev} cannot feed it")
+        structure = Structure.of(model)
+        if not structure.feeds(prev, comp, channel if isinstance(comp, Head) else None):
+            raise SiteError(f"path {text!r}: {comp} is not computed after {prev}, so {prev} cannot feed it "
+                            f"({structure.why_not(prev, comp, channel)})")
         via.append((comp, channel))
         prev = comp
     return PatchPath(sender, tuple(via))
@@ -323,11 +325,7 @@ def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
 
 def every_path_to_logits(model: HookedTransformer) -> list[PatchPath]:
     """One path per source straight into the logits: patching them all is running on the corrupted input."""
-    cfg = model.cfg
-    sources: list[Component] = [Embed()] + ([Pos()] if cfg.positional_embedding_type == "standard" else [])
-    for layer in range(cfg.n_layers):
-        sources += [h for h in all_heads(cfg) if h.layer == layer] + ([] if cfg.attn_only else [Mlp(layer)])
-    return [PatchPath(s) for s in sources]
+    return [PatchPath(s) for s in Structure.of(model).sources]
 
 
 def edge_paths(model: HookedTransformer, sender: Component, receiver: Component, channel: Channel,
@@ -335,11 +333,8 @@ def edge_paths(model: HookedTransformer, sender: Component, receiver: Component,
     """Every path that leaves ``sender`` through ``receiver``'s ``channel`` and then reaches the logits by any
     route: patching them all is edge patching (the receiver's changed output also flows through later
     components), as auto-circuit does. ``PatchPath(sender, ((receiver, channel),))`` alone is the direct path."""
-    cfg = model.cfg
-    later: list[tuple[Component, Channel]] = []
-    for layer in range(cfg.n_layers):
-        later += [(h, c) for h in all_heads(cfg) if h.layer == layer for c in HEAD_CHANNELS]
-        later += [] if cfg.attn_only else [(Mlp(layer), Channel.IN)]
+    structure = Structure.of(model)
+    later = [(r, c) for r in structure.receivers[:-1] for c in structure.channels(r)]
     out: list[PatchPath] = []
 
     def extend(via: tuple[tuple[Component, Channel], ...]) -> None:
@@ -347,7 +342,7 @@ def edge_paths(model: HookedTransformer, sender: Component, receiver: Component,
             raise ValueError(f"more than {limit} paths continue from {sender} -> {receiver}:{channel.value}")
         out.append(PatchPath(sender, via))
         for comp, chan in later:
-            if comp.depth > via[-1][0].depth:
+            if structure.feeds(via[-1][0], comp, chan):
                 extend(via + ((comp, chan),))
 
     extend(((receiver, channel),))
