@@ -10,6 +10,8 @@ position has no label; ``loss_mask`` removes it before a mask is used to average
 
 from __future__ import annotations
 
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,43 @@ def load_val_tokens(path: str | Path = VAL_TOKENS_PATH) -> torch.Tensor:
     return torch.from_numpy(np.load(path).astype(np.int64))  # [stream]
 
 
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that may still be allocated on ``device`` (free GPU memory, or the system's available memory);
+    None when it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needed: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
+    """``ValueError`` if about ``needed`` bytes exceed the memory ``device`` has available: a guard against sizes
+    that cannot fit (which would otherwise fail deep in torch, or swap for hours), not a measurement."""
+    have = available_memory(device)
+    if have is not None and needed > have:
+        raise ValueError(f"{what} needs about {_size(needed)} of memory but {_size(have)} is available; {fix}")
+
+
+def _size(n: int) -> str:
+    gb = n / 2**30
+    return f"{gb:,.0f} GB" if gb >= 100 else f"{gb:.3g} GB" if gb >= 0.125 else f"{n / 2**20:.3g} MB"
+
+
+def _check_count(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be a whole number ≥ {low} (got {value!r})")
+
+
 def check_length(tokens: torch.Tensor | int, model: HookedTransformer) -> None:
     """Raise ``ValueError`` if a batch (or a length) does not fit in the model's context window."""
     length = tokens if isinstance(tokens, int) else int(tokens.shape[-1])
@@ -48,8 +87,9 @@ def natural_batch(n: int, seq_len: int = 128, *, seed: int = 0, tokens: torch.Te
     replacement (seeded); only when ``n`` exceeds the number of tiles are random, possibly overlapping
     starts added. ``tokens`` overrides the stream (1-D); by default it is ``scrub/assets/val_tokens.npy``.
     """
-    if n < 1 or seq_len < 2:
-        raise ValueError(f"natural_batch needs n ≥ 1 and seq_len ≥ 2 (got n={n}, seq_len={seq_len})")
+    _check_count("natural_batch: n", n, 1)
+    _check_count("natural_batch: seq_len", seq_len, 2)
+    check_memory(4 * 8 * n * seq_len, f"{n} windows of {seq_len} tokens", "ask for fewer or shorter windows")
     stream = load_val_tokens() if tokens is None else torch.as_tensor(tokens, dtype=torch.long).flatten()
     body = seq_len - 1
     if body > len(stream):
@@ -108,8 +148,10 @@ def repeated_random_tokens(n: int, length: int, repeats: int = 2, *, seed: int =
     Returns ``LongTensor[n, 1 + length * repeats]``; repeat ``r`` (0-based) occupies positions
     ``1 + r*length`` to ``(r+1)*length``.
     """
-    if n < 1 or length < 1 or repeats < 1:
-        raise ValueError(f"repeated_random_tokens needs n, length, repeats ≥ 1 (got {n}, {length}, {repeats})")
+    for name, value in (("n", n), ("length", length), ("repeats", repeats)):
+        _check_count(f"repeated_random_tokens: {name}", value, 1)
+    check_memory(3 * 8 * n * (1 + length * repeats), f"{n} sequences of 1 + {length} x {repeats} tokens",
+                 "ask for fewer or shorter sequences")
     allowed = allowed_random_tokens(vocab_size, bos_id=bos_id, exclude_common=exclude_common, tokens=tokens)
     gen = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, len(allowed), (n, length), generator=gen)  # [n, length]

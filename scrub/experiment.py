@@ -4,12 +4,24 @@ Streams the dataset in batches; per batch it does one clean forward pass, draws 
 copy (sampling from the other examples of that batch), evaluates the hypothesis and the baseline with
 the engine, and keeps per-example losses at the scored positions. Under torchrun the batches are shared
 out across the processes (``scrub.distributed``) and every process returns the one-process result.
+
+Every argument is checked before any work (``RunInputError``, a ``ValueError``: one line naming the problem
+and the fix): the model, the token ids (integers inside the vocabulary, at least two distinct examples of at
+least two tokens), the seed, the batch size, the positions (at least one must be scored), the baseline (not
+the hypothesis object or file itself), the claims on the first batch (``hypothesis.check_on``) and the
+memory a batch needs against what the machine has. What can only be seen in the numbers is reported in
+``ScrubResult.warnings`` (the baseline not clearly worse than the clean run, a baseline equal to the
+hypothesis, examples without a scored position, nodes whose feature draws returned the datum itself for
+more than ``SELF_DRAW_WARNING`` of rows); a baseline exactly as good as the clean run makes loss recovered
+0/0 and raises ``UndefinedRecoveryError``. No example is dropped for the batching: a last batch of one
+example joins the one before.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +34,25 @@ from transformer_lens import HookedTransformer
 from scrub import distributed
 from scrub.compute import check_supported, clean_run
 from scrub.engine import evaluate
-from scrub.data import all_positions, induction_candidates
-from scrub.hypothesis import Claim, HypothesisError, empty_graph, load_hypothesis, validate
-from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, token_losses
+from scrub.data import all_positions, check_memory, induction_candidates
+from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load_hypothesis, validate
+from scrub.metrics import (
+    ExampleLosses, bootstrap_recovered, example_losses, recovered, recovery_warnings, token_losses,
+)
 from scrub.treeify import SamplingOptions, assign_data, treeify
 
 Positions = str | Callable[[Tensor], Tensor]
+
+MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch generators take 64 bits, and -1 would alias 2**64 - 1
+SELF_DRAW_WARNING = 0.1  # warn when a node's feature draws return the datum itself for more than this share
+
+
+class RunInputError(ValueError):
+    """An argument of ``run`` that cannot give a meaningful result; the message names the fix."""
+
+
+class UndefinedRecoveryError(ValueError):
+    """The baseline loss equals the clean loss, so loss recovered (a ratio over their difference) is undefined."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +73,8 @@ class ScrubResult:
     per_example_clean: tuple[float, ...]
     per_example_baseline: tuple[float, ...]
     per_example_scrubbed: tuple[float, ...]
+    warnings: tuple[str, ...] = ()  # what may make the numbers mean less than they say (see ``summary``)
+    self_draws: dict[str, float] = field(default_factory=dict)  # per hypothesis node: share of self feature draws
 
     def per_example_recovered(self) -> Tensor:
         """Loss recovered of each example alone (unstable where its baseline and clean losses are close)."""
@@ -55,17 +82,30 @@ class ScrubResult:
         return recovered(c, b, s)
 
     def to_dict(self, *, per_example: bool = False) -> dict:
+        """The fields as JSON-ready values (lists for tuples, None for a non-finite number)."""
         out = asdict(self)
         if not per_example:
             for key in ("per_example_clean", "per_example_baseline", "per_example_scrubbed"):
                 out.pop(key)
-        return out
+        return {key: _plain(value) for key, value in out.items()}
 
     def summary(self) -> str:
-        return (f"{self.hypothesis} vs {self.baseline}: loss recovered {self.loss_recovered:.3f} "
+        """The headline line, then one line per warning, each starting with "warning:"."""
+        line = (f"{self.hypothesis} vs {self.baseline}: loss recovered {self.loss_recovered:.3f} "
                 f"[95% CI {self.ci_low:.3f}, {self.ci_high:.3f}]  (clean {self.loss_clean:.4f}, "
                 f"baseline {self.loss_baseline:.4f}, scrubbed {self.loss_scrubbed:.4f}; "
                 f"{self.n_examples} examples, {self.n_tokens} tokens)")
+        return "\n".join([line] + [f"warning: {w}" for w in self.warnings])
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def as_claim(hypothesis: Claim | nx.DiGraph | str | Path, model: HookedTransformer, *, name: str = "graph") -> Claim:
@@ -83,87 +123,232 @@ def as_claim(hypothesis: Claim | nx.DiGraph | str | Path, model: HookedTransform
 def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
     """Which prediction positions are scored: [batch, seq-1] bool."""
     if callable(positions):
-        mask = positions(tokens)
+        name = getattr(positions, "__name__", "positions")
+        try:
+            mask = positions(tokens)
+        except Exception as err:  # the caller's function: one line saying which and why
+            raise RunInputError(f"the positions function {name!r} failed on tokens of shape {list(tokens.shape)}: "
+                                f"{type(err).__name__}: {err}") from err
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
+            got = (f"a {str(mask.dtype).replace('torch.', '')} tensor of shape {list(mask.shape)}"
+                   if isinstance(mask, Tensor) else f"a {type(mask).__name__}")
+            raise RunInputError(f"the positions function {name!r} returned {got}: it must return a bool mask of the "
+                                f"tokens' shape {list(tokens.shape)} (e.g. a comparison, or mask.bool())")
     elif positions == "all":
         mask = all_positions(tokens)
     elif positions == "candidates":
         mask = induction_candidates(tokens)  # the current token occurred before: induction can help
     else:
-        raise ValueError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, got {positions!r}")
+        raise RunInputError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, got {positions!r}")
     return mask[:, :-1]
 
 
+def _check_model(model: object) -> None:
+    if not isinstance(model, HookedTransformer):
+        hint = (f"load it first: scrub.run(scrub.load_model({model!r}), ...)" if isinstance(model, (str, Path))
+                else "load one with scrub.load_model(name or checkpoint directory)")
+        raise RunInputError(f"model must be a TransformerLens HookedTransformer, got {type(model).__name__}; {hint}")
+
+
 def _check_tokens(model: HookedTransformer, data: Tensor) -> Tensor:
-    if not isinstance(data, Tensor) or data.dim() != 2:
-        raise ValueError("data must be a LongTensor of token ids [n_examples, seq]")
-    if data.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"sequences of length {data.shape[1]} are longer than the model's n_ctx {model.cfg.n_ctx}; "
-                         f"use sequences of at most {model.cfg.n_ctx} tokens")
-    if data.numel() and (int(data.max()) >= model.cfg.d_vocab or int(data.min()) < 0):
-        raise ValueError(f"token id {int(data.max())} is outside the model's vocabulary of {model.cfg.d_vocab}: "
-                         f"was the data made with another tokenizer?")
-    if data.shape[0] < 2:
-        raise ValueError("need at least 2 examples: resampling draws inputs from the other examples")
+    if not isinstance(data, Tensor):
+        raise RunInputError(f"data must be a torch tensor of token ids [n_examples, seq], got {type(data).__name__}; "
+                            f"convert it with torch.as_tensor(data, dtype=torch.long)")
+    if data.dim() != 2:
+        raise RunInputError(f"data must be a LongTensor of token ids [n_examples, seq], got shape {list(data.shape)}"
+                            + ("; add the batch dimension with data[None]" if data.dim() == 1 else ""))
+    if data.dtype == torch.bool or data.is_floating_point() or data.is_complex():
+        raise RunInputError(f"token ids must be integers, got a {str(data.dtype).replace('torch.', '')} tensor "
+                            f"(scrub never rounds ids); convert whole-number ids with data.long()")
+    n, seq = data.shape
+    if n < 2:
+        raise RunInputError(f"need at least 2 examples, got {n}: resampling draws inputs from the other examples")
+    if seq < 2:
+        raise RunInputError(f"sequences of length {seq} have no next token to predict: the loss needs at least 2 "
+                            f"tokens per example (position t predicts token t+1)")
+    if seq > model.cfg.n_ctx:
+        raise RunInputError(f"sequences of length {seq} are longer than the model's n_ctx {model.cfg.n_ctx}; "
+                            f"use sequences of at most {model.cfg.n_ctx} tokens")
+    bad = (data < 0) | (data >= model.cfg.d_vocab)  # [n, seq]
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise RunInputError(f"token id {int(data[row, col])} (example {row}, position {col}; {int(bad.sum())} such ids) "
+                            f"is outside the model's vocabulary of {model.cfg.d_vocab} (ids 0..{model.cfg.d_vocab - 1}): was the data made with "
+                            f"another tokenizer?")
+    if bool((data == data[:1]).all()):
+        raise RunInputError(f"all {n} examples are the same sequence: every resampled input equals the clean one, so "
+                            f"there is nothing to measure; use distinct examples")
     return data.long()
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is a whole number in 0..MAX_SEED, else ``RunInputError``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RunInputError(f"{name} must be a whole number (0 to 2**63 - 1), got {seed!r}: runs are reproducible "
+                            f"only from a given seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise RunInputError(f"{name} must be between 0 and 2**63 - 1, got {seed}")
+    return seed
+
+
+def check_batch_size(batch_size: object, name: str = "batch_size") -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise RunInputError(f"{name} must be a whole number ≥ 2, got {batch_size!r}: resampling draws inputs from "
+                            f"the other examples of the same batch (default 32)")
+    return batch_size
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of every batch: ``batch_size`` examples each; a last batch of a single example (which
+    could draw from no other) joins the one before, so no example is dropped."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def batch_memory(cfg, batch_size: int, seq_len: int) -> int:
+    """About how many bytes one batch of ``run`` needs at its peak: the clean run's component outputs, the
+    clean, scrubbed and baseline logits and a log-softmax, and attention patterns. A guard against sizes
+    that cannot fit, not a measurement."""
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    per_position = 4 * cfg.d_vocab + cfg.n_layers * (cfg.n_heads + 4) * cfg.d_model + 2 * cfg.n_heads * seq_len
+    return batch_size * seq_len * per_position * itemsize
+
+
+def _same_claim(a: Claim, b: Claim) -> bool:
+    """Whether two claims are the same graph (same nodes, features and edges; names aside)."""
+    return a.nodes == b.nodes and set(a.edges) == set(b.edges)
+
+
+def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap) -> None:
+    check_seed(seed)
+    check_batch_size(batch_size)
+    if not isinstance(options, SamplingOptions):
+        raise RunInputError(f"options must be a scrub.SamplingOptions, got {type(options).__name__}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise RunInputError(f"n_bootstrap must be a whole number ≥ 1, got {n_bootstrap!r}")
+    if baseline is not None and (baseline is hypothesis or (
+            isinstance(baseline, (str, Path)) and isinstance(hypothesis, (str, Path))
+            and Path(baseline).resolve() == Path(hypothesis).resolve())):
+        raise RunInputError("the baseline is the hypothesis itself: scrubbed and baseline losses would be equal and "
+                            "loss recovered 0 (or 0/0); pass another baseline, or none for the empty hypothesis")
 
 
 @torch.no_grad()
 def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, data: Tensor, *,
         baseline: Claim | nx.DiGraph | str | Path | None = None, positions: Positions = "all", seed: int = 0,
         batch_size: int = 32, options: SamplingOptions = SamplingOptions(), device: str | None = None,
-        n_bootstrap: int = 1000, progress: bool = True) -> ScrubResult:
+        n_bootstrap: int = 1000, progress: bool = True, self_draw_warning: float = SELF_DRAW_WARNING) -> ScrubResult:
     """Scrub ``hypothesis`` on ``data`` [n, seq] and report loss recovered against ``baseline``
     (default: the empty hypothesis, every path resampled).
+
+    Data are cut into batches of ``batch_size`` (a last batch of one example joins the one before). Every
+    argument is checked before any work (``RunInputError``); the result's ``warnings`` say what may make
+    its numbers mean less than they say, e.g. a node whose feature draws returned the datum itself for more
+    than ``self_draw_warning`` of rows.
 
     The model stays where it is: the run uses its device (``device``, if given, must match it). Launched by
     torchrun, every process calls ``run`` with the same arguments; batch ``i`` is evaluated by rank
     ``i % world_size`` and every rank returns the result one process would (draws depend only on ``seed``
     and the batch index)."""
+    _check_model(model)
+    _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap)
+    if not 0 <= self_draw_warning <= 1:
+        raise RunInputError(f"self_draw_warning is a share of rows, between 0 and 1 (got {self_draw_warning!r})")
     check_supported(model)
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device) != model_device:
-        raise ValueError(f"the model is on {model_device} but device={device!r}; move it first with "
-                         f"model.to({device!r}) (scrub never moves or changes your model)")
+        raise RunInputError(f"the model is on {model_device} but device={device!r}; move it first with "
+                            f"model.to({device!r}) (scrub never moves or changes your model)")
     device = model_device
     data = _check_tokens(model, data)
     claim = as_claim(hypothesis, model)
-    base = as_claim(baseline if baseline is not None else empty_graph(), model, name="empty")
+    base = as_claim(empty_graph(), model, name="empty") if baseline is None else as_claim(baseline, model, name="baseline")
+    same = _same_claim(claim, base)  # a sanity anchor (e.g. the empty hypothesis against the empty baseline)
+    bounds = batch_bounds(data.shape[0], batch_size)
+    largest = max(stop - start for start, stop in bounds)
+    check_memory(batch_memory(model.cfg, largest, data.shape[1]), f"a batch of {largest} x {data.shape[1]} tokens",
+                 "use a smaller batch_size (--batch-size) or shorter sequences (--seq-len)", device)
+    masks = [score_mask(data[start:stop].to(device), positions).cpu() for start, stop in bounds]  # [batch, seq-1] each
+    scored = torch.cat([m.sum(1) for m in masks])  # [n] scored positions per example
+    if int(scored.sum()) == 0:
+        how = positions if isinstance(positions, str) else "the positions function"
+        raise RunInputError(f"no position is scored: positions={how!r} selects none of the {data.shape[1] - 1} "
+                            f"prediction positions of any example"
+                            + ("; induction candidates need a token seen earlier in the sequence: use longer "
+                               "sequences (--seq-len) or positions='all'" if positions == "candidates" else ""))
+    first = data[bounds[0][0]:bounds[0][1]].to(device)
+    check_on(claim, first)
+    check_on(base, first)
     tree, base_tree = treeify(claim, options.unit), treeify(base, options.unit)
     current = distributed.setup(device)  # None for one process
-    done: list[tuple[int, tuple[dict[str, ExampleLosses], float]]] = []  # (batch index, (losses, self rate))
-    batches = distributed.shard(range(0, data.shape[0], batch_size), current)  # this rank's (i, start)
-    for i, start in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
-        tokens = data[start : start + batch_size].to(device)  # [batch, seq]
-        if tokens.shape[0] < 2:
-            continue
+    done: list[tuple[int, tuple]] = []  # (batch index, (losses, self rate, self draws, baseline self draws, rows))
+    batches = distributed.shard(bounds, current)  # this rank's (i, (start, stop))
+    for i, (start, stop) in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
+        tokens = data[start:stop].to(device)  # [batch, seq]
         clean = clean_run(model, tokens)
-        mask = score_mask(tokens, positions)  # [batch, seq-1]
+        mask = masks[i]  # [batch, seq-1]
         salt = f"batch{i}"
         scrub_data = assign_data(tree, tokens, seed=seed, salt=salt, options=options)
         base_data = assign_data(base_tree, tokens, seed=seed, salt=salt, options=options)  # common random numbers
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
-        losses = {key: example_losses(token_losses(logits, tokens).cpu(), mask.cpu())
+        losses = {key: example_losses(token_losses(logits, tokens).cpu(), mask)
                   for key, logits in (("clean", clean.logits), ("baseline", baselined), ("scrubbed", scrubbed))}
-        done.append((i, (losses, scrub_data.self_sample_rate())))
+        done.append((i, (losses, scrub_data.self_sample_rate(), scrub_data.self_draws(), base_data.self_draws(),
+                         stop - start)))
     check = None if current is None else (
         claim.name, base.name, tuple(data.shape), hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest(), seed,
         batch_size, options, positions if isinstance(positions, str) else "function", n_bootstrap)
     evaluated = distributed.gather(done, current, check=check)  # every rank's batches, in batch order
-    parts = {key: [losses[key] for losses, _ in evaluated] for key in ("clean", "baseline", "scrubbed")}
-    self_rates = [rate for _, rate in evaluated]
+    parts = {key: [part[0][key] for part in evaluated] for key in ("clean", "baseline", "scrubbed")}
+    rows = [part[4] for part in evaluated]
     joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v])) for k, v in parts.items()}
     keep = joined["clean"].count > 0
     joined = {k: ExampleLosses(v.total[keep], v.count[keep]) for k, v in joined.items()}
     lc, lb, ls = (joined[k].mean() for k in ("clean", "baseline", "scrubbed"))
+    if lb == lc:
+        raise UndefinedRecoveryError(
+            f"the baseline loss equals the clean loss ({lc:.6g}) on these data: the baseline {base.name!r} changes "
+            f"nothing the scored positions depend on, so loss recovered is 0/0; use a baseline that resamples more "
+            f"(none: the empty hypothesis), other positions, or sequences that differ where they are scored")
+    self_draws = _weighted([part[2] for part in evaluated], rows)
+    warnings = recovery_warnings(joined["clean"], joined["baseline"])
+    if same:
+        warnings.insert(0, f"the baseline {base.name!r} is the same claim as the hypothesis {claim.name!r}: loss "
+                           f"recovered is 0 by construction")
+    dropped = int((~keep).sum())
+    if dropped:
+        warnings.append(f"{dropped} of {keep.numel()} examples have no scored position and are left out of every "
+                        f"number (positions={positions if isinstance(positions, str) else 'function'!r})")
+    for label, draws in ((f"hypothesis {claim.name!r}", self_draws),
+                         (f"baseline {base.name!r}", _weighted([part[3] for part in evaluated], rows))):
+        for node, rate in draws.items():
+            if rate > self_draw_warning:
+                why = ("allow_self lets a draw return it, and few examples of the batch agree on the feature"
+                       if options.allow_self else "no other example of the batch agrees on the feature")
+                warnings.append(f"{label} node {node!r}: {rate:.0%} of its feature draws returned the datum itself "
+                                f"({why}), so the claim is barely tested there; use larger batches (--batch-size) "
+                                f"or a coarser feature")
     ci = bootstrap_recovered(joined["clean"], joined["baseline"], joined["scrubbed"], n_resamples=n_bootstrap, seed=seed)
     return ScrubResult(
         hypothesis=claim.name, baseline=base.name, loss_clean=lc, loss_baseline=lb, loss_scrubbed=ls,
         loss_recovered=float(recovered(lc, lb, ls)), ci_low=ci.low, ci_high=ci.high,
         n_examples=int(keep.sum()), n_tokens=int(joined["clean"].count.sum()),
-        self_sample_rate=float(sum(self_rates) / max(len(self_rates), 1)),
+        self_sample_rate=sum(part[1] * r for part, r in zip(evaluated, rows)) / max(sum(rows), 1),
         per_example_clean=tuple(joined["clean"].per_example().tolist()),
         per_example_baseline=tuple(joined["baseline"].per_example().tolist()),
         per_example_scrubbed=tuple(joined["scrubbed"].per_example().tolist()),
+        warnings=tuple(warnings), self_draws=self_draws,
     )
 
+
+def _weighted(per_batch: list[dict[str, float]], rows: list[int]) -> dict[str, float]:
+    """Per-node rates of every batch averaged over rows (each batch weighs as many rows as it has)."""
+    total = sum(rows)
+    out: dict[str, float] = {}
+    for draws, r in zip(per_batch, rows):
+        for node, rate in draws.items():
+            out[node] = out.get(node, 0.0) + rate * r / total
+    return out

@@ -74,3 +74,35 @@ def test_induction_candidates_and_masks():
     assert repeat_positions(rrt, 3, first_repeat=1).tolist() == [[False] * 4 + [True] * 6]
     # in a repeated random sequence every token of repeats 2.. occurred earlier
     assert (induction_candidates(rrt)[:, 4:]).all()
+
+
+def test_sizes_that_cannot_fit_are_refused_before_allocating(monkeypatch):
+    import scrub.data as data
+
+    monkeypatch.setattr(data, "available_memory", lambda device="cpu": 2**20)  # 1 MB
+    with pytest.raises(ValueError, match=r"1000000 windows of 128 tokens needs about [\d.]+ GB of memory but 1 MB"):
+        natural_batch(10**6, 128, tokens=torch.arange(1, 1000))
+    with pytest.raises(ValueError, match=r"needs about .* of memory .* ask for fewer or shorter sequences"):
+        repeated_random_tokens(10**6, 50, vocab_size=100)
+    assert natural_batch(2, 8, tokens=torch.arange(1, 100)).shape == (2, 8)  # small batches still fit
+    monkeypatch.setattr(data, "available_memory", lambda device="cpu": None)  # unknown: no guard
+    data.check_memory(10**15, "anything", "no fix")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: natural_batch(2.5, 8), r"natural_batch: n must be a whole number ≥ 1 \(got 2.5\)"),
+    (lambda: natural_batch(0, 8), r"natural_batch: n must be a whole number ≥ 1 \(got 0\)"),
+    (lambda: natural_batch(2, 1), r"natural_batch: seq_len must be a whole number ≥ 2 \(got 1\)"),
+    (lambda: natural_batch(True, 8), r"natural_batch: n must be a whole number"),
+    (lambda: repeated_random_tokens(2, 0, vocab_size=10), r"repeated_random_tokens: length must be a whole number ≥ 1"),
+    (lambda: repeated_random_tokens(2, 3.0, vocab_size=10), r"repeated_random_tokens: length must be a whole number"),
+])
+def test_bad_sizes_are_one_line_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_numpy_integers_are_sizes():
+    import numpy as np
+
+    assert natural_batch(np.int64(2), np.int64(8), tokens=torch.arange(1, 100)).shape == (2, 8)

@@ -10,7 +10,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from scrub.cli import main
-from scrub.experiment import run
+from scrub.experiment import batch_bounds, run
 from scrub.hypothesis import add_path, empty_graph, full_graph
 from scrub.model import ArchSpec, save_checkpoint
 from tests.helpers import tiny_model
@@ -63,8 +63,19 @@ def test_candidate_positions_score_fewer_tokens(model):
 
 def test_a_named_baseline_is_used(model):
     data = tokens()
-    result = run(model, partial_graph(), data, baseline=partial_graph(), progress=False)
-    assert result.loss_recovered == 0.0 and result.loss_baseline == result.loss_scrubbed
+    result = run(model, full_graph(model), data, baseline=partial_graph(), progress=False)
+    alone = run(model, partial_graph(), data, progress=False)
+    assert result.loss_baseline == alone.loss_scrubbed  # the baseline draws as it does when it is the hypothesis
+    assert result.loss_recovered == 1.0 and result.baseline == "baseline"
+
+
+def test_the_hypothesis_as_its_own_baseline(model):
+    graph = partial_graph()
+    with pytest.raises(ValueError, match="the baseline is the hypothesis itself"):
+        run(model, graph, tokens(), baseline=graph, progress=False)
+    result = run(model, graph, tokens(), baseline=partial_graph(), progress=False)  # an equal graph: an anchor
+    assert result.loss_recovered == 0.0
+    assert "same claim as the hypothesis" in result.warnings[0] and "warning: the baseline" in result.summary()
 
 
 @pytest.mark.parametrize("data, message", [
@@ -104,6 +115,9 @@ def test_cli_run_json(checkpoint, tmp_path, capsys):
                     "n_examples", "n_tokens"):
             assert key in out
         assert out["n_examples"] == 6 and out["hypothesis"] == "claim"
+        assert out["seq_len"] == 32 and out["tokens_per_example"] == (32 if data == "natural" else 33)
+        assert out["exclude_common"] == (None if data == "natural" else 2048 // 20)
+        assert out["warnings"] == [w for w in out["warnings"] if isinstance(w, str)] and "self_draws" in out
 
 
 def test_cli_run_errors_are_one_line(checkpoint, tmp_path, capsys):
@@ -114,3 +128,17 @@ def test_cli_run_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "unknown head '3.9'" in err and "Traceback" not in err
     assert main(["run", str(bad), "--model", str(checkpoint), "--seq-len", "100"]) == 2
     assert "longer than the model's n_ctx 64" in capsys.readouterr().err
+
+
+def test_batch_bounds_never_leave_one_example_alone():
+    assert batch_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert batch_bounds(9, 4) == [(0, 4), (4, 9)]  # the ninth example joins the last batch instead of being skipped
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(3, 32) == [(0, 3)]
+
+
+def test_no_example_is_dropped_at_any_batch_size(model):
+    data = tokens(n=7)
+    for batch_size in (2, 3, 4, 6, 7, 100):
+        result = run(model, partial_graph(), data, batch_size=batch_size, progress=False, n_bootstrap=20)
+        assert result.n_examples == 7, batch_size

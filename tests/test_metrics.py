@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from scrub.metrics import ExampleLosses, bootstrap_mean, bootstrap_recovered, example_losses, recovered, token_losses
+from scrub.metrics import (
+    ExampleLosses, bootstrap_mean, bootstrap_recovered, example_losses, gap, recovered, recovery_warnings, token_losses,
+)
 
 
 def test_token_losses_use_the_next_token():
@@ -50,3 +52,55 @@ def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_more_data():
 def test_bootstrap_of_constant_is_degenerate():
     interval = bootstrap_mean(torch.full((10,), 2.0))
     assert interval.low == interval.high == 2.0
+
+
+def test_recovered_on_floats_never_divides_by_zero():
+    assert math.isnan(recovered(2.0, 2.0, 2.0))  # 0/0
+    assert recovered(2.0, 2.0, 3.0) == -math.inf and recovered(2.0, 2.0, 1.0) == math.inf
+    per = recovered(torch.tensor([2.0, 1.0]), torch.tensor([2.0, 3.0]), torch.tensor([2.0, 2.0]))
+    assert per.isnan()[0] and per[1] == 0.5  # tensors divide the same way
+
+
+def losses(values, counts=None):
+    values = torch.tensor(values, dtype=torch.float64)
+    counts = torch.ones_like(values) if counts is None else torch.tensor(counts, dtype=torch.float64)
+    return ExampleLosses(values * counts, counts)
+
+
+def test_gap_and_its_standard_error():
+    clean, base = losses([1.0, 1.0, 1.0, 1.0]), losses([1.5, 2.5, 2.0, 2.0])
+    diff, se = gap(clean, base)
+    d = torch.tensor([0.5, 1.5, 1.0, 1.0], dtype=torch.float64)
+    assert diff == pytest.approx(1.0)
+    assert se == pytest.approx(float(d.std() / math.sqrt(4)))  # equal counts: the standard error of the mean
+    assert gap(losses([1.0]), losses([2.0])) == (1.0, math.inf)
+    weighted, _ = gap(losses([1.0, 1.0], [1, 3]), losses([2.0, 1.0], [1, 3]))
+    assert weighted == pytest.approx(0.25)  # token-weighted, like ExampleLosses.mean
+
+
+def test_recovery_warnings():
+    clean = losses([1.0, 1.1, 0.9, 1.0])
+    assert recovery_warnings(clean, losses([3.0, 3.1, 2.9, 3.0])) == []  # clearly worse: no warning
+    below = recovery_warnings(clean, losses([0.9, 1.0, 0.8, 0.9]))
+    assert len(below) == 1 and below[0].startswith("the baseline loss is not above the clean loss")
+    same = recovery_warnings(clean, clean)
+    assert len(same) == 1 and "baseline - clean = 0" in same[0]
+    noisy = recovery_warnings(clean, losses([1.0, 2.1, 0.0, 1.3]))
+    assert len(noisy) == 1 and "within 2 standard errors" in noisy[0]
+
+
+def test_bootstrap_in_chunks_and_bad_arguments(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    clean = ExampleLosses(1.0 + 0.3 * torch.randn(50, generator=gen), torch.ones(50))
+    base = ExampleLosses(3.0 + 0.3 * torch.randn(50, generator=gen), torch.ones(50))
+    scrub = ExampleLosses(2.0 + 0.3 * torch.randn(50, generator=gen), torch.ones(50))
+    whole = bootstrap_recovered(clean, base, scrub, n_resamples=400, seed=1)
+    monkeypatch.setattr("scrub.metrics.BOOTSTRAP_CHUNK", 50 * 7)  # 7 resamples per chunk
+    chunked = bootstrap_recovered(clean, base, scrub, n_resamples=400, seed=1)
+    assert chunked.low < 0.5 < chunked.high
+    assert abs(chunked.low - whole.low) < 0.05 and abs(chunked.high - whole.high) < 0.05
+    assert bootstrap_mean(torch.full((10,), 2.0), n_resamples=3).low == 2.0
+    with pytest.raises(ValueError, match="at least one example"):
+        bootstrap_recovered(ExampleLosses(torch.zeros(0), torch.zeros(0)), base, scrub)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_mean(torch.ones(4), n_resamples=0)
