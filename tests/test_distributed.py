@@ -161,7 +161,7 @@ def test_other_commands_refuse_torchrun(monkeypatch, capsys):
 
 def test_two_process_torchrun_prints_the_one_process_json():
     """``torchrun --nproc-per-node=2 -m scrub run ...`` prints, once, exactly what ``python -m scrub run ...``
-    prints (natural text; batches of 2, the last one skipped; draws may return their own datum)."""
+    prints (natural text; batches of 2, the ninth example joins the last one; draws may return their own datum)."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | {"OMP_NUM_THREADS": "1"}
     command = ["run", "hypotheses/induction_minimal.py", "--examples", "9", "--batch-size", "2", "--seq-len", "32",
                "--allow-self", "--json"]
@@ -175,4 +175,4 @@ def test_two_process_torchrun_prints_the_one_process_json():
     assert len(one.stdout.splitlines()) == 1 and len(two.stdout.splitlines()) == 1  # one JSON object, rank 0's
     assert two.stdout == one.stdout
     result = json.loads(two.stdout)
-    assert result["n_examples"] == 8 and 0 < result["self_sample_rate"] < 1
+    assert result["n_examples"] == 9 and 0 < result["self_sample_rate"] < 1
