@@ -171,8 +171,9 @@ def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: 
 
 def patch_heatmap(matrix: "PatchMatrix", path: str | Path, *, title: str) -> Path:
     """One PNG: a sender x receiver panel per channel and a sender -> logits column, diverging colours."""
-    rows = [i for i, s in enumerate(matrix.senders) if any(r.layer > s.layer for r in matrix.receivers)]
-    cols = [j for j, r in enumerate(matrix.receivers) if any(r.layer > s.layer for s in matrix.senders)]
+    measured = ~torch.isnan(matrix.effects).all(-1)  # [sender, receiver]: the sender feeds the receiver
+    rows = [i for i in range(len(matrix.senders)) if bool(measured[i].any())]
+    cols = [j for j in range(len(matrix.receivers)) if bool(measured[:, j].any())]
     panels = [(f"-> receiver:{c.value}", matrix.effects[rows][:, cols, k], [matrix.senders[i] for i in rows],
                [matrix.receivers[j] for j in cols]) for k, c in enumerate(matrix.channels) if rows]
     panels.append(("-> logits", matrix.to_logits[:, None], list(matrix.senders), ["logits"]))
