@@ -60,7 +60,11 @@ def context_sensitivity(model: HookedTransformer, tokens: Tensor, *, window: int
     other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # [n] another example each
     names = [hook_name(Head(lay, 0), x) for lay in range(model.cfg.n_layers) for x in "kv"]
     _, cache_other = model.run_with_cache(tokens[other], names_filter=lambda name: name in names)
-    clean_loss = token_losses(model(tokens), tokens)[:, late_start:]  # [n, late]
+    # each head's run starts at its own layer from the clean residual (the layers below it are unchanged)
+    starts = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)] + ["hook_pos_embed"]
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in starts)
+    clean_loss = token_losses(logits, tokens)[:, late_start:]  # [n, late]
+    shortformer = model.cfg.positional_embedding_type == "shortformer"
     inc = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
     err = torch.zeros_like(inc)
     for layer in range(model.cfg.n_layers):
@@ -82,7 +86,8 @@ def context_sensitivity(model: HookedTransformer, tokens: Tensor, *, window: int
                 return z
 
             hooks = [(hook_name(site, x), saver(x)) for x in "qkv"] + [(hook_name(site), replace)]
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [n, seq, vocab]
+            logits = model.run_with_hooks(cache[starts[layer]], start_at_layer=layer, tokens=tokens, fwd_hooks=hooks,
+                                          shortformer_pos_embed=cache["hook_pos_embed"] if shortformer else None)  # [n, seq, vocab]
             diff = (token_losses(logits, tokens)[:, late_start:] - clean_loss).mean(1)  # [n]
             inc[layer, head] = diff.mean()
             err[layer, head] = diff.std() / n ** 0.5

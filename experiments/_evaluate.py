@@ -86,3 +86,43 @@ def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor
             step()
     return ManyLosses(tuple(c.name for c in claims), tuple(n for n, _ in masks), torch.cat(totals, -1),
                       torch.cat(cleans, -1), torch.cat(counts, -1))
+
+
+@dataclass(frozen=True)
+class EffectSplit:
+    """Where one component's effect falls: the loss increase when ``tree`` replaces the clean run, per scored
+    token at each position mode, and the share of the summed increase at the first mode (candidates), each
+    with a percentile bootstrap interval over examples."""
+
+    name: str
+    modes: tuple[str, ...]
+    per_token: tuple[tuple[float, float, float], ...]  # per mode: (mean increase per token, low, high), nats
+    share: tuple[float, float, float]  # share of the summed increase at modes[0] (vs modes[0] + modes[1])
+    token_share: float  # share of the scored tokens that are in modes[0]
+    n_examples: int
+
+
+def effect_split(losses: ManyLosses, tree: str, modes: tuple[str, str] = ("candidates", "other"), *,
+                 n_bootstrap: int = 1000, seed: int = 0) -> EffectSplit:
+    """Loss increase of ``tree`` over the clean run at two disjoint position sets (``modes``), and the share
+    of the total increase at the first."""
+    t = losses.names.index(tree)
+    idx = [losses.modes.index(m) for m in modes]
+    inc = torch.stack([losses.total[t, m] - losses.clean[m] for m in idx]).double()  # [mode, example]
+    count = torch.stack([losses.count[m] for m in idx]).double()  # [mode, example]
+    n = inc.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n, (n_bootstrap, n), generator=gen)  # [resample, example]
+    inc_b, count_b = inc[:, draws].sum(-1), count[:, draws].sum(-1)  # [mode, resample]
+
+    def interval(point: float, samples: Tensor) -> tuple[float, float, float]:
+        samples = samples[samples.isfinite()]
+        if samples.numel() == 0:
+            return point, float("nan"), float("nan")
+        q = torch.quantile(samples, torch.tensor([0.025, 0.975], dtype=samples.dtype))
+        return point, float(q[0]), float(q[1])
+
+    per_token = tuple(interval(float(inc[m].sum() / count[m].sum()), inc_b[m] / count_b[m]) for m in range(2))
+    total = inc.sum(-1)  # [mode]
+    share = interval(float(total[0] / total.sum()), inc_b[0] / inc_b.sum(0))
+    return EffectSplit(tree, tuple(modes), per_token, share, float(count[0].sum() / count.sum()), n)

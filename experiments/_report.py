@@ -12,7 +12,8 @@ from pathlib import Path
 import networkx as nx
 import torch
 
-from scrub.plots import context_scatter, head_heatmap, hypothesis_graph, per_example_distribution, recovery_ladder
+from experiments._figures import claim_graph, composition_heatmap, grouped_intervals
+from scrub.plots import context_scatter, head_heatmap, per_example_distribution, recovery_ladder
 from scrub.sites import parse_component
 
 REDWOOD_SOURCE = ("Chan, Garriga-Alonso, Goldowsky-Dill, Greenblatt, Lin, Nitishinskaya, Radhakrishnan, Shlegeris, "
@@ -29,6 +30,9 @@ NOT_ON_INDUCTION_SCALE = ("induction_behavioral", "empty")  # they drop paths th
 REFINEMENTS = ("induction_prev_heads", "induction_positions", "induction_long_prefix", "induction_layer0_qv",
                "induction_direct_k", "induction_restricted", "induction_refined")
 SENSITIVE_NATS = 0.01  # a head is context-sensitive if resampling its far input costs >= this and > 2 s.e.
+OTHER_EMBEDDING = "induction_minimal_other_embedding"  # built by the study for models with MLPs
+COMPOSES = 0.1  # a later component "composes" with an induction head if a path through it moves the loss by
+# at least this share of the head's direct effect, with an interval that excludes 0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class HypothesisInfo:
     n_paths: int
     path: str
     graph: nx.DiGraph
+    claimed: str = ""  # what the graph claims into the induction heads on this model, in words
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,16 @@ class StudyResults:
     config: object  # StudyConfig
     command: str
     roles: object  # hypotheses._heads.HeadRoles
-    scores_rrt: object  # scrub.scores.HeadScores
+    scores_rrt: object  # anything with previous_token [n_layers, n_heads] on repeated random tokens
     hypotheses: tuple[HypothesisInfo, ...]
     rows: tuple  # Recovery, one per (data, hypothesis, baseline, positions)
     per_head: tuple  # Recovery of each behavioral head's mechanism (natural text)
     sensitivity: object  # experiments._context.Sensitivity
     elapsed: float
     figures: tuple[str, ...]
+    model: dict = None  # experiments.induction_study.model_info
+    splits: tuple = ()  # experiments._evaluate.EffectSplit of each behavioral head (natural text)
+    composition: tuple = ()  # experiments._composition.Composition, natural text and RRT
 
     def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline", positions: str = "candidates"):
         return next(r for r in self.rows if (r.data, r.hypothesis, r.baseline, r.positions) == (data, hypothesis, baseline, positions))
@@ -69,16 +77,82 @@ class StudyResults:
                 if float(s.increase[lay, h]) >= SENSITIVE_NATS and float(s.increase[lay, h]) > 2 * float(s.stderr[lay, h])]
 
     def summary(self) -> dict:
-        """JSON form of the results (an output format)."""
+        """JSON form of the results (an output format; the cross-model report reads it)."""
         keep = lambda r: {k: v for k, v in asdict(r).items() if k != "per_example"}  # noqa: E731
+        sc = self.roles.scores
         return {"command": self.command, "config": asdict(self.config), "elapsed_s": self.elapsed,
+                "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "model": self.model,
                 "roles": {k: getattr(self.roles, k) for k in ("induction", "behavioral", "previous_token",
-                                                              "previous_like", "further_back", "fallbacks")},
+                                                              "previous_like", "further_back", "fallbacks",
+                                                              "previous_of", "embedding", "mlp0_token_share")},
+                "scores": {name: getattr(sc, name).tolist() for name in ("previous_token", "prefix_matching", "copying")},
+                "hypotheses": [{"name": h.name, "label": h.label, "n_paths": h.n_paths, "path": h.path,
+                                "claimed": h.claimed} for h in self.hypotheses],
                 "rows": [keep(r) for r in self.rows], "per_head": [keep(r) for r in self.per_head],
+                "effect_split": [asdict(s) for s in self.splits],
+                "composition": [c.to_dict() for c in self.composition],
                 "context_sensitivity": {"window": self.sensitivity.window, "late_start": self.sensitivity.late_start,
                                         "increase": self.sensitivity.increase.tolist(),
-                                        "stderr": self.sensitivity.stderr.tolist()},
+                                        "stderr": self.sensitivity.stderr.tolist(),
+                                        "sensitive": self.sensitive(), "threshold_nats": SENSITIVE_NATS},
                 "figures": list(self.figures)}
+
+
+def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
+    """What ``graph`` claims into each induction head and into the copies (alias nodes) that feed them, in
+    words: "1.3: q <- embed; k <- 0.3~1.3; v <- embed. 0.3~1.3 (= 0.3): v <- embed; q, k <- pos". With
+    ``model``, a channel that reads every input it has in the full graph says so."""
+    from scrub.hypothesis import full_graph
+
+    full = full_graph(model) if model is not None else None
+
+    def inputs(node: str) -> str:
+        by: dict[str, list[str]] = {}
+        for s, _, a in graph.in_edges(node, data=True):
+            for c in (a.get("via") or ["in"]):
+                by.setdefault(c, []).append(s + (" (at no-match keys)" if a.get("positions") is not None else ""))
+        if not by:
+            return "nothing (all resampled)"
+        comp = graph.nodes[node].get("component", node)
+        every = {}
+        if full is not None and comp in full:
+            for s, _, a in full.in_edges(comp, data=True):
+                for c in (a.get("via") or ["in"]):
+                    every.setdefault(c, set()).add(s)
+        groups: dict[tuple, list[str]] = {}
+        for c in sorted(by):
+            groups.setdefault(tuple(sorted(by[c])), []).append(c)
+        parts = []
+        for senders, chans in groups.items():
+            if all(set(senders) == every.get(c) for c in chans):
+                what = f"all its inputs ({len(senders)})"
+            else:
+                what = ", ".join(senders) if len(senders) <= 6 else f"{len(senders)} inputs: {', '.join(senders[:4])}, ..."
+            parts.append(f"{', '.join(c for c in chans if c != 'in') or 'in'} <- {what}")
+        return "; ".join(parts)
+
+    out, seen, todo = [], set(), [h for h in roles.induction if h in graph]
+    while todo:
+        node = todo.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        comp = graph.nodes[node].get("component")
+        out.append(f"{node}{f' (= {comp})' if comp and comp != node.split('~')[0] else ''}: {inputs(node)}")
+        todo += sorted(s for s in graph.predecessors(node) if "component" in graph.nodes[s])
+    return ". ".join(out) if out else "no induction head in this graph"
+
+
+def training_rrt_share(model: str) -> float | None:
+    """The share of repeated-random-token rows in the training recipe of a scrub checkpoint (None if unknown)."""
+    from scrub.model import ASSETS
+
+    name = str(model)
+    config = (ASSETS / name if (ASSETS / name / "config.json").is_file() else Path(name)) / "config.json"
+    try:
+        return float(json.loads(config.read_text())["meta"]["recipe"].get("rrt_frac", 0.0))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _same_graph(a: nx.DiGraph, b: nx.DiGraph) -> bool:
@@ -92,8 +166,16 @@ def _fmt(r) -> str:
 
 # --- figures -------------------------------------------------------------------------------------------
 
+QUICK_GRAPHS = ("induction_minimal", "induction_refined", OTHER_EMBEDDING)
+STUDY_FIGURES = ("heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png", "context_vs_prefix.png",
+                 "composition.png", "effect_by_position.png")
+
+
 def write_figures(res: StudyResults, out: Path, model) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
+    for pattern in STUDY_FIGURES:  # an earlier run's figures: replaced, never mixed with this run's
+        for stale in out.glob(pattern):
+            stale.unlink()
     figs: list[Path] = []
     roles, s = res.roles, res.roles.scores
     for name, values, lo, hi, cmap in (
@@ -128,12 +210,25 @@ def write_figures(res: StudyResults, out: Path, model) -> list[str]:
                                 "(red: behavioral induction heads)", xlabel="prefix-matching score",
                                 ylabel=f"loss increase, keys > {res.sensitivity.window} back resampled (nats)"))
     depth = lambda g: lambda n: parse_component(g.nodes[n].get("component", n), model.cfg).depth  # noqa: E731
-    for h in res.hypotheses:
-        if h.name not in ("empty",):
-            focus = tuple(roles.induction) + tuple(n for n, a in h.graph.nodes(data=True) if "component" in a)
-            figs.append(hypothesis_graph(h.graph, out / f"graph_{h.name}.png", depth=depth(h.graph), focus=focus,
-                                         title=f"{h.name}: {h.label} (strong: inputs of {', '.join(roles.induction)} "
-                                               f"and of mechanism copies)"))
+    drawn = [h for h in res.hypotheses if h.name not in ("empty",)]
+    if res.config.quick:  # quick runs draw three claims only (each drawing takes about a second)
+        drawn = [h for h in drawn if h.name in QUICK_GRAPHS]
+    for h in drawn:
+        figs.append(claim_graph(h.graph, out / f"graph_{h.name}.png", depth=depth(h.graph), focus=tuple(roles.induction),
+                                title=f"{h.name}: {h.label}\nclaimed inputs of {', '.join(roles.induction)} and of "
+                                      f"the mechanism's copies; the rest of the claim is not drawn"))
+    comps = [c.to_dict() for c in res.composition]
+    if any(c["paths"] or c["direct"] for c in comps):
+        figs.append(composition_heatmap(comps, out / "composition.png",
+                                        title=f"{res.config.model}: path patching from the induction heads ('*': 95% "
+                                              f"interval excludes 0)"))
+    if res.splits:
+        groups = [sp.name for sp in res.splits]
+        figs.append(grouped_intervals(groups, ["induction candidates", "other positions"],
+                                      [[sp.per_token[0], sp.per_token[1]] for sp in res.splits],
+                                      out / "effect_by_position.png", xlabel="loss increase per token when the head is "
+                                      "resampled (nats, natural text)", title=f"{res.config.model}: where each behavioral "
+                                      f"head's effect falls"))
     return [str(p.relative_to(out)) for p in figs]
 
 
@@ -177,6 +272,12 @@ def _findings(res: StudyResults) -> list[str]:
            f"{_fmt(nat)} on natural text (induction-candidate positions, against the induction baseline): "
            + (f"it falls short on natural text by {gap:.3f} (the intervals do not overlap)." if separated else
               f"a difference of {gap:.3f}, {'with overlapping intervals' if gap > 0 else 'not a shortfall on natural text'}.")]
+    if any(h.name == OTHER_EMBEDDING for h in res.hypotheses):
+        on, orr = res.row("natural", OTHER_EMBEDDING), res.row("rrt", OTHER_EMBEDDING)
+        out.append(f"- The token-embedding choice (mlp.0 {'in' if 'mlp.0' in res.roles.embedding else 'out'}, from its "
+                   f"token share {res.roles.mlp0_token_share:.2f}), tested: the other choice "
+                   f"({res.label(OTHER_EMBEDDING)}) recovers {_fmt(on)} on natural text and {_fmt(orr)} on RRT, against "
+                   f"{_fmt(nat)} and {_fmt(rrt)} as claimed.")
     width = rrt.ci_high - rrt.ci_low
     out.append("- On RRT alone the minimal mechanism " + (
         f"cannot be judged: its interval is {width:.2f} wide." if width > 0.5 else
@@ -239,12 +340,13 @@ def _per_example(res: StudyResults) -> list[str]:
 def _context(res: StudyResults) -> list[str]:
     s, sc = res.sensitivity, res.roles.scores
     sens, beh = res.sensitive(), set(res.roles.behavioral)
-    lines = ["| head | loss increase (nats) ± s.e. | prefix matching | copying | behavioral induction | context-sensitive |",
+    lines = ["| head | loss increase (nats) [95% interval] | prefix matching | copying | behavioral induction | context-sensitive |",
              "|---|---:|---:|---:|---|---|"]
     for lay in range(s.increase.shape[0]):
         for h in range(s.increase.shape[1]):
             name = f"{lay}.{h}"
-            lines.append(f"| {name} | {float(s.increase[lay, h]):.4f} ± {float(s.stderr[lay, h]):.4f} | "
+            inc, err = float(s.increase[lay, h]), float(s.stderr[lay, h])
+            lines.append(f"| {name} | {inc:.4f} [{inc - 1.96 * err:.4f}, {inc + 1.96 * err:.4f}] | "
                          f"{float(sc.prefix_matching[lay, h]):.2f} | {float(sc.copying[lay, h]):.2f} | "
                          f"{'yes' if name in beh else ''} | {'yes' if name in sens else ''} |")
     lines += ["", f"- Context-sensitive heads that are not behavioral induction heads: "
@@ -254,37 +356,128 @@ def _context(res: StudyResults) -> list[str]:
     return lines
 
 
-def _training_rrt_share(model: str) -> float:
-    """The share of repeated-random-token rows in the training recipe of a scrub checkpoint (0 if unknown)."""
-    from scrub.model import SHIPPED_DIR, SHIPPED_NAME
+def _interval3(t) -> str:
+    return f"{t[0]:.4f} [{t[1]:.4f}, {t[2]:.4f}]"
 
-    config = (SHIPPED_DIR if model == SHIPPED_NAME else Path(model)) / "config.json"
-    try:
-        return float(json.loads(config.read_text())["meta"]["recipe"].get("rrt_frac", 0.0))
-    except (OSError, KeyError, ValueError):
-        return 0.0
+
+def _per_head(res: StudyResults) -> list[str]:
+    L = ["For each behavioral induction head alone: that head's inputs reduced to the mechanism, everything else "
+         "(including the other induction heads) kept; baseline = that head's inputs resampled (natural text). "
+         "\"Other\" positions are the prediction positions that are not induction candidates.", "",
+         "| head | candidates | all positions | other positions | baseline - clean (nats, candidates) |",
+         "|---|---|---|---|---:|"]
+    for h in dict.fromkeys(r.hypothesis for r in res.per_head):
+        c, a, o = (next(r for r in res.per_head if r.hypothesis == h and r.positions == m) for m in ("candidates", "all", "other"))
+        L.append(f"| {h} | {_fmt(c)} | {_fmt(a)} | {_fmt(o)} | {c.loss_baseline - c.loss_clean:.4f} |")
+    if res.splits:
+        L += ["", "Where each head's effect falls: the loss increase when the head's inputs are all resampled (it runs "
+              "on another sequence), per scored token at induction-candidate positions and elsewhere, and the share "
+              "of its summed effect that falls at candidates (95% bootstrap intervals over sequences).", "",
+              "![effect by position](effect_by_position.png)", "",
+              "| head | per token, candidates (nats) | per token, other positions (nats) | share of the effect at candidates | share of tokens that are candidates |",
+              "|---|---|---|---|---:|"]
+        for sp in res.splits:
+            L.append(f"| {sp.name} | {_interval3(sp.per_token[0])} | {_interval3(sp.per_token[1])} | "
+                     f"{sp.share[0]:.2f} [{sp.share[1]:.2f}, {sp.share[2]:.2f}] | {sp.token_share:.2f} |")
+    return L
+
+
+def composers(comp: dict) -> list[dict]:
+    """Paths from an induction head through a later component whose interval excludes 0 and whose size is at
+    least ``COMPOSES`` of the sender's direct effect (or of the largest direct effect if that is ~0)."""
+    scale = max([abs(d["value"]) for d in comp["direct"].values()] or [0.0])
+    out = []
+    for p in comp["paths"]:
+        direct = abs(comp["direct"][p["sender"]]["value"]) or scale
+        if (p["low"] > 0 or p["high"] < 0) and abs(p["value"]) >= COMPOSES * direct:
+            out.append(p)
+    return sorted(out, key=lambda p: -abs(p["value"]))
+
+
+def _composition(res: StudyResults) -> list[str]:
+    comps = [c.to_dict() for c in res.composition]
+    if not comps:
+        return ["Not computed."]
+    first = comps[0]
+    L = [f"Path patching (`scrub.patching.patch_matrix`, MLPs included) from each behavioral induction head "
+         f"({', '.join(first['senders'])}) into every later head's Q, K and V and every MLP that reads it, and "
+         f"straight into the logits. Effect = patched - clean loss (nats; positive: the path lowers the loss). RRT: "
+         f"corrupted = a fresh random sequence, loss at the second repeat; natural text: corrupted = another window, "
+         f"loss at each window's induction-candidate positions. Intervals: t intervals over {first['n_chunks']} "
+         f"chunks of {first['n_examples'] // max(1, first['n_chunks'])} sequences. A later component *composes* with "
+         f"an induction head when its path's interval excludes 0 and it is at least {COMPOSES:.0%} of the head's "
+         f"direct effect (the analogue of IOI's S-inhibition heads, which read the induction heads through Q).", ""]
+    if not first["receivers"]:
+        L += ["No head or MLP comes after the induction heads in this model: nothing can compose with them. "
+              "Direct effects only:", ""]
+    if "composition.png" in res.figures:
+        L += ["![composition](composition.png)", ""]
+    L += ["", "| data | induction head | direct effect (-> logits) | largest paths through later components |", "|---|---|---|---|"]
+    for c in comps:
+        for s in c["senders"]:
+            paths = sorted((p for p in c["paths"] if p["sender"] == s), key=lambda p: -abs(p["value"]))[:4]
+            d = c["direct"][s]
+            L.append(f"| {c['data']} | {s} | {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}] | "
+                     + ("; ".join(f"{p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''} "
+                                  f"{p['value']:.4f} [{p['low']:.4f}, {p['high']:.4f}]" for p in paths) or "none") + " |")
+    for c in comps:
+        found = composers(c)
+        if first["receivers"]:
+            L.append("")
+            L.append(f"- {c['data']}: " + (("components that compose: " + "; ".join(
+                f"{p['sender']} -> {p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''} "
+                f"({p['value']:+.4f})" for p in found)) if found else "no later component composes with the induction "
+                "heads by this criterion") + f" (clean loss {c['clean']:.3f}, corrupted {c['corrupted']:.3f}).")
+    return L
+
+
+def _roles_text(res: StudyResults) -> list[str]:
+    roles, m = res.roles, res.model or {}
+    prev = "; ".join(f"{r} <- {p}" for r, p in roles.previous_of) or roles.previous_token
+    L = [f"- Previous-token head of each induction head (top previous-token scorer of the earlier layers, induction "
+         f"heads excluded): {prev}. The mechanism's K path runs from it to the induction head directly, through the "
+         f"residual stream (no intermediate component is claimed on it)."]
+    if m.get("mlps"):
+        share = roles.mlp0_token_share
+        L.append(f"- MLPs: mlp.0's output is {share:.2f} a function of the current token (share of its variance left "
+                 f"in place when its other input, the layer-0 heads, comes from another sequence; "
+                 f"`hypotheses._heads.mlp0_token_share`). Threshold 0.5: the mechanism's \"token embedding\" is "
+                 + ("**the embedding and mlp.0** (an alias `mlp.0~token` that reads the embedding only), wherever the "
+                    "mechanism claims the token embedding (Q and V of the induction heads, V of the previous-token "
+                    "head's copy, K with the embedding refinement)." if "mlp.0" in roles.embedding else
+                    "**the embedding alone**; mlp.0 is not claimed on the mechanism's paths (resampled there).")
+                 + " The other MLPs are never part of the mechanism: they keep all their inputs everywhere except as "
+                 "inputs of the induction heads, where the Q/V refinement claims them.")
+    return L
 
 
 def write_report(res: StudyResults, out: Path) -> Path:
-    cfg, roles = res.config, res.roles
-    L = [f"# Induction heads: the mechanistic definition against the behavioral one", "",
+    cfg, roles, m = res.config, res.roles, res.model or {}
+    arch = (f"{m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}, "
+            + (f"MLPs (d_mlp {m['d_mlp']})" if m.get("mlps") else "attention-only") + f", {m['positions']} positions"
+            if m else "")
+    L = [f"# Induction heads: the mechanistic definition against the behavioral one — `{cfg.model}`", "",
          f"Generated by `{res.command}` (seed {cfg.seed}) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in "
-         f"{res.elapsed:.0f} s; model `{cfg.model}`. Natural text: {cfg.n_natural} windows of {cfg.seq_len} tokens; "
-         f"repeated random tokens (RRT): {cfg.n_rrt} sequences of BOS + {cfg.rrt_length} tokens x 2; "
+         f"{res.elapsed:.0f} s; model `{cfg.model}` ({arch}). Natural text: {cfg.n_natural} windows of {cfg.seq_len} "
+         f"tokens; repeated random tokens (RRT): {cfg.n_rrt} sequences of BOS + {cfg.rrt_length} tokens x 2; "
          f"{cfg.n_bootstrap} bootstrap resamples of examples. Every number below is written by "
-         f"`experiments/_report.py` from the run.", ""]
+         f"`experiments/_report.py` from the run; the cross-model report is [../induction_study.md](../induction_study.md).", ""]
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
-    rrt_share = _training_rrt_share(str(cfg.model))
+    rrt_share = m.get("rrt_frac") if m else training_rrt_share(str(cfg.model))
     if rrt_share:
         L += [f"**Note — RRT is in distribution here:** {rrt_share:.0%} of this model's training rows were repeated "
               "random tokens (see the model card in README.md), so the RRT columns measure a trained-for behaviour; "
               "the natural-text columns are held-out plays without augmentation.", ""]
+    elif rrt_share == 0:
+        L += ["**Note — RRT is out of distribution here:** none of this model's training rows were repeated random "
+              "tokens, so the RRT columns measure how the model generalises its in-context copying to a sequence "
+              "unlike anything it was trained on; the natural-text columns are held-out plays.", ""]
     L += ["## 1. Behavioral head scores", "",
           f"Roles (from `hypotheses/_heads.py`: scores of `scrub.scores` with its fixed seed, the heads every hypothesis file picks): behavioral induction heads "
           f"{', '.join(roles.behavioral) or 'none'}; mechanism receivers {', '.join(roles.induction)}; "
-          f"strongest previous-token head {roles.previous_token}; previous-token-like heads {', '.join(roles.previous_like)}; "
-          f"heads attending further back {', '.join(roles.further_back) or 'none'}.", "",
+          f"previous-token head {roles.previous_token}; previous-token-like heads {', '.join(roles.previous_like)}; "
+          f"heads attending further back {', '.join(roles.further_back) or 'none'}.", ""] + _roles_text(res) + ["",
           "| head | prev-token (natural) | prev-token (RRT) | prefix matching (RRT) | duplicate (natural) | copying | further back |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     s = roles.scores
@@ -294,8 +487,15 @@ def write_report(res: StudyResults, out: Path) -> Path:
                      f"{float(s.prefix_matching[lay, h]):.2f} | {float(s.duplicate_token[lay, h]):.2f} | "
                      f"{float(s.copying[lay, h]):.2f} | {float(roles.further_back_score[lay, h]):.2f} |")
     L += ["", "Heatmaps: " + ", ".join(f"[{f}]({f})" for f in res.figures if f.startswith("heads_")) + ".", "",
-          "## 2. Hypotheses", ""]
-    L += [f"- `{h.path}` ({h.n_paths} paths, [graph](graph_{h.name}.png)): {' '.join(h.description.split())}" for h in res.hypotheses]
+          "## 2. Hypotheses", "",
+          "Each file's docstring says the claim in words; *on this model* says what its graph claims into the "
+          "induction heads (and into the copies of other components that feed them; `X~R` is X's copy on the path "
+          "into R), every other input of the model being claimed as in the full graph.", ""]
+    for h in res.hypotheses:
+        where = f"`{h.path}`" if h.path else f"`{h.name}` (built by the study)"
+        graph = f", [graph](graph_{h.name}.png)" if f"graph_{h.name}.png" in res.figures else ""
+        L.append(f"- {where} ({h.n_paths} paths{graph}): {' '.join(h.description.split())}"
+                 + (f" *On this model:* {h.claimed}." if h.claimed and h.name not in ("empty",) else ""))
     L += ["", "## 3. Loss recovered", "", f"Redwood's numbers: {REDWOOD_SOURCE}. **The models differ** (theirs: "
           "OpenWebText, larger vocabulary, different heads); the column is context, not a target.", ""]
     for base, mode in (("induction_baseline", "candidates"), ("induction_baseline", "all"),
@@ -316,23 +516,28 @@ def write_report(res: StudyResults, out: Path) -> Path:
           f"example (exact, per query, with TransformerLens hooks in `experiments/_context.py`: an edge `positions` mask "
           f"cannot depend on the query); scored at prediction positions >= {res.sensitivity.late_start} on "
           f"{cfg.n_context} natural-text windows (clean loss there {res.sensitivity.loss_clean:.3f}). Context-sensitive: "
-          f"increase >= {SENSITIVE_NATS} nats and > 2 s.e.", "", "![context](context_vs_prefix.png)", ""] + _context(res)
-    L += ["", "## 7. Per head: share of the natural-text effect explained by the two-head mechanism", "",
-          "For each behavioral induction head alone: that head's inputs reduced to the mechanism, everything else "
-          "(including the other induction heads) kept; baseline = that head's inputs resampled.", "",
-          "| head | candidates | all positions | baseline - clean (nats, candidates) |", "|---|---|---|---:|"]
-    for h in dict.fromkeys(r.hypothesis for r in res.per_head):
-        c, a = (next(r for r in res.per_head if r.hypothesis == h and r.positions == m) for m in ("candidates", "all"))
-        L.append(f"| {h} | {_fmt(c)} | {_fmt(a)} | {c.loss_baseline - c.loss_clean:.4f} |")
+          f"increase >= {SENSITIVE_NATS} nats and > 2 s.e.; intervals: +- 1.96 s.e. over windows.", "",
+          "![context](context_vs_prefix.png)", ""] + _context(res)
+    L += ["", "## 7. Per head: the two-head mechanism, and where the head's effect falls", ""] + _per_head(res)
+    L += ["", "## 8. Do later components compose with the induction heads?", ""] + _composition(res)
     L += ["", "## Method notes", "",
           "- Loss recovered = (L_baseline - L_scrubbed) / (L_baseline - L_clean), token-weighted over the scored "
           "positions; intervals: percentile bootstrap over examples. Candidates: prediction positions whose token "
           "occurred earlier in the sequence.",
           "- Hypotheses are built from the full graph minus the inputs of the induction heads (Redwood's baseline), "
           "plus the claimed paths; a previous-token head on a mechanism path is an alias node whose V reads the "
-          "embedding and whose Q/K read only positions. All hypotheses and baselines of one batch share one clean run "
+          "token embedding and whose Q/K read only positions. All hypotheses and baselines of one batch share one clean run "
           "and the same seeded draws: one draw per hypothesis node per datum, shared by every path through the node "
           "(Redwood's implementation; `experiments/_evaluate.py`).",
+          "- Roles in deeper models: the induction heads are the behavioral heads after layer 0 (any layer); each one's "
+          "previous-token head is the top previous-token scorer of the layers before it; previous-token-like, "
+          "further-back and \"other\" heads are the heads of the layers before the last induction head (never an "
+          "induction head), each used only for the induction heads it can feed.",
+          ] + (["- MLPs: " + ("mlp.0 was claimed as part of the token embedding" if "mlp.0" in roles.embedding else
+                             "mlp.0 was not claimed as part of the token embedding")
+                + f" because its token share is {roles.mlp0_token_share:.2f} (threshold 0.5); the ladder's "
+                  f"`{OTHER_EMBEDDING}` row is the minimal mechanism with the other choice, so the choice is "
+                  "tested, not assumed."] if roles.mlp0_token_share is not None else []) + [
           "- Shortformer: positions enter only Q and K and are identical across examples, so resampling never touches "
           "them; the positional refinement is a no-op by construction."]
     path = out / "induction_study.md"

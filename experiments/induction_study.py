@@ -1,13 +1,19 @@
-"""The induction study (issue 4): how far the mechanistic definition of induction heads falls short of the
-behavioral one, on the shipped model. Owns the study's configuration and orchestration; scoring lives in
-``scrub.scores``, hypotheses in ``hypotheses/``, batched scrubbing in ``experiments/_evaluate.py``, the
-context-sensitivity hooks in ``experiments/_context.py`` and the report text in ``experiments/_report.py``.
+"""The induction study (issues 4 and 12): how far the mechanistic definition of induction heads falls short
+of the behavioral one, on every shipped model (or the ones named). Owns the study's configuration and
+orchestration; scoring lives in ``scrub.scores``, hypotheses in ``hypotheses/``, batched scrubbing in
+``experiments/_evaluate.py``, the context-sensitivity hooks in ``experiments/_context.py``, path patching
+from the induction heads in ``experiments/_composition.py``, the per-model report in
+``experiments/_report.py`` and the cross-model report in ``experiments/_cross.py``.
 
-    python experiments/induction_study.py [--quick] [--json] [--model M] [--seed S] [--out DIR]
-    scrub study [--quick] [--json] ...          (the same, through the CLI)
+    scrub study [--quick] [--json] [--model M ...] [--seed S] [--window W] [--out DIR] [--report-only]
+    python experiments/induction_study.py ...   (the same, without the CLI)
 
-Writes ``<out>/induction_study.md``, ``<out>/results.json`` and PNG figures (default out:
-experiments/results/, quick mode: experiments/results/quick/).
+``--model`` may be given several times (``--model scrub-attn-2l --model scrub-3l-mlp``); without it every
+shipped model (``scrub.model.shipped_models()``) is studied. Each model's report, ``results.json`` and
+figures go to ``<out>/<model>/`` (a checkpoint directory is named by its folder name); ``<out>/induction_study.md``
+is the cross-model report, written from those ``results.json`` files (with one model, its summary alone).
+Default out: experiments/results/ (quick mode: experiments/results/quick/). ``--report-only`` rewrites
+the cross-model report from the per-model folders already there, without running anything.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,15 +36,17 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
+from experiments._composition import composition, natural_metric, rrt_metric  # noqa: E402
 from experiments._context import context_sensitivity  # noqa: E402
-from experiments._evaluate import Recovery, scrub_many  # noqa: E402
-from experiments._report import HypothesisInfo, StudyResults, write_figures, write_report  # noqa: E402
+from experiments._cross import write_cross_report  # noqa: E402
+from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
+from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, write_figures, write_report  # noqa: E402
 from hypotheses._build import Mechanism, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.data import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.hypothesis import Claim, validate  # noqa: E402
-from scrub.model import SHIPPED_NAME  # noqa: E402
-from scrub.scores import head_scores  # noqa: E402
+from scrub.model import SHIPPED_NAME, shipped_models  # noqa: E402
+from scrub.scores import attention_patterns, previous_token_score  # noqa: E402
 
 HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
     ("full", "full graph"),
@@ -49,7 +57,7 @@ HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
     ("induction_prev_heads", "+ prev-token-like heads into K"),
     ("induction_positions", "+ positions into Q/K"),
     ("induction_long_prefix", "+ longer-prefix heads into K"),
-    ("induction_layer0_qv", "+ layer-0 heads into Q/V"),
+    ("induction_layer0_qv", "+ other earlier heads/MLPs into Q/V"),
     ("induction_direct_k", "+ embedding into K"),
     ("induction_restricted", "+ all K/V at no-match keys"),
     ("induction_refined", "all refinements"),
@@ -57,13 +65,15 @@ HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
     ("induction_baseline", "Redwood induction baseline"),
     ("empty", "empty"),
 )
+OTHER_EMBEDDING = "induction_minimal_other_embedding"  # models with MLPs: the minimal mechanism with the other
+# choice of "token embedding" (mlp.0 in or out), built here: it tests the choice hypotheses/_heads.py made
 BASELINES = ("induction_baseline", "empty")
 MODES = ("candidates", "all")
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Sizes of one run; ``quick()`` is the test-sized variant (under 2 minutes)."""
+    """Sizes of one run; ``quick_config()`` is the test-sized variant (under 2 minutes per model)."""
 
     model: str = SHIPPED_NAME
     seed: int = 0
@@ -75,14 +85,24 @@ class StudyConfig:
     window: int = 16
     batch_size: int = 32
     n_bootstrap: int = 1000
+    n_patch: int = 64  # examples of each composition matrix (natural text and RRT)
+    patch_chunk: int = 8  # examples per chunk: the composition intervals are over chunks
     out: str = "experiments/results"
     quick: bool = False
 
     @staticmethod
     def quick_config(**overrides) -> "StudyConfig":
         base = StudyConfig(n_natural=16, seq_len=128, n_rrt=16, rrt_length=32, n_context=8, window=8,
-                           batch_size=16, n_bootstrap=200, out="experiments/results/quick", quick=True)
+                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=2, out="experiments/results/quick",
+                           quick=True)
         return replace(base, **overrides)
+
+
+def model_folder(name: str) -> str:
+    """The per-model folder name: a shipped or TransformerLens name as it is, a checkpoint directory by its
+    folder name."""
+    path = Path(str(name).rstrip("/\\"))
+    return path.name if path.name not in ("", ".", "..") else "model"
 
 
 def load_claim(stem: str, model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
@@ -95,11 +115,42 @@ def load_claim(stem: str, model: HookedTransformer, roles) -> tuple[Claim, Hypot
     graph = module.hypothesis(model, roles) if takes_roles else module.hypothesis(model)
     claim = validate(graph, model, origin=str(path))
     doc = (module.__doc__ or "").strip()
-    return claim, HypothesisInfo(stem, "", doc, claim.n_paths(), f"hypotheses/{stem}.py", graph)
+    return claim, HypothesisInfo(stem, "", doc, claim.n_paths(), f"hypotheses/{stem}.py", graph,
+                                 claimed_inputs(graph, roles, model))
+
+
+def other_embedding_claim(model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
+    """The minimal mechanism with the other "token embedding": with mlp.0 if the roles left it out, without
+    it if they put it in."""
+    other = ("embed",) if "mlp.0" in roles.embedding else ("embed", "mlp.0")
+    flipped = replace(roles, embedding=other)
+    graph = mechanism_graph(model, flipped)
+    claim = validate(graph, model)
+    what = "embedding and mlp.0 (reading the embedding only)" if "mlp.0" in other else "embedding alone, mlp.0 not claimed"
+    label = "minimal, token embedding " + ("+ mlp.0" if "mlp.0" in other else "without mlp.0")
+    doc = (f"The minimal mechanism with the other choice of token embedding than the roles made: wherever it "
+           f"claims the token embedding, this one claims the {what}. Built by the study "
+           f"(experiments/induction_study.py), not a hypothesis file.")
+    return claim, HypothesisInfo(OTHER_EMBEDDING, label, doc, claim.n_paths(), "", graph, claimed_inputs(graph, roles, model))
+
+
+@dataclass(frozen=True)
+class RrtScores:
+    previous_token: torch.Tensor  # [n_layers, n_heads]
+
+
+def rrt_previous_token(model: HookedTransformer) -> RrtScores:
+    """Previous-token scores on the repeated random tokens of ``scrub.scores.head_scores(data="rrt")`` (same
+    batch and seed), without recomputing the scores that do not depend on that batch."""
+    length = min(25, (model.cfg.n_ctx - 1) // 4)
+    rrt = repeated_random_tokens(N_SEQUENCES, length, 4, seed=SEED, vocab_size=model.cfg.d_vocab,
+                                 exclude_common=model.cfg.d_vocab // 20)  # [n, 1 + 4L]
+    return RrtScores(previous_token_score(attention_patterns(model, rrt)))
 
 
 def position_masks():
-    return (("candidates", induction_candidates), ("all", all_positions))
+    return (("candidates", induction_candidates), ("all", all_positions),
+            ("other", lambda tokens: ~induction_candidates(tokens)))
 
 
 def recoveries(losses, names, data: str, cfg: StudyConfig) -> list[Recovery]:
@@ -107,14 +158,26 @@ def recoveries(losses, names, data: str, cfg: StudyConfig) -> list[Recovery]:
             for name in names for base in BASELINES for mode in MODES]
 
 
+def model_info(model: HookedTransformer, name: str) -> dict:
+    from experiments._report import training_rrt_share
+
+    c = model.cfg
+    return {"name": name, "n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model,
+            "d_mlp": None if c.attn_only else c.d_mlp, "mlps": not c.attn_only, "positions": c.positional_embedding_type,
+            "rrt_frac": training_rrt_share(name)}
+
+
 def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True) -> StudyResults:
+    """One model: every hypothesis on natural text and RRT, per-head claims and effects, context sensitivity,
+    composition with the induction heads; writes the model's report, results.json and figures to ``cfg.out``."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
     cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
-    total = 5 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads
-    bar = tqdm(total=total, desc="induction study", file=sys.stderr, disable=not progress)
+    chunks = -(-cfg.n_patch // cfg.patch_chunk)
+    total = 6 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads + 2 * chunks
+    bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
 
     def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
         bar.set_postfix_str(name)
@@ -123,13 +186,17 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     tick = lambda: bar.update(1)  # noqa: E731
     bar.set_postfix_str("scores")
     roles = head_roles(model)  # the fixed seed of hypotheses/_heads.py: the same heads the files pick on their own
-    scores_rrt = head_scores(model, data="rrt", n=N_SEQUENCES, seed=SEED, exclude_common=model.cfg.d_vocab // 20)
+    scores_rrt = rrt_previous_token(model)
     stage("hypotheses")
     infos, claims = [], []
     for stem, label in HYPOTHESES:
         claim, info = load_claim(stem, model, roles)
         claims.append(replace(claim, name=stem))
         infos.append(replace(info, label=label))
+        if stem == "induction_minimal" and roles.mlp0_token_share is not None:
+            claim, info = other_embedding_claim(model, roles)
+            claims.append(replace(claim, name=OTHER_EMBEDDING))
+            infos.append(info)
     per_head = roles.behavioral_receivers()
     head_claims = []
     for head in per_head:
@@ -143,19 +210,36 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     nat = scrub_many(model, tuple(claims) + tuple(head_claims), natural, position_masks(), seed=cfg.seed,
                      batch_size=cfg.batch_size, step=tick)
     bar.set_postfix_str("repeated random tokens")
-    rep = scrub_many(model, tuple(claims), rrt, position_masks(), seed=cfg.seed, batch_size=cfg.batch_size, step=tick)
+    rep = scrub_many(model, tuple(claims), rrt, position_masks()[:2], seed=cfg.seed, batch_size=cfg.batch_size,
+                     step=tick)
     bar.set_postfix_str("loss recovered")
-    names = [stem for stem, _ in HYPOTHESES]
+    names = [c.name for c in claims]
     rows = recoveries(nat, names, "natural", cfg) + recoveries(rep, names, "rrt", cfg)
     heads = [replace(nat.recovery(f"mechanism {h}", f"baseline {h}", mode, n_bootstrap=cfg.n_bootstrap,
                                   seed=cfg.seed), hypothesis=h, data="natural")
-             for h in per_head for mode in MODES]
+             for h in per_head for mode in (*MODES, "other")]
+    splits = tuple(replace(effect_split(nat, f"baseline {h}", n_bootstrap=cfg.n_bootstrap, seed=cfg.seed), name=h)
+                   for h in per_head)
     stage("context sensitivity")
     sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed, step=tick)
-    bar.set_postfix_str("figures")
+    bar.set_postfix_str("composition")
+    exclude = model.cfg.d_vocab // 20
+    comps = (
+        composition(model, per_head, natural[: cfg.n_patch],
+                    natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed + 1), natural_metric, data="natural",
+                    chunk=cfg.patch_chunk, step=tick),
+        composition(model, per_head, rrt[: cfg.n_patch] if cfg.n_patch <= cfg.n_rrt else
+                    repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed, vocab_size=model.cfg.d_vocab,
+                                           exclude_common=exclude),
+                    repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed + 1,
+                                           vocab_size=model.cfg.d_vocab, exclude_common=exclude),
+                    rrt_metric(cfg.rrt_length), data="rrt", chunk=cfg.patch_chunk, step=tick),
+    )
+    stage("figures")
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
-                           sensitivity=sensitivity, elapsed=0.0, figures=())
+                           sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
+                           splits=splits, composition=comps)
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
     stage("report")
@@ -167,42 +251,91 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="The induction-head study (writes a report and figures).")
+    parser = argparse.ArgumentParser(description="The induction-head study (writes reports and figures).")
     add_arguments(parser)
     return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="test-sized run (< 2 min), written to experiments/results/quick/")
+    parser.add_argument("--quick", action="store_true",
+                        help="test-sized run (< 2 min per model), written to experiments/results/quick/")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON summary object on stdout")
-    parser.add_argument("--model", default=None, help="'scrub-attn-2l' (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--model", action="append", default=None,
+                        help="a shipped model, a checkpoint directory, or a TransformerLens name; repeat for "
+                             "several (default: every shipped model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=None, help="context sensitivity: keys more than W tokens back")
-    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick])")
+    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick]): one "
+                                                    "subfolder per model and the cross-model induction_study.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite <out>/induction_study.md from the per-model folders already in <out>")
 
 
-def config_from(args: argparse.Namespace) -> StudyConfig:
+def config_from(args: argparse.Namespace, model: str = SHIPPED_NAME) -> StudyConfig:
     cfg = StudyConfig.quick_config() if args.quick else StudyConfig()
-    overrides = {k: v for k, v in (("model", args.model), ("window", args.window), ("out", args.out)) if v is not None}
-    return replace(cfg, seed=args.seed, **overrides)
+    overrides = {k: v for k, v in (("window", args.window),) if v is not None}
+    root = Path(args.out) if args.out is not None else Path(cfg.out)
+    return replace(cfg, seed=args.seed, model=model, out=str(root / model_folder(model)), **overrides)
+
+
+def compatible(folder: Path, base: StudyConfig, seed: int) -> bool:
+    """Whether ``folder`` holds another model's results of a run of the same kind (quick or full, same seed):
+    the cross-model report takes them in beside the models of this run."""
+    try:
+        config = json.loads((folder / "results.json").read_text())["config"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+    return config.get("quick") == base.quick and config.get("seed") == seed
+
+
+def command_line(cfg: StudyConfig, models: list[str] | None) -> str:
+    return ("scrub study" + (" --quick" if cfg.quick else "") + f" --seed {cfg.seed}"
+            + "".join(f" --model {m}" for m in (models or [])))
 
 
 def main(argv: list[str] | None = None, *, model: HookedTransformer | None = None) -> int:
+    """Run the study on each model (``model``: an already-loaded model for a single ``--model``), then write
+    the cross-model report."""
     args = build_parser().parse_args(argv)
-    cfg = config_from(args)
-    if model is None:
+    names = list(dict.fromkeys(args.model)) if args.model else shipped_models()
+    if not names:
+        raise OSError("no model to study: no shipped model in scrub/assets/ and no --model")
+    if model is not None and len(names) != 1:
+        raise ValueError("main(model=...) takes exactly one --model")
+    base = StudyConfig.quick_config() if args.quick else StudyConfig()
+    root = Path(args.out) if args.out is not None else Path(base.out)
+    root = root if root.is_absolute() else ROOT / root
+    folders = [root / model_folder(n) for n in names]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"two models would share one folder under {root}: {', '.join(names)}")
+    command = command_line(replace(base, seed=args.seed), args.model)
+    summaries = []
+    if not args.report_only:
         from scrub.model import load_model
 
-        with contextlib.redirect_stdout(sys.stderr):
-            model = load_model(cfg.model)
-    command = "scrub study" + (" --quick" if cfg.quick else "") + f" --seed {cfg.seed}" + (
-        f" --model {cfg.model}" if cfg.model != StudyConfig().model else "")
-    results = run_study(model, cfg, command=command)
-    if args.json:
-        print(json.dumps(results.summary()))
+        for name in names:
+            cfg = replace(config_from(args, name), out=str(root / model_folder(name)))
+            if model is None:
+                with contextlib.redirect_stdout(sys.stderr):
+                    loaded = load_model(name)
+            else:
+                loaded = model
+            results = run_study(loaded, cfg, command=command)
+            summaries.append(results.summary())
+            print(f"wrote {Path(cfg.out) / 'induction_study.md'} and {len(results.figures)} figures "
+                  f"in {results.elapsed:.0f} s", file=sys.stderr)
     else:
-        print(f"wrote {Path(cfg.out) / 'induction_study.md'} and {len(results.figures)} figures "
-              f"in {results.elapsed:.0f} s", file=sys.stderr)
+        missing = [str(f) for f in folders if not (f / "results.json").is_file()]
+        if missing:
+            raise OSError(f"--report-only: no results.json in {', '.join(missing)}; run the study first")
+    others = [f for f in sorted(root.iterdir()) if f not in folders and compatible(f, base, args.seed)] if root.is_dir() else []
+    cross = write_cross_report(root, folders + others, command=command + (" --report-only" if args.report_only else ""))
+    print(f"wrote {cross}", file=sys.stderr)
+    if args.json:
+        if not summaries:
+            summaries = [json.loads((f / "results.json").read_text()) for f in folders]
+        out = summaries[0] if len(summaries) == 1 else {"models": summaries}  # one model: its summary itself
+        print(json.dumps({**out, "cross_report": str(cross)}))
     return 0
 
 

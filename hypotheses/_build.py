@@ -6,6 +6,13 @@ remove every edge into the induction heads (the Redwood baseline: their inputs r
 the claimed paths into them. A previous-token head on a mechanism path is a separate graph node (an
 alias, node attr ``component``) whose own inputs are claimed as in the mechanism: V reads the token
 embedding, Q/K read the positions only, while the head's ordinary node keeps its full inputs elsewhere.
+
+Models with MLPs: "the token embedding" is ``roles.embedding``, the embedding alone or the embedding and
+mlp.0 (when ``hypotheses._heads.mlp0_token_share`` says mlp.0's output is mostly a function of the current
+token). mlp.0 then enters as an alias node ``mlp.0~token`` that reads the embedding only (its input from
+the layer-0 heads is resampled). The previous-token head of each induction head is the one the roles name
+for it (``HeadRoles.previous_for``: any earlier layer); its K path is the direct one through the residual
+stream. Every role is filtered to the components computed before the receiver.
 """
 
 from __future__ import annotations
@@ -80,12 +87,33 @@ def remove_inputs(g: nx.DiGraph, heads: tuple[str, ...]) -> nx.DiGraph:
     return g
 
 
-def mechanism_alias(g: nx.DiGraph, model: HookedTransformer, head: str, receiver: str) -> str:
-    """A copy of layer-0 ``head`` for the mechanism path into ``receiver``: V reads the embedding, Q and K
-    the positions (its attention is claimed to be positional); nothing else of its input is claimed."""
+TOKEN_MLP = "mlp.0~token"  # the alias of mlp.0 that reads the token embedding only
+
+
+def add_token_embedding(g: nx.DiGraph, model: HookedTransformer, embedding: tuple[str, ...], receiver: str,
+                        channel: str) -> set[str]:
+    """Claim "the token embedding" into ``receiver``'s ``channel``: ``embed``, and with ``"mlp.0"`` in
+    ``embedding`` the alias ``mlp.0~token`` (mlp.0 reading the embedding only) where mlp.0 can feed the
+    receiver. Returns the components claimed."""
+    add_edge(g, model, "embed", receiver, channel)
+    claimed = {"embed"}
+    if "mlp.0" in embedding and Structure.of(model).has_mlps and _via(g, model, "mlp.0", receiver, channel):
+        if TOKEN_MLP not in g:
+            g.add_node(TOKEN_MLP, component="mlp.0")
+            add_edge(g, model, "embed", TOKEN_MLP, "in")
+        add_edge(g, model, TOKEN_MLP, receiver, channel)
+        claimed.add("mlp.0")
+    return claimed
+
+
+def mechanism_alias(g: nx.DiGraph, model: HookedTransformer, head: str, receiver: str,
+                    embedding: tuple[str, ...] = ("embed",)) -> str:
+    """A copy of the previous-token ``head`` for the mechanism path into ``receiver``: V reads the token
+    embedding (``embedding``), Q and K the positions (its attention is claimed to be positional); nothing
+    else of its input is claimed."""
     node = f"{head}~{receiver}"
     g.add_node(node, component=head)
-    add_edge(g, model, "embed", node, "v")
+    add_token_embedding(g, model, embedding, node, "v")
     add_edge(g, model, "pos", node, "qk")
     return node
 
@@ -98,17 +126,28 @@ class Mechanism:
     q: bool = True  # claim Q by the mechanism (False: Q keeps all its inputs)
     k: bool = True
     v: bool = True
-    k_heads: str = "previous"  # "previous": the strongest previous-token head; "like": all previous-token-like
-    further_back: bool = False  # K also reads layer-0 heads that attend 2-4 tokens back
+    k_heads: str = "previous"  # "previous": the receiver's previous-token head; "like": all previous-token-like
+    further_back: bool = False  # K also reads the earlier heads that attend 2-4 tokens back
     positions: bool = False  # pos into Q and K of the induction heads
-    qv_layer0: bool = False  # Q and V also read the layer-0 heads that are not previous-token-like (full inputs)
-    k_embed: bool = False  # K also reads the embedding directly
+    qv_layer0: bool = False  # Q and V also read the earlier heads that are not previous-token-like and the
+    # earlier MLPs outside the token embedding (full inputs); at 2 layers: the other layer-0 heads
+    k_embed: bool = False  # K also reads the token embedding directly
     restricted: bool = False  # at key positions where no match is possible, K and V read all their inputs
 
 
-def _k_heads(roles: HeadRoles, mech: Mechanism) -> list[str]:
-    heads = [roles.previous_token] if mech.k_heads == "previous" else list(roles.previous_like)
-    return heads + (list(roles.further_back) if mech.further_back else [])
+def _k_heads(roles: HeadRoles, mech: Mechanism, receiver: str) -> list[str]:
+    own = roles.previous_for(receiver)
+    heads = [own] if mech.k_heads == "previous" else list(dict.fromkeys([own, *roles.early(roles.previous_like, receiver)]))
+    return heads + (roles.early(roles.further_back, receiver) if mech.further_back else [])
+
+
+def _other_early(model: HookedTransformer, roles: HeadRoles, receiver: str) -> list[str]:
+    """What the Q/V refinement adds: earlier heads in no previous-token-like role, and earlier MLPs that are
+    not part of the token embedding."""
+    heads = roles.early(tuple(dict.fromkeys((*roles.further_back, *(roles.other_early or roles.other_layer0)))), receiver)
+    layer = parse_component(receiver, model.cfg).layer
+    mlps = [f"mlp.{lay}" for lay in range(layer) if Structure.of(model).has_mlps and f"mlp.{lay}" not in roles.embedding]
+    return heads + mlps
 
 
 def no_match_keys(tokens):
@@ -118,7 +157,7 @@ def no_match_keys(tokens):
 
 def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, receiver: str, mech: Mechanism) -> None:
     """Add the claimed paths into ``receiver`` (whose inputs were removed) as ``mech`` says."""
-    others = [h for h in (*roles.further_back, *roles.other_layer0)]  # layer-0 heads other than previous-token-like
+    others = _other_early(model, roles, receiver)  # earlier components other than previous-token-like heads
     claimed = {"q": set(), "k": set(), "v": set()}
     for channel, on in (("q", mech.q), ("k", mech.k), ("v", mech.v)):
         if not on:  # this channel is not under test: it keeps every input
@@ -126,18 +165,17 @@ def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, r
                 add_edge(g, model, sender, receiver, channel)
             continue
         if channel in "qv" or mech.k_embed:
-            add_edge(g, model, "embed", receiver, channel)
-            claimed[channel].add("embed")
+            claimed[channel] |= add_token_embedding(g, model, roles.embedding, receiver, channel)
         if channel in "qk" and mech.positions:
             add_edge(g, model, "pos", receiver, channel)
         if channel in "qv" and mech.qv_layer0:
-            for head in others:
-                add_edge(g, model, head, receiver, channel)
-                claimed[channel].add(head)
+            for sender in others:
+                add_edge(g, model, sender, receiver, channel)
+                claimed[channel].add(sender)
         if channel == "k":
-            for head in _k_heads(roles, mech):
+            for head in _k_heads(roles, mech, receiver):
                 if parse_component(receiver, model.cfg).layer > 0:
-                    add_edge(g, model, mechanism_alias(g, model, head, receiver), receiver, "k")
+                    add_edge(g, model, mechanism_alias(g, model, head, receiver, roles.embedding), receiver, "k")
                     claimed["k"].add(head)
     if mech.restricted:
         for channel in "kv":

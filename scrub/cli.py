@@ -501,12 +501,18 @@ def patch_command(args: argparse.Namespace) -> int:
 # --- scrub study -----------------------------------------------------------------------------------------
 
 def study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="test-sized run (< 2 min) into experiments/results/quick/")
+    parser.add_argument("--quick", action="store_true",
+                        help="test-sized run (< 2 min per model) into experiments/results/quick/")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.add_argument("--model", default=None, help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--model", action="append", default=None,
+                        help="a shipped model, a checkpoint directory, or a TransformerLens name; repeat for several "
+                             "(--model scrub-attn-2l --model scrub-3l-mlp); default: every shipped model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=None, help="context sensitivity: keys more than W tokens back")
-    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick])")
+    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick]): one "
+                                                    "folder per model and the cross-model induction_study.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite <out>/induction_study.md from the per-model results already in <out>")
 
 
 def study_command(args: argparse.Namespace) -> int:
@@ -528,8 +534,10 @@ def study_command(args: argparse.Namespace) -> int:
         check_number(args.window, "--window", 1, "" if seq_len is None else (
             f"the study's sequences are at most {seq_len} tokens and need scored positions more than W + 1 tokens in"),
             high=None if seq_len is None else seq_len - 3)
-    argv = [flag for flag, on in (("--quick", args.quick), ("--json", args.json)) if on] + ["--seed", str(args.seed)]
-    for flag, value in (("--model", args.model), ("--window", args.window), ("--out", args.out)):
+    argv = [flag for flag, on in (("--quick", args.quick), ("--json", args.json),
+                                  ("--report-only", getattr(args, "report_only", False))) if on]
+    argv += ["--seed", str(args.seed)] + [a for m in (args.model or []) for a in ("--model", str(m))]
+    for flag, value in (("--window", args.window), ("--out", args.out)):
         if value is not None:
             argv += [flag, str(value)]
     return module.main(argv)
