@@ -170,6 +170,9 @@ def _q3(results: list[tuple[str, dict]]) -> list[str]:
                     f"none of {len(c['paths'])} paths"
             fig = f"[composition]({m}/composition.png)" if "composition.png" in r.get("figures", []) else ""
             L.append(f"| `{m}` | {c['data']} | {direct} | {comp} | {fig} |")
+    for m, r in results:
+        if any(c["receivers"] for c in r.get("composition") or []) and "composition.png" in r.get("figures", []):
+            L += ["", f"![composition in {m}]({m}/composition.png)"]
     return L
 
 

@@ -24,16 +24,17 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def claim_graph(graph: nx.DiGraph, path: Path, *, focus: tuple[str, ...], depth, title: str) -> Path:
-    """The claimed inputs of the ``focus`` nodes (the induction heads) and, recursively, of the alias nodes
-    (``component`` attr) that feed them; one arrow per channel; dashed = position-restricted. ``depth(node)``
-    gives the column. Everything else of the claim is left out of the drawing."""
+    """The claimed inputs of the ``focus`` nodes (the induction heads) and, recursively, of the mechanism's
+    copies ("X~R": the previous-token head's, ``mlp.0~token``) that feed them; one arrow per channel; dashed =
+    position-restricted. ``depth(node)`` gives the column. Everything else of the claim is left out of the drawing."""
     keep, todo = set(), [n for n in focus if n in graph]
     while todo:
         node = todo.pop()
         if node in keep:
             continue
         keep.add(node)
-        todo += [s for s in graph.predecessors(node) if "component" in graph.nodes[s]]
+        todo += [s for s in graph.predecessors(node) if "~" in s]  # mechanism copies (full copies "X#..." are
+        # drawn as inputs only: their own inputs are all of X's)
     edges = [(s, t, a) for s, t, a in graph.edges(data=True) if t in keep]
     nodes = set(keep) | {s for s, _, _ in edges} | ({"logits"} if "logits" in graph else set())
     edges += [(s, "logits", graph.edges[s, "logits"]) for s in focus if graph.has_edge(s, "logits")]
@@ -72,8 +73,9 @@ def composition_heatmap(panels: list[dict], path: Path, *, title: str) -> Path:
     """One row of panels per dataset (``panels``: Composition.to_dict()), senders x (receiver:channel) and a
     sender -> logits column; cells are mean effects (nats), '*' where the interval excludes 0."""
     panels = [p for p in panels if p["paths"] or p["direct"]]
-    fig = Figure(figsize=(max(6.0, 0.32 * max(len(p["paths"]) for p in panels) / max(1, len(panels[0]["senders"])) + 4),
-                          1.6 * len(panels) + 0.4 * sum(len(p["senders"]) for p in panels)))
+    width = max(len(p["paths"]) for p in panels) / max(1, len(panels[0]["senders"])) + 1  # columns
+    fig = Figure(figsize=(max(6.0, 0.42 * width + 3), 2.2 * len(panels) + 0.45 * sum(len(p["senders"]) for p in panels)),
+                 layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, p in zip(axes, panels):
         cols = list(dict.fromkeys(f"{q['receiver']}:{q['channel']}" if q["channel"] != "in" else q["receiver"]
@@ -92,8 +94,10 @@ def composition_heatmap(panels: list[dict], path: Path, *, title: str) -> Path:
         image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                if star[i, j]:
-                    ax.text(j, i, "*", ha="center", va="center", fontsize=8)
+                if not bool(values[i, j].isnan()):
+                    ax.text(j, i, f"{float(values[i, j]):.{2 if vmax >= 0.1 else 3}f}" + ("*" if star[i, j] else ""),
+                            ha="center", va="center",
+                            fontsize=5.5, rotation=90)
         ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
         ax.set_yticks(range(len(p["senders"])), p["senders"], fontsize=7)
         ax.set_title(f"{p['data']}: induction head -> later component -> logits (patched - clean loss)", fontsize=8)

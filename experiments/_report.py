@@ -61,6 +61,7 @@ class StudyResults:
     model: dict = None  # experiments.induction_study.model_info
     splits: tuple = ()  # experiments._evaluate.EffectSplit of each behavioral head (natural text)
     composition: tuple = ()  # experiments._composition.Composition, natural text and RRT
+    timings: dict = None  # seconds per stage of the run
 
     def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline", positions: str = "candidates"):
         return next(r for r in self.rows if (r.data, r.hypothesis, r.baseline, r.positions) == (data, hypothesis, baseline, positions))
@@ -81,6 +82,7 @@ class StudyResults:
         keep = lambda r: {k: v for k, v in asdict(r).items() if k != "per_example"}  # noqa: E731
         sc = self.roles.scores
         return {"command": self.command, "config": asdict(self.config), "elapsed_s": self.elapsed,
+                "timings_s": dict(self.timings or {}),
                 "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "model": self.model,
                 "roles": {k: getattr(self.roles, k) for k in ("induction", "behavioral", "previous_token",
                                                               "previous_like", "further_back", "fallbacks",
@@ -218,10 +220,10 @@ def write_figures(res: StudyResults, out: Path, model) -> list[str]:
                                 title=f"{h.name}: {h.label}\nclaimed inputs of {', '.join(roles.induction)} and of "
                                       f"the mechanism's copies; the rest of the claim is not drawn"))
     comps = [c.to_dict() for c in res.composition]
-    if any(c["paths"] or c["direct"] for c in comps):
+    if any(c["receivers"] for c in comps):  # (with nothing after the induction heads, the table says it all)
         figs.append(composition_heatmap(comps, out / "composition.png",
-                                        title=f"{res.config.model}: path patching from the induction heads ('*': 95% "
-                                              f"interval excludes 0)"))
+                                        title=f"{Path(str(res.config.model)).name}: path patching from the induction "
+                                              f"heads (nats; '*': 95% interval excludes 0)"))
     if res.splits:
         groups = [sp.name for sp in res.splits]
         figs.append(grouped_intervals(groups, ["induction candidates", "other positions"],
@@ -262,12 +264,13 @@ def _findings(res: StudyResults) -> list[str]:
                    f"fallback head(s) {', '.join(res.roles.induction)} and previous-token head "
                    f"{res.roles.previous_token}, not an identified induction mechanism.")
     elif any("previous-token" in f for f in res.roles.fallbacks):
+        below = [f for f in res.roles.fallbacks if "previous-token" in f]
         out.append(f"- **No single previous-token head:** the behavioral induction heads are "
-                   f"{', '.join(res.roles.behavioral)} (prefix matching up to {float(pm.max()):.2f}), but no layer-0 "
-                   f"head passes previous-token >= 0.5 (largest {float(prev[0].max()):.2f}); the previous-token-like "
-                   f"heads {', '.join(res.roles.previous_like) or 'none'} share the job. The minimal mechanism's "
-                   f"\"previous-token head\" is the top scorer {res.roles.previous_token}; the first refinement "
-                   f"claims all of them.")
+                   f"{', '.join(res.roles.behavioral)} (prefix matching up to {float(pm.max()):.2f}), but "
+                   f"{'; '.join(below)}; the previous-token-like heads {', '.join(res.roles.previous_like) or 'none'} "
+                   f"share the job. The minimal mechanism's \"previous-token head\" is the top scorer of the layers "
+                   f"below each induction head ({', '.join(f'{r} <- {p}' for r, p in res.roles.previous_of)}); the "
+                   f"first refinement claims all of them.")
     out += [f"- The minimal two-head mechanism recovers {_fmt(rrt)} of the loss on repeated random tokens and "
            f"{_fmt(nat)} on natural text (induction-candidate positions, against the induction baseline): "
            + (f"it falls short on natural text by {gap:.3f} (the intervals do not overlap)." if separated else
@@ -461,7 +464,8 @@ def write_report(res: StudyResults, out: Path) -> Path:
          f"{res.elapsed:.0f} s; model `{cfg.model}` ({arch}). Natural text: {cfg.n_natural} windows of {cfg.seq_len} "
          f"tokens; repeated random tokens (RRT): {cfg.n_rrt} sequences of BOS + {cfg.rrt_length} tokens x 2; "
          f"{cfg.n_bootstrap} bootstrap resamples of examples. Every number below is written by "
-         f"`experiments/_report.py` from the run; the cross-model report is [../induction_study.md](../induction_study.md).", ""]
+         f"`experiments/_report.py` from the run; the cross-model report is [../induction_study.md](../induction_study.md)."
+         + (" Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()) + "." if res.timings else ""), ""]
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
     rrt_share = m.get("rrt_frac") if m else training_rrt_share(str(cfg.model))
@@ -537,9 +541,9 @@ def write_report(res: StudyResults, out: Path) -> Path:
                              "mlp.0 was not claimed as part of the token embedding")
                 + f" because its token share is {roles.mlp0_token_share:.2f} (threshold 0.5); the ladder's "
                   f"`{OTHER_EMBEDDING}` row is the minimal mechanism with the other choice, so the choice is "
-                  "tested, not assumed."] if roles.mlp0_token_share is not None else []) + [
-          "- Shortformer: positions enter only Q and K and are identical across examples, so resampling never touches "
-          "them; the positional refinement is a no-op by construction."]
+                  "tested, not assumed."] if roles.mlp0_token_share is not None else []) + (
+          ["- Shortformer: positions enter only Q and K and are identical across examples, so resampling never touches "
+           "them; the positional refinement is a no-op by construction."] if m.get("positions") == "shortformer" else [])
     path = out / "induction_study.md"
     path.write_text("\n".join(L) + "\n")
     (out / "results.json").write_text(json.dumps(res.summary(), indent=1) + "\n")

@@ -85,7 +85,7 @@ class StudyConfig:
     window: int = 16
     batch_size: int = 32
     n_bootstrap: int = 1000
-    n_patch: int = 64  # examples of each composition matrix (natural text and RRT)
+    n_patch: int = 96  # examples of each composition matrix (natural text and RRT)
     patch_chunk: int = 8  # examples per chunk: the composition intervals are over chunks
     out: str = "experiments/results"
     quick: bool = False
@@ -179,8 +179,17 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     total = 6 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads + 2 * chunks
     bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
 
-    def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
+    timings: dict[str, float] = {}
+    clock = [time.time(), "scores"]
+
+    def begin(name: str) -> None:  # ``name`` runs next: the time since the last call goes to the stage before
+        now = time.time()
+        timings[clock[1]] = timings.get(clock[1], 0.0) + now - clock[0]
+        clock[:] = [now, name]
         bar.set_postfix_str(name)
+
+    def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
+        begin(name)
         bar.update(1)
 
     tick = lambda: bar.update(1)  # noqa: E731
@@ -209,10 +218,10 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                                  exclude_common=model.cfg.d_vocab // 20)  # [n, 1 + 2L]
     nat = scrub_many(model, tuple(claims) + tuple(head_claims), natural, position_masks(), seed=cfg.seed,
                      batch_size=cfg.batch_size, step=tick)
-    bar.set_postfix_str("repeated random tokens")
+    begin("repeated random tokens")
     rep = scrub_many(model, tuple(claims), rrt, position_masks()[:2], seed=cfg.seed, batch_size=cfg.batch_size,
                      step=tick)
-    bar.set_postfix_str("loss recovered")
+    begin("loss recovered")
     names = [c.name for c in claims]
     rows = recoveries(nat, names, "natural", cfg) + recoveries(rep, names, "rrt", cfg)
     heads = [replace(nat.recovery(f"mechanism {h}", f"baseline {h}", mode, n_bootstrap=cfg.n_bootstrap,
@@ -222,7 +231,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                    for h in per_head)
     stage("context sensitivity")
     sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed, step=tick)
-    bar.set_postfix_str("composition")
+    begin("composition")
     exclude = model.cfg.d_vocab // 20
     comps = (
         composition(model, per_head, natural[: cfg.n_patch],
@@ -243,7 +252,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
     stage("report")
-    results = replace(results, figures=tuple(figures), elapsed=time.time() - start)
+    results = replace(results, figures=tuple(figures), elapsed=time.time() - start, timings=timings)
     write_report(results, out)
     stage("done")
     bar.close()
