@@ -134,7 +134,8 @@ class OutputFolder:
         if lock.exists() and self._lock_is_live(lock):
             raise ValueError(f"--out {path} is in use by another scrub run ({lock} exists); wait for it to finish, "
                              f"or delete {lock} if no run is writing there")
-        others = sorted(p.name for p in path.iterdir() if p.name not in self.names | {self.LOCK}) if path.is_dir() else []
+        others = (sorted(p.name for p in path.iterdir() if p.name not in self.names | {self.LOCK})
+                  if path.is_dir() else [])
         if others and not self.overwrite:
             raise ValueError(f"--out {path} already holds {len(others)} file(s) that `scrub {self.command}` does not "
                              f"write (e.g. {others[0]!r}: another run's outputs?); choose a new or empty folder, or "
@@ -149,7 +150,8 @@ class OutputFolder:
         except FileExistsError:
             raise ValueError(f"--out {path} is in use by another scrub run ({lock} exists)") from None
         except OSError as err:
-            raise OSError(f"cannot write to --out {path}: {err.strerror or err}; choose a folder you can write") from None
+            raise OSError(f"cannot write to --out {path}: {err.strerror or err}; "
+                          f"choose a folder you can write") from None
         for name in self.names:  # an earlier run's outputs: replaced, never mixed with this run's
             (path / name).unlink(missing_ok=True)
         return self
@@ -209,8 +211,8 @@ def heads_command(args: argparse.Namespace) -> int:
     check_number(args.n, "--n", 1)
     if args.seq_len is not None:
         if args.data != "natural":
-            raise ValueError("--seq-len sets the natural-text length; --data rrt scores repeated random tokens of a fixed "
-                             "length (1 + 4 x min(25, (n_ctx - 1) // 4)): drop --seq-len or use --data natural")
+            raise ValueError("--seq-len sets the natural-text length; --data rrt scores repeated random tokens of a "
+                             "fixed length (1 + 4 x min(25, (n_ctx - 1) // 4)): drop --seq-len or use --data natural")
         check_number(args.seq_len, "--seq-len", 3, "previous-token and duplicate scores need positions after BOS")
     check_seed(args.seed)
     if args.exclude_common is not None:
@@ -240,7 +242,11 @@ def _heads(args: argparse.Namespace) -> int:
     from scrub.data import check_length, check_memory, default_exclude_common, natural_batch
     from scrub.plots import head_heatmap
     from scrub.scores import (
-        SCORE_NAMES, Thresholds, behavioral_induction_heads, head_scores, in_context_learning,
+        SCORE_NAMES,
+        Thresholds,
+        behavioral_induction_heads,
+        head_scores,
+        in_context_learning,
         previous_token_heads,
     )
     from scrub.tokenizer import check_compatible, load_tokenizer
@@ -320,7 +326,8 @@ def _heads(args: argparse.Namespace) -> int:
 # --- scrub run -----------------------------------------------------------------------------------------
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("hypothesis", type=Path, help="a hypothesis file defining hypothesis(model) -> networkx.DiGraph")
+    parser.add_argument("hypothesis", type=Path,
+                        help="a hypothesis file defining hypothesis(model) -> networkx.DiGraph")
     parser.add_argument("--model", default=SHIPPED_NAME,
                         help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
     parser.add_argument("--data", choices=("natural", "rrt"), default="natural",
@@ -332,7 +339,8 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="natural-text length; RRT is 1 + 2 x (seq-len // 2)")
     parser.add_argument("--positions", choices=("all", "candidates"), default="all",
                         help="score all positions or only induction candidates (current token seen before)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch; resampling draws within a batch")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="examples per batch; resampling draws within a batch")
     parser.add_argument("--independent", action="store_true", help="one random draw per unclaimed input, not per node")
     parser.add_argument("--allow-self", action="store_true", help="let a draw return the datum it is drawn for")
     parser.add_argument("--unit", choices=("node", "copy"), default="node",
@@ -395,29 +403,34 @@ def run_command(args: argparse.Namespace) -> int:
     data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
     n_bootstrap = 1000
     result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
-                 batch_size=args.batch_size, options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
+                 batch_size=args.batch_size,
+                 options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
                  n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main())
     if not distributed.is_main():
         return 0
     per = result.per_example_recovered()
     per = per[torch.isfinite(per)]
-    quantiles = torch.quantile(per.double(), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist() if per.numel() else []
-    worse = float((torch.tensor(result.per_example_scrubbed) > torch.tensor(result.per_example_baseline)).float().mean())
+    levels = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    quantiles = torch.quantile(per.double(), levels).tolist() if per.numel() else []
+    worse = float((torch.tensor(result.per_example_scrubbed) > torch.tensor(result.per_example_baseline))
+                  .float().mean())
     if args.json:
         dump_json(result.to_dict() | {
-            "hypothesis_file": str(args.hypothesis), "baseline_file": None if args.baseline is None else str(args.baseline),
+            "hypothesis_file": str(args.hypothesis),
+            "baseline_file": None if args.baseline is None else str(args.baseline),
             "data": args.data, "positions": args.positions, "seed": args.seed, "model": str(args.model),
             "n": args.n, "seq_len": args.seq_len, "tokens_per_example": int(data.shape[1]),
             "exclude_common": model.cfg.d_vocab // 20 if args.data == "rrt" else None,
             "unit": args.unit, "batch_size": args.batch_size, "independent": args.independent,
             "allow_self": args.allow_self, "n_bootstrap": n_bootstrap,
-            "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles)),
+            "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles, strict=False)),
             "share_examples_worse_than_baseline": worse,
         })
         return 0
     print(result.summary())  # the headline, then one "warning: ..." line per warning
     if quantiles:
-        print("per-example loss recovered: " + ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles)) +
+        print("per-example loss recovered: "
+              + ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles, strict=True)) +
               f"; {worse:.0%} of examples do worse than the baseline")
     print(f"draws equal to the datum they were drawn for: {result.self_sample_rate:.1%}")
     fed = {node: rate for node, rate in result.self_draws.items() if rate > 0}
@@ -460,7 +473,8 @@ def patch_command(args: argparse.Namespace) -> int:
     receivers = matrix_components(model, args.receivers, args.mlps, "receivers")
     check_length(1 + 2 * args.length, model)
     exclude = default_exclude_common(model)
-    reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab, exclude_common=exclude)
+    reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab,
+                                       exclude_common=exclude)
     corrupted = repeated_random_tokens(args.n, args.length, 2, seed=args.seed + 1, vocab_size=cfg.d_vocab,
                                        exclude_common=exclude)  # a fresh random sequence, same shape
     metric = make_metric(args.metric, reference, corrupted, second_repeat_positions(args.length))
@@ -491,7 +505,7 @@ def patch_command(args: argparse.Namespace) -> int:
         table(f"sender -> receiver:{channel.value} -> logits", Head, k)
     table("sender -> mlp -> logits", Mlp, 0)
     print("\nsender -> logits")
-    for s, v in zip(matrix.senders, matrix.to_logits):
+    for s, v in zip(matrix.senders, matrix.to_logits, strict=True):
         print(f"{str(s):<5} {float(v):>7.3f}")
     print("\nlargest effects: " + "; ".join(f"{p} {v:+.3f}" for p, v in matrix.top(5)))
     print(f"figure: {figure}")
@@ -603,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if several and args.command not in SHARDED:
             raise ValueError(f"only {', '.join(f'`scrub {c}`' for c in SHARDED)} shares its work across processes; "
-                             f"start `scrub {args.command}` as one process (python -m scrub {args.command} ...), not under torchrun")
+                             f"start `scrub {args.command}` as one process (python -m scrub {args.command} ...), "
+                             f"not under torchrun")
         code = run(args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
         return code

@@ -4,7 +4,8 @@ Owns the clean run (``CleanRun``: every component's output on a batch, split per
 that recompute heads and MLPs from arbitrary input residuals, and the linear part of a LayerNorm
 (``norm_linear``; the unembedding is in ``unembed.py``). LayerNorms and MLPs are the model's own modules;
 attention is re-derived from its weights because TransformerLens only takes per-head inputs when config
-flags are switched on, and scrub never changes the user's model. ``check_supported`` names the architectures this does not cover.
+flags are switched on, and scrub never changes the user's model. ``check_supported`` names the architectures
+this does not cover.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
 from scrub.structure import Structure
-
 
 _QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")  # q/k norm in attention
 
@@ -221,7 +221,8 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
         w_k, w_v, b_k, b_v = attn.W_K, attn.W_V, attn.b_K, attn.b_V
         kv_index = head_index  # [copy]
     w_q, w_k, w_v = attn.W_Q[head_index], w_k[kv_index], w_v[kv_index]  # [copy, d_model, d_head] x3
-    b_q, b_k, b_v = (b[i][:, None, None] for b, i in ((attn.b_Q, head_index), (b_k, kv_index), (b_v, kv_index)))  # [copy, 1, 1, d_head] x3
+    # [copy, 1, 1, d_head] x3
+    b_q, b_k, b_v = (b[i][:, None, None] for b, i in ((attn.b_Q, head_index), (b_k, kv_index), (b_v, kv_index)))
     q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
     k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
     v = _project(xv, w_v) + b_v  # [copy, batch, seq, d_head]

@@ -133,7 +133,8 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab], and
     trees whose logits differ from the clean run through head outputs are unembedded in factored form."""
     ctx = _Context(model, clean, clean.structure)
-    jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas)) for node in root.walk() if node is not root]
+    jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas, strict=True))
+            for node in root.walk() if node is not root]
     for job in jobs:
         if isinstance(job.node.component, (Embed, Pos)):
             ctx.values[job.key] = _Value(clean_on=job.a.datum)
@@ -151,7 +152,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
         _recompute(ctx, todo)
     outputs = []
     factored = FactoredUnembed.of(model) if positions is not None else None
-    for i, (root, data) in enumerate(zip(roots, datas)):
+    for i, (root, data) in enumerate(zip(roots, datas, strict=True)):
         job = _Job(root, data, i)
         plan = _plan(ctx, job, Channel.IN)
         on = plan.clean_on()
@@ -213,7 +214,8 @@ def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
             mask = None if inp.positions is None else inp.positions(tokens)[..., None]  # [rows, seq, 1]
             deltas.append(_difference(ctx, job, inp, value, other, mask))
     ordered = tuple((index, frozenset(sources)) for index, sources in groups.values())
-    key = (ctx.slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered)), tuple(d.key for d in deltas))
+    key = (ctx.slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered, strict=True)),
+           tuple(d.key for d in deltas))
     return _Plan(ordered, tuple(deltas), key)
 
 
@@ -231,8 +233,8 @@ def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mas
     if value.clean_on is not None:
         diff = ctx.clean.out(src)[value.clean_on] - ctx.clean.out(src)[other]  # [rows, seq, d_model]
     elif value.z is not None:
-        diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],
-                             ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")  # [rows, seq, d_model]
+        diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],  # -> [rows, seq, d_model]
+                             ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")
     else:
         diff = value.tensor - ctx.clean.out(src)[other]  # [rows, seq, d_model]
     if mask is not None:
@@ -315,11 +317,11 @@ def _recompute(ctx: _Context, todo: list[tuple[_Job, list[_Plan]]]) -> None:
             xq, xk, xv = (_stack([_normed(ctx, j, plans[i], block.ln1) for j, plans in part]) for i in range(3))
             heads = torch.tensor([j.node.component.head for j, _ in part])
             z = heads_z_normed(ctx.model, comp.layer, heads, xq, xk, xv, pos)  # [copy, rows, seq, d_head]
-            for (j, _), zj in zip(part, z):
+            for (j, _), zj in zip(part, z, strict=True):
                 ctx.values[j.key] = _Value(z=zj)
         else:
-            x = torch.stack([_build(ctx, j.node.component, plans[0]) for j, plans in part])  # [copy, rows, seq, d_model]
-            for (j, _), o in zip(part, mlp_forward(ctx.model, comp.layer, x)):
+            x = torch.stack([_build(ctx, j.node.component, plans[0]) for j, plans in part])  # [copy, rows, seq, d]
+            for (j, _), o in zip(part, mlp_forward(ctx.model, comp.layer, x), strict=True):
                 ctx.values[j.key] = _Value(tensor=o)
 
 

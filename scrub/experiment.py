@@ -33,12 +33,10 @@ from transformer_lens import HookedTransformer
 
 from scrub import distributed
 from scrub.compute import check_supported, clean_run
-from scrub.engine import evaluate
 from scrub.data import all_positions, check_memory, induction_candidates
+from scrub.engine import evaluate
 from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load_hypothesis, validate
-from scrub.metrics import (
-    ExampleLosses, bootstrap_recovered, example_losses, recovered, recovery_warnings, token_losses,
-)
+from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, recovery_warnings, token_losses
 from scrub.treeify import SamplingOptions, assign_data, treeify
 
 Positions = str | Callable[[Tensor], Tensor]
@@ -78,7 +76,8 @@ class ScrubResult:
 
     def per_example_recovered(self) -> Tensor:
         """Loss recovered of each example alone (unstable where its baseline and clean losses are close)."""
-        c, b, s = (torch.tensor(x) for x in (self.per_example_clean, self.per_example_baseline, self.per_example_scrubbed))
+        c, b, s = (torch.tensor(x)
+                   for x in (self.per_example_clean, self.per_example_baseline, self.per_example_scrubbed))
         return recovered(c, b, s)
 
     def to_dict(self, *, per_example: bool = False) -> dict:
@@ -117,7 +116,8 @@ def as_claim(hypothesis: Claim | nx.DiGraph | str | Path, model: HookedTransform
         return Claim(name, claim.nodes, claim.edges, claim.root)
     if isinstance(hypothesis, (str, Path)):
         return load_hypothesis(hypothesis, model)
-    raise HypothesisError(f"a hypothesis is a networkx.DiGraph, a hypothesis file path or a Claim, got {type(hypothesis).__name__}")
+    raise HypothesisError(f"a hypothesis is a networkx.DiGraph, a hypothesis file path or a Claim, "
+                          f"got {type(hypothesis).__name__}")
 
 
 def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
@@ -139,7 +139,8 @@ def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
     elif positions == "candidates":
         mask = induction_candidates(tokens)  # the current token occurred before: induction can help
     else:
-        raise RunInputError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, got {positions!r}")
+        raise RunInputError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, "
+                            f"got {positions!r}")
     return mask[:, :-1]
 
 
@@ -172,9 +173,9 @@ def _check_tokens(model: HookedTransformer, data: Tensor) -> Tensor:
     bad = (data < 0) | (data >= model.cfg.d_vocab)  # [n, seq]
     if bool(bad.any()):
         row, col = (int(i) for i in bad.nonzero()[0])
-        raise RunInputError(f"token id {int(data[row, col])} (example {row}, position {col}; {int(bad.sum())} such ids) "
-                            f"is outside the model's vocabulary of {model.cfg.d_vocab} (ids 0..{model.cfg.d_vocab - 1}): was the data made with "
-                            f"another tokenizer?")
+        raise RunInputError(f"token id {int(data[row, col])} (example {row}, position {col}; {int(bad.sum())} such "
+                            f"ids) is outside the model's vocabulary of {model.cfg.d_vocab} "
+                            f"(ids 0..{model.cfg.d_vocab - 1}): was the data made with another tokenizer?")
     if bool((data == data[:1]).all()):
         raise RunInputError(f"all {n} examples are the same sequence: every resampled input equals the clean one, so "
                             f"there is nothing to measure; use distinct examples")
@@ -264,7 +265,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     device = model_device
     data = _check_tokens(model, data)
     claim = as_claim(hypothesis, model)
-    base = as_claim(empty_graph(), model, name="empty") if baseline is None else as_claim(baseline, model, name="baseline")
+    base = (as_claim(empty_graph(), model, name="empty") if baseline is None
+            else as_claim(baseline, model, name="baseline"))
     same = _same_claim(claim, base)  # a sanity anchor (e.g. the empty hypothesis against the empty baseline)
     bounds = batch_bounds(data.shape[0], batch_size)
     largest = max(stop - start for start, stop in bounds)
@@ -304,7 +306,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     evaluated = distributed.gather(done, current, check=check)  # every rank's batches, in batch order
     parts = {key: [part[0][key] for part in evaluated] for key in ("clean", "baseline", "scrubbed")}
     rows = [part[4] for part in evaluated]
-    joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v])) for k, v in parts.items()}
+    joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v]))
+              for k, v in parts.items()}
     keep = joined["clean"].count > 0
     joined = {k: ExampleLosses(v.total[keep], v.count[keep]) for k, v in joined.items()}
     lc, lb, ls = (joined[k].mean() for k in ("clean", "baseline", "scrubbed"))
@@ -331,12 +334,13 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
                 warnings.append(f"{label} node {node!r}: {rate:.0%} of its feature draws returned the datum itself "
                                 f"({why}), so the claim is barely tested there; use larger batches (--batch-size) "
                                 f"or a coarser feature")
-    ci = bootstrap_recovered(joined["clean"], joined["baseline"], joined["scrubbed"], n_resamples=n_bootstrap, seed=seed)
+    ci = bootstrap_recovered(joined["clean"], joined["baseline"], joined["scrubbed"], n_resamples=n_bootstrap,
+                             seed=seed)
     return ScrubResult(
         hypothesis=claim.name, baseline=base.name, loss_clean=lc, loss_baseline=lb, loss_scrubbed=ls,
         loss_recovered=float(recovered(lc, lb, ls)), ci_low=ci.low, ci_high=ci.high,
         n_examples=int(keep.sum()), n_tokens=int(joined["clean"].count.sum()),
-        self_sample_rate=sum(part[1] * r for part, r in zip(evaluated, rows)) / max(sum(rows), 1),
+        self_sample_rate=sum(part[1] * r for part, r in zip(evaluated, rows, strict=True)) / max(sum(rows), 1),
         per_example_clean=tuple(joined["clean"].per_example().tolist()),
         per_example_baseline=tuple(joined["baseline"].per_example().tolist()),
         per_example_scrubbed=tuple(joined["scrubbed"].per_example().tolist()),
@@ -348,7 +352,7 @@ def _weighted(per_batch: list[dict[str, float]], rows: list[int]) -> dict[str, f
     """Per-node rates of every batch averaged over rows (each batch weighs as many rows as it has)."""
     total = sum(rows)
     out: dict[str, float] = {}
-    for draws, r in zip(per_batch, rows):
+    for draws, r in zip(per_batch, rows, strict=True):
         for node, rate in draws.items():
             out[node] = out.get(node, 0.0) + rate * r / total
     return out

@@ -48,22 +48,25 @@ class Feature:
         try:
             out = self.fn(tokens)
         except Exception as err:  # the user's function: one line, naming the feature
-            raise FeatureError(f"feature {self.name!r} failed on tokens of shape {list(tokens.shape)}: {one_line(err)}") from err
+            raise FeatureError(f"feature {self.name!r} failed on tokens of shape {list(tokens.shape)}: "
+                               f"{one_line(err)}") from err
         if isinstance(out, Feature):
             raise FeatureError(f"feature {self.name!r} returned a Feature, not codes: {self.name!r} makes features, so "
                                f"call it, e.g. feature={self.name}() rather than feature={self.name}")
         if not isinstance(out, Tensor):
             module = type(out).__module__
             if module == "numpy":
-                kind, fix = f"a numpy.{type(out).__name__}", "return a torch tensor instead, e.g. torch.as_tensor(codes)"
+                kind = f"a numpy.{type(out).__name__}"
+                fix = "return a torch tensor instead, e.g. torch.as_tensor(codes)"
             else:
                 kind = f"a Python {type(out).__name__}" if module == "builtins" else f"a {type(out).__name__}"
                 fix = "return a tensor of integer codes with one row per sequence, e.g. tokens[:, -1]"
             raise FeatureError(f"feature {self.name!r} returned {kind}, not a tensor: {fix}")
         if out.dtype.is_floating_point or out.dtype.is_complex:
-            raise FeatureError(f"feature {self.name!r} returned {str(out.dtype).replace('torch.', '')} codes: codes are "
-                               f"integer class labels (two sequences agree when their codes are equal); convert with "
-                               f".long() if the values are whole, or bucket them first, e.g. (x * 10).floor().long()")
+            raise FeatureError(f"feature {self.name!r} returned {str(out.dtype).replace('torch.', '')} codes: "
+                               f"codes are integer class labels (two sequences agree when their codes are equal); "
+                               f"convert with .long() if the values are whole, or bucket them first, "
+                               f"e.g. (x * 10).floor().long()")
         if out.dim() == 0:
             raise FeatureError(f"feature {self.name!r} returned a single value for {n} sequences: return one row per "
                                f"sequence, [batch] or [batch, k]")
@@ -87,14 +90,16 @@ def as_feature(value: Feature | TokenFn | None, *, where: str = "") -> Feature |
     if value is None or isinstance(value, Feature):
         return value
     if value is Feature:
-        raise TypeError(f"{where}feature=Feature is the class: make a feature, e.g. Feature('parity', lambda t: t[:, -1] % 2)")
+        raise TypeError(f"{where}feature=Feature is the class: make a feature, "
+                        f"e.g. Feature('parity', lambda t: t[:, -1] % 2)")
     if callable(value):
         name = getattr(value, "__name__", "feature")
         if _makes_features(value):
             raise TypeError(f"{where}feature={name} is a function that makes a feature, not a feature: call it, "
                             f"feature={name}()")
         return Feature(name, value)
-    raise TypeError(f"{where}feature must be a scrub.features.Feature or a callable tokens -> codes, got {type(value).__name__}")
+    raise TypeError(f"{where}feature must be a scrub.features.Feature or a callable tokens -> codes, "
+                    f"got {type(value).__name__}")
 
 
 # --- a small library of features ------------------------------------------------------------------

@@ -57,7 +57,17 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.features import Feature, FeatureError, as_feature, one_line
 from scrub.sites import (
-    HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos, SiteError, parse_channel, parse_component,
+    HEAD_CHANNELS,
+    Channel,
+    Component,
+    Embed,
+    Head,
+    Logits,
+    Mlp,
+    Pos,
+    SiteError,
+    parse_channel,
+    parse_component,
 )
 from scrub.structure import Structure
 
@@ -111,12 +121,15 @@ def _mask_problem(mask: object, tokens: Tensor) -> str | None:
         return (f"returned a Feature: 'positions' takes a function tokens -> bool mask {shape} "
                 f"(e.g. scrub.features.after_earlier_occurrence); features go on nodes as feature=...")
     if not isinstance(mask, Tensor):
-        kind = f"{type(mask).__module__}.{type(mask).__name__}" if type(mask).__module__ == "numpy" else type(mask).__name__
-        return f"returned a {kind}, not a torch bool tensor {shape}: return e.g. tokens > 0 or torch.as_tensor(mask).bool()"
+        module, name = type(mask).__module__, type(mask).__name__
+        kind = f"{module}.{name}" if module == "numpy" else name
+        return (f"returned a {kind}, not a torch bool tensor {shape}: "
+                f"return e.g. tokens > 0 or torch.as_tensor(mask).bool()")
     if mask.dtype != torch.bool:
         dtype = str(mask.dtype).replace("torch.", "")
-        return (f"returned {'an' if dtype[0] in 'aeiou' else 'a'} {dtype} mask: masks must be bool (True where the edge is "
-                f"claimed), since 0/1 or fractional values would weight the claim; return mask.bool() or a comparison")
+        return (f"returned {'an' if dtype[0] in 'aeiou' else 'a'} {dtype} mask: masks must be bool (True where the "
+                f"edge is claimed), since 0/1 or fractional values would weight the claim; "
+                f"return mask.bool() or a comparison")
     if list(mask.shape) != shape:
         return (f"returned a mask of shape {list(mask.shape)} for tokens of shape {shape}: a mask has one row per "
                 f"example and one column per position, [batch, seq]")
@@ -205,7 +218,7 @@ def add_path(graph: nx.DiGraph, *steps: Step) -> nx.DiGraph:
             raise HypothesisError(f"add_path step {tuple(step)!r}: the first step has no previous node to enter "
                                   f"{step[0]!r} through {step[1]!r}; start the path with a node name, e.g. 'embed'")
     names = [s[0] if isinstance(s, (tuple, list)) else s for s in steps]
-    for prev, step, name in zip(names, steps[1:], names[1:]):
+    for prev, step, name in zip(names, steps[1:], names[1:], strict=False):
         via = step[1] if isinstance(step, (tuple, list)) else None
         if graph.has_edge(prev, name):
             old = _channels(graph.edges[prev, name].get("via"))
@@ -259,10 +272,12 @@ def _unknown_attributes(attrs: dict, allowed: tuple[str, ...], what: str) -> str
     for key in attrs:
         if key in allowed:
             continue
-        guess = _MEANT.get(str(key).lower()) or next(iter(difflib.get_close_matches(str(key).lower(), allowed, 1, 0.6)), None)
+        lower = str(key).lower()
+        guess = _MEANT.get(lower) or next(iter(difflib.get_close_matches(lower, allowed, 1, 0.6)), None)
         hint = f"did you mean {guess!r}? " if guess in allowed else ""
         listed = " and ".join(repr(a) for a in allowed)
-        return f"{what} has an unknown attribute {key!r}: {hint}{what.split()[0]} attributes are {listed}; rename or remove it"
+        return (f"{what} has an unknown attribute {key!r}: {hint}{what.split()[0]} attributes are {listed}; "
+                f"rename or remove it")
     return None
 
 
@@ -278,7 +293,8 @@ def _node(node_id: object, attrs: dict, cfg: HookedTransformerConfig, where: str
         if "component" in attrs:
             name = attrs["component"]
             if not isinstance(name, (str, Head, Mlp, Embed, Pos, Logits)):
-                raise SiteError(f"component={name!r} is a {type(name).__name__}: write the component's name, e.g. '1.3'")
+                raise SiteError(f"component={name!r} is a {type(name).__name__}: "
+                                f"write the component's name, e.g. '1.3'")
             component = parse_component(name, cfg, strict=True)
             if _LOOKS_LIKE_COMPONENT.match(node_id) and node_id != str(component):
                 raise SiteError(f"its id reads as a component name but it has component={str(component)!r}: an id that "
@@ -302,7 +318,8 @@ def _node(node_id: object, attrs: dict, cfg: HookedTransformerConfig, where: str
     return ClaimNode(node_id, component, feature)
 
 
-def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConfig, *, origin: str = "<graph>") -> Claim:
+def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConfig, *,
+             origin: str = "<graph>") -> Claim:
     """Check a hypothesis graph against the model and freeze it into a ``Claim``.
 
     This checks everything the engine needs (see the module docstring); ``check_paths`` adds the check that
@@ -310,11 +327,13 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
     cfg = getattr(model, "cfg", model)
     where = f"{origin}: "
     if isinstance(graph, nx.MultiGraph):
-        raise HypothesisError(f"{where}use a networkx.DiGraph, not a MultiDiGraph: write several inputs of one edge as via='kv'")
+        raise HypothesisError(f"{where}use a networkx.DiGraph, not a MultiDiGraph: "
+                              f"write several inputs of one edge as via='kv'")
     if not isinstance(graph, nx.DiGraph):
         hint = (" (does hypothesis(model) end with `return g`?)" if graph is None else
                 ": an undirected networkx.Graph has no direction" if isinstance(graph, nx.Graph) else "")
-        raise HypothesisError(f"{where}hypothesis(model) must return a networkx.DiGraph, got {type(graph).__name__}{hint}")
+        raise HypothesisError(f"{where}hypothesis(model) must return a networkx.DiGraph, "
+                              f"got {type(graph).__name__}{hint}")
     nodes = [_node(node_id, attrs, cfg, where) for node_id, attrs in graph.nodes(data=True)]
     by_id = {n.id: n for n in nodes}
     roots = [n.id for n in nodes if isinstance(n.component, Logits)]
@@ -345,7 +364,8 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
     return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None, origin=origin)
 
 
-def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, where: str, label: str) -> list[ClaimEdge]:
+def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, where: str,
+                label: str) -> list[ClaimEdge]:
     if problem := _unknown_attributes(attrs, EDGE_ATTRIBUTES, label):
         raise HypothesisError(f"{where}{problem}")
     if isinstance(s.component, Logits):
@@ -357,7 +377,8 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
     positions = attrs.get("positions")
     if isinstance(positions, Feature) or (positions is not None and not callable(positions)):
         got = "a Feature (features go on nodes)" if isinstance(positions, Feature) else f"a {type(positions).__name__}"
-        raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq], got {got}")
+        raise HypothesisError(f"{where}{label}: 'positions' must be a function tokens -> bool mask [batch, seq], "
+                              f"got {got}")
     if positions is not None and not isinstance(positions, CheckedPositions):
         positions = CheckedPositions(positions, f"{where}{label}")
     try:
@@ -370,7 +391,8 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
                                   f"'v' or several, e.g. g.add_edge({s.id!r}, {d.id!r}, via='kv')")
         for c in sorted(channels, key=lambda c: c.value):
             if not structure.feeds(s.component, d.component, c):
-                raise HypothesisError(f"{where}{label} via {c.value!r}: {structure.why_not(s.component, d.component, c)}")
+                why = structure.why_not(s.component, d.component, c)
+                raise HypothesisError(f"{where}{label} via {c.value!r}: {why}")
     else:
         if channels - {Channel.IN}:
             raise HypothesisError(f"{where}{label} has via={attrs.get('via')!r}, but {d.component} has a single input: "
@@ -407,8 +429,9 @@ def check_paths(claim: Claim) -> None:
         raise HypothesisError(
             f"{where}node {node_id!r} has claimed inputs, but none of its paths starts at an input ('embed' or 'pos'): "
             f"they start at {named}, which {'has' if len(starts) == 1 else 'have'} no claimed inputs and so "
-            f"{'is' if len(starts) == 1 else 'are'} computed entirely on another datum; claim an input of {starts[0]!r} "
-            f"(e.g. an edge from 'embed'), or remove the edges into {node_id!r} to resample all its inputs")
+            f"{'is' if len(starts) == 1 else 'are'} computed entirely on another datum; "
+            f"claim an input of {starts[0]!r} (e.g. an edge from 'embed'), "
+            f"or remove the edges into {node_id!r} to resample all its inputs")
 
 
 def check_on(claim: Claim, tokens: Tensor) -> None:

@@ -184,12 +184,14 @@ def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
               for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing weights ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+        more = ", ..." if len(missing) > 4 else ""
+        problems.append(f"{len(missing)} missing weights ({', '.join(missing[:4])}{more})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected weights ({', '.join(unexpected[:4])}"
                         f"{', ...' if len(unexpected) > 4 else ''})")
     if shapes:
-        problems.append(f"{len(shapes)} shapes that do not match ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
+        more = "; ..." if len(shapes) > 3 else ""
+        problems.append(f"{len(shapes)} shapes that do not match ({'; '.join(shapes[:3])}{more})")
     not_float = sorted(k for k in params & state.keys() if not state[k].is_floating_point())
     if not_float:
         problems.append(f"non-float weights ({', '.join(not_float[:4])})")
@@ -232,7 +234,7 @@ def load_model(name_or_path: str | Path = SHIPPED_NAME, *, device: str = "cpu") 
 
 
 def _is_pretrained_name(name: str) -> bool:
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, MODEL_ALIASES
+    from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
 
     aliases = {a for names in MODEL_ALIASES.values() for a in names}
     return name in OFFICIAL_MODEL_NAMES or name in aliases

@@ -30,8 +30,16 @@ from scrub.compute import CleanRun, check_supported, clean_run
 from scrub.engine import evaluate_many
 from scrub.path_matrix import matrix_values
 from scrub.sites import (
-    HEAD_CHANNELS, Channel, Component, Head, Logits, Mlp, SiteError, hook_name,
-    parse_channel, parse_component,
+    HEAD_CHANNELS,
+    Channel,
+    Component,
+    Head,
+    Logits,
+    Mlp,
+    SiteError,
+    hook_name,
+    parse_channel,
+    parse_component,
 )
 from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
@@ -53,7 +61,7 @@ class PatchPath:
         """The (component, channel it enters the previous one through) steps, walking from the logits."""
         comps = [r for r, _ in self.via][::-1] + [self.sender]
         chans = [Channel.IN] + [c for _, c in self.via][::-1]
-        return tuple(zip(comps, chans))
+        return tuple(zip(comps, chans, strict=True))
 
 
 def parse_path(text: str, model: HookedTransformer) -> PatchPath:
@@ -266,7 +274,7 @@ class PatchMatrix:
                     name = f"{s} -> {r}" if isinstance(r, Mlp) else f"{s} -> {r}:{c.value}"
                     pairs[name] = float(self.effects[i, j, k])
         return {"metric": self.metric, "clean": self.clean, "corrupted": self.corrupted, "paths": pairs,
-                "to_logits": {f"{s} -> logits": float(v) for s, v in zip(self.senders, self.to_logits)}}
+                "to_logits": {f"{s} -> logits": float(v) for s, v in zip(self.senders, self.to_logits, strict=True)}}
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` paths with the largest absolute effect."""

@@ -72,7 +72,7 @@ def matrix_values(model: HookedTransformer, clean: CleanRun, metric: Callable[[T
     with _bar(job.total, progress) as bar:
         job.bar = bar
         for i, s in enumerate(job.senders):  # sender -> logits: Δ_s straight into the final residual
-            job.to_logits[i] = job.values(lambda sl, centred: job.direct(s, centred), 1)[0]
+            job.to_logits[i] = job.values(lambda sl, centred: job.direct(s, centred), 1)[0]  # noqa: B023 (values() calls it at once)
             bar.update(1)
         layers: dict[int, list[int]] = {}
         for j, r in enumerate(job.receivers):
@@ -165,8 +165,8 @@ class _Matrix:
                 del z
                 for r, j in enumerate(cols):
                     receiver = self.receivers[j]
-                    values = self.values(lambda sl, centred: self.out.head(receiver, dz[sl, r], centred), k)
-                    for i, v, f in zip(part, values, fed[:, r].tolist()):
+                    values = self.values(lambda sl, centred: self.out.head(receiver, dz[sl, r], centred), k)  # noqa: B023 (values() calls it at once)
+                    for i, v, f in zip(part, values, fed[:, r].tolist(), strict=True):
                         if f:
                             self.effects[i, j, c] = v
                             self.bar.update(1)
@@ -187,7 +187,8 @@ class _Matrix:
             delta = torch.stack([_delta(self.clean, self.senders[i], n)[:, positions] for i in part])
             # delta: [k, n, n_pos, d_model]
             change = mlp_forward(self.model, receiver.layer, resid + delta) - mlp_clean  # [k, n, n_pos, d_model]
-            for i, v in zip(part, self.values(lambda sl, centred: self.out.resid(change[sl], centred), len(part))):
+            values = self.values(lambda sl, centred: self.out.resid(change[sl], centred), len(part))  # noqa: B023 (values() calls it at once)
+            for i, v in zip(part, values, strict=True):
                 self.effects[i, j, :] = v
                 self.bar.update(1)
 

@@ -62,7 +62,8 @@ def recovery_ladder(labels: list[str], values: torch.Tensor, low: torch.Tensor, 
     for s in range(n_series):
         y = [i + (s - (n_series - 1) / 2) * height for i in range(n_hyp)]
         v, lo, hi = values[s].tolist(), low[s].tolist(), high[s].tolist()
-        err = [[max(0.0, a - b) for a, b in zip(v, lo)], [max(0.0, b - a) for a, b in zip(v, hi)]]
+        err = [[max(0.0, a - b) for a, b in zip(v, lo, strict=True)],
+               [max(0.0, b - a) for a, b in zip(v, hi, strict=True)]]
         ax.barh(y, v, height=height, xerr=err, capsize=2, label=series[s], alpha=0.85)
     if reference is not None:
         ys = [i for i, r in enumerate(reference) if r is not None]
@@ -102,7 +103,7 @@ def context_scatter(x: torch.Tensor, y: torch.Tensor, yerr: torch.Tensor, names:
     colors = ["tab:red" if n in highlight else "tab:blue" for n in names]
     ax.errorbar(x.tolist(), y.tolist(), yerr=yerr.tolist(), fmt="none", ecolor="lightgrey", zorder=1)
     ax.scatter(x.tolist(), y.tolist(), c=colors, zorder=2)
-    for xi, yi, n in zip(x.tolist(), y.tolist(), names):
+    for xi, yi, n in zip(x.tolist(), y.tolist(), names, strict=True):
         ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel(xlabel)
@@ -182,7 +183,7 @@ def patch_heatmap(matrix: "PatchMatrix", path: str | Path, *, title: str) -> Pat
     width = sum(0.32 * p.shape[1] + 1.2 for _, p, _, _ in panels)
     fig = Figure(figsize=(width + 1.5, 0.3 * len(matrix.senders) + 1.8))
     axes = fig.subplots(1, len(panels), width_ratios=[p.shape[1] + 3 for _, p, _, _ in panels], squeeze=False)[0]
-    for ax, (label, values, ys, xs) in zip(axes, panels):
+    for ax, (label, values, ys, xs) in zip(axes, panels, strict=True):
         image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=90, fontsize=7)
         ax.set_yticks(range(len(ys)), [str(y) for y in ys], fontsize=7)

@@ -121,7 +121,8 @@ def parse_component(name: str | Component, cfg: HookedTransformerConfig, *, stri
         raise SiteError(f"{name!r} is not how this component is written: write {canonical!r} (one spelling: no "
                         f"spaces, no leading zeros, lower case)")
     if isinstance(component, Pos) and cfg.positional_embedding_type not in ("standard", "shortformer"):
-        raise SiteError(f"'pos' names a learned positional embedding; this model uses {cfg.positional_embedding_type!r}")
+        raise SiteError(f"'pos' names a learned positional embedding; "
+                        f"this model uses {cfg.positional_embedding_type!r}")
     if isinstance(component, Head) and (component.layer >= cfg.n_layers or component.head >= cfg.n_heads):
         raise SiteError(
             f"unknown head {canonical!r}: this model has {cfg.n_layers} layers x {cfg.n_heads} heads, "

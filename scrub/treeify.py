@@ -196,7 +196,8 @@ def generator(seed: int, salt: str, path: tuple[str, ...], purpose: str) -> torc
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "", options: SamplingOptions = SamplingOptions()) -> Assignments:
+def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "",
+                options: SamplingOptions = SamplingOptions()) -> Assignments:
     """Draw the datum of every node and of its unclaimed inputs for one batch of reference data."""
     if root.shared != (Unit(options.unit) == Unit.NODE):
         raise ValueError(f"the tree was built for unit {'node' if root.shared else 'copy'!r} but the sampling options "

@@ -82,7 +82,8 @@ class FactoredUnembed:
         for t in terms:
             if t.dz is not None:
                 resid = resid + t.dz @ self.w_o(t.head)  # [batch, n_pos, d_model]
-                x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)  # [batch*n_pos, d_head], [d_head, d_vocab]
+                # [batch*n_pos, d_head], [d_head, d_vocab]
+                x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)
             else:
                 resid = resid + t.resid
                 x, m = t.resid.reshape(batch * n_pos, -1), self.a  # [batch*n_pos, d_model], [d_model, d_vocab]
