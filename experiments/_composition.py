@@ -149,3 +149,68 @@ def rrt_metric(length: int):
 
 def natural_metric(ref: Tensor, cor: Tensor) -> MaskedLoss:
     return candidate_metric(ref)
+
+
+# --- the K path of the mechanism: direct, or through the components between the two heads -----------------
+
+@dataclass(frozen=True)
+class KPaths:
+    """Path-patching effects (nats) of the previous-token head's output reaching an induction head's K
+    directly (through the residual stream) and through each component computed between them (a head's V,
+    an MLP), each on to the logits; chunk intervals. ``paths`` rows: (induction head, previous-token head,
+    route, mean, low, high), route "direct" or the intermediate "L.H:v" / "mlp.L"."""
+
+    data: str
+    paths: tuple[tuple[str, str, str, float, float, float], ...]
+    n_examples: int
+    n_chunks: int
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "n_examples": self.n_examples, "n_chunks": self.n_chunks,
+                "paths": [{"receiver": r, "previous": p, "route": route, "value": v, "low": lo, "high": hi}
+                          for r, p, route, v, lo, hi in self.paths]}
+
+
+def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str, object]]:
+    """(receiver, previous-token head, route name, PatchPath) for the direct route and every route through
+    one component between the two: a head (via its V) or an MLP."""
+    from scrub.patching import PatchPath
+    from scrub.sites import Channel
+
+    structure = Structure.of(model)
+    out = []
+    for receiver, prev in previous_of:
+        r, p = parse_component(receiver, model.cfg), parse_component(prev, model.cfg)
+        out.append((receiver, prev, "direct", PatchPath(p, ((r, Channel.K),))))
+        for c in structure.sources:
+            if isinstance(c, (Head, Mlp)) and c != r and structure.feeds(p, c, Channel.V if isinstance(c, Head) else None) \
+                    and structure.feeds(c, r, Channel.K):
+                channel = Channel.V if isinstance(c, Head) else Channel.IN
+                name = f"{c}:v" if isinstance(c, Head) else str(c)
+                out.append((receiver, prev, name, PatchPath(p, ((c, channel), (r, Channel.K)))))
+    return out
+
+
+@torch.no_grad()
+def k_paths(model: HookedTransformer, previous_of, reference: Tensor, corrupted: Tensor,
+            metric_of: Callable[[Tensor, Tensor], object], *, data: str, chunk: int,
+            step: Callable[[], None] | None = None) -> KPaths:
+    """Every route of ``k_routes`` patched alone, on chunks of ``chunk`` rows."""
+    from scrub.patching import pair_run, patch_effects
+
+    routes = k_routes(model, previous_of)
+    values = []
+    for start in range(0, reference.shape[0], chunk):
+        ref, cor = reference[start : start + chunk], corrupted[start : start + chunk]
+        metric = metric_of(ref, cor)
+        clean = pair_run(model, ref, cor)
+        patched = patch_effects(model, ref, cor, [[path] for *_, path in routes], metric, clean=clean,
+                                positions=metric.positions)  # [route]
+        base = float(metric(clean.logits[: ref.shape[0]][:, metric.positions]))
+        values.append(patched.double() - base)
+        if step:
+            step()
+    mean, low, high = _interval(torch.stack(values))  # [route]
+    rows = tuple((r, p, name, float(m), float(lo), float(hi))
+                 for (r, p, name, _), m, lo, hi in zip(routes, mean, low, high))
+    return KPaths(data, rows, reference.shape[0], len(values))

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments._figures import grouped_intervals
-from experiments._report import COMPOSES, OTHER_EMBEDDING, REFINEMENTS, composers
+from experiments._report import COMPOSES, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
 OLD_LAYOUT = ("results.json", "heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png", "context_vs_prefix.png")
@@ -81,6 +81,16 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
          lambda r: "; ".join(f"{a} <- {b}" for a, b in r["roles"].get("previous_of") or []) or r["roles"]["previous_token"])
     line("\"token embedding\" of the mechanism", lambda r: " + ".join(r["roles"].get("embedding") or ["embed"])
          + (f" (mlp.0 token share {r['roles']['mlp0_token_share']:.2f})" if r["roles"].get("mlp0_token_share") is not None else ""))
+    def kpath(r: dict) -> str:
+        k = next((k for k in r.get("k_paths") or [] if k["data"] == "rrt"), None)
+        if k is None:
+            return "—"
+        return "; ".join(f"{a} <- {b}: direct {d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+                         + (", also via " + ", ".join(f"{x['route']} {x['value']:.3f}" for x in found[:3]) if found else "")
+                         for a, b, d, found in k_path_summary(k))
+
+    line("K path on RRT, previous-token head -> induction head K -> logits (nats; indirect routes whose interval "
+         "excludes 0)", kpath)
     line("roles by fallback", lambda r: "; ".join(r["roles"]["fallbacks"]) or "none")
     line("clean loss, natural text (candidates / all)", lambda r: " / ".join(
         f"{_row(r, 'natural', 'full', 'empty', p)['loss_clean']:.3f}" for p in ("candidates", "all")))

@@ -62,6 +62,7 @@ class StudyResults:
     splits: tuple = ()  # experiments._evaluate.EffectSplit of each behavioral head (natural text)
     composition: tuple = ()  # experiments._composition.Composition, natural text and RRT
     timings: dict = None  # seconds per stage of the run
+    k_paths: tuple = ()  # experiments._composition.KPaths, natural text and RRT
 
     def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline", positions: str = "candidates"):
         return next(r for r in self.rows if (r.data, r.hypothesis, r.baseline, r.positions) == (data, hypothesis, baseline, positions))
@@ -93,6 +94,7 @@ class StudyResults:
                 "rows": [keep(r) for r in self.rows], "per_head": [keep(r) for r in self.per_head],
                 "effect_split": [asdict(s) for s in self.splits],
                 "composition": [c.to_dict() for c in self.composition],
+                "k_paths": [k.to_dict() for k in self.k_paths],
                 "context_sensitivity": {"window": self.sensitivity.window, "late_start": self.sensitivity.late_start,
                                         "increase": self.sensitivity.increase.tolist(),
                                         "stderr": self.sensitivity.stderr.tolist(),
@@ -434,6 +436,38 @@ def _composition(res: StudyResults) -> list[str]:
     return L
 
 
+def k_path_summary(k: dict) -> list[tuple[str, str, dict, list[dict]]]:
+    """Per (induction head, previous-token head): the direct route and the indirect routes whose interval
+    excludes 0, largest first."""
+    out = []
+    for pair in dict.fromkeys((p["receiver"], p["previous"]) for p in k["paths"]):
+        rows = [p for p in k["paths"] if (p["receiver"], p["previous"]) == pair]
+        direct = next(p for p in rows if p["route"] == "direct")
+        found = sorted((p for p in rows if p["route"] != "direct" and (p["low"] > 0 or p["high"] < 0)),
+                       key=lambda p: -abs(p["value"]))
+        out.append((pair[0], pair[1], direct, found))
+    return out
+
+
+def _k_paths(res: StudyResults) -> list[str]:
+    ks = [k.to_dict() for k in res.k_paths]
+    if not ks:
+        return []
+    L = ["The mechanism claims the previous-token head's output into the induction head's K directly, through the "
+         "residual stream. Measured (path patching, same data and intervals as above): the previous-token head -> "
+         "induction head K -> logits route, and each route through one component computed between them (a head's V, "
+         "an MLP) -> induction head K -> logits.", "",
+         "| data | induction head <- previous-token head | direct | indirect routes with an interval excluding 0 (largest first) | indirect routes |",
+         "|---|---|---|---|---:|"]
+    for k in ks:
+        for r, p, d, found in k_path_summary(k):
+            n = sum(1 for x in k["paths"] if (x["receiver"], x["previous"]) == (r, p) and x["route"] != "direct")
+            L.append(f"| {k['data']} | {r} <- {p} | {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}] | "
+                     + ("; ".join(f"{x['route']} {x['value']:.4f} [{x['low']:.4f}, {x['high']:.4f}]" for x in found[:4])
+                        or "none") + f" | {n} |")
+    return L
+
+
 def _roles_text(res: StudyResults) -> list[str]:
     roles, m = res.roles, res.model or {}
     prev = "; ".join(f"{r} <- {p}" for r, p in roles.previous_of) or roles.previous_token
@@ -465,7 +499,8 @@ def write_report(res: StudyResults, out: Path) -> Path:
          f"tokens; repeated random tokens (RRT): {cfg.n_rrt} sequences of BOS + {cfg.rrt_length} tokens x 2; "
          f"{cfg.n_bootstrap} bootstrap resamples of examples. Every number below is written by "
          f"`experiments/_report.py` from the run; the cross-model report is [../induction_study.md](../induction_study.md)."
-         + (" Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()) + "." if res.timings else ""), ""]
+         + (" Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())
+            + f" ({m.get('torch_threads', '?')} torch threads)." if res.timings else ""), ""]
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
     rrt_share = m.get("rrt_frac") if m else training_rrt_share(str(cfg.model))
@@ -524,6 +559,8 @@ def write_report(res: StudyResults, out: Path) -> Path:
           "![context](context_vs_prefix.png)", ""] + _context(res)
     L += ["", "## 7. Per head: the two-head mechanism, and where the head's effect falls", ""] + _per_head(res)
     L += ["", "## 8. Do later components compose with the induction heads?", ""] + _composition(res)
+    if res.k_paths:
+        L += ["", "### The K path: direct, or through the layers in between?", ""] + _k_paths(res)
     L += ["", "## Method notes", "",
           "- Loss recovered = (L_baseline - L_scrubbed) / (L_baseline - L_clean), token-weighted over the scored "
           "positions; intervals: percentile bootstrap over examples. Candidates: prediction positions whose token "

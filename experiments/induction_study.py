@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from experiments._composition import composition, natural_metric, rrt_metric  # noqa: E402
+from experiments._composition import composition, k_paths, natural_metric, rrt_metric  # noqa: E402
 from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
 from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
@@ -93,7 +94,7 @@ class StudyConfig:
     @staticmethod
     def quick_config(**overrides) -> "StudyConfig":
         base = StudyConfig(n_natural=16, seq_len=128, n_rrt=16, rrt_length=32, n_context=8, window=8,
-                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=2, out="experiments/results/quick",
+                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=4, out="experiments/results/quick",
                            quick=True)
         return replace(base, **overrides)
 
@@ -162,7 +163,7 @@ def model_info(model: HookedTransformer, name: str) -> dict:
     from experiments._report import training_rrt_share
 
     c = model.cfg
-    return {"name": name, "n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model,
+    return {"name": name, "torch_threads": torch.get_num_threads(), "n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model,
             "d_mlp": None if c.attn_only else c.d_mlp, "mlps": not c.attn_only, "positions": c.positional_embedding_type,
             "rrt_frac": training_rrt_share(name)}
 
@@ -176,7 +177,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
     chunks = -(-cfg.n_patch // cfg.patch_chunk)
-    total = 6 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads + 2 * chunks
+    total = 6 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads + 4 * chunks
     bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
 
     timings: dict[str, float] = {}
@@ -233,22 +234,21 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed, step=tick)
     begin("composition")
     exclude = model.cfg.d_vocab // 20
-    comps = (
-        composition(model, per_head, natural[: cfg.n_patch],
-                    natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed + 1), natural_metric, data="natural",
-                    chunk=cfg.patch_chunk, step=tick),
-        composition(model, per_head, rrt[: cfg.n_patch] if cfg.n_patch <= cfg.n_rrt else
-                    repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed, vocab_size=model.cfg.d_vocab,
-                                           exclude_common=exclude),
-                    repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed + 1,
-                                           vocab_size=model.cfg.d_vocab, exclude_common=exclude),
-                    rrt_metric(cfg.rrt_length), data="rrt", chunk=cfg.patch_chunk, step=tick),
-    )
+    pairs = {"natural": (natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed),
+                         natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed + 1), natural_metric),
+             "rrt": tuple(repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed + k,
+                                                 vocab_size=model.cfg.d_vocab, exclude_common=exclude)
+                          for k in (0, 1)) + (rrt_metric(cfg.rrt_length),)}  # (reference, corrupted, metric)
+    comps = tuple(composition(model, per_head, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
+                  for data, (ref, cor, metric) in pairs.items())
+    begin("K path")
+    kpaths = tuple(k_paths(model, roles.previous_of, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
+                   for data, (ref, cor, metric) in pairs.items())
     stage("figures")
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
-                           splits=splits, composition=comps)
+                           splits=splits, composition=comps, k_paths=kpaths)
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
     stage("report")
@@ -302,9 +302,32 @@ def command_line(cfg: StudyConfig, models: list[str] | None) -> str:
             + "".join(f" --model {m}" for m in (models or [])))
 
 
+def study_threads() -> int:
+    """Torch threads for the run: the cores other processes leave free (1-minute load average), at least 1.
+    On a busy 2-core machine two threads contend with the other work and run a forward pass ~10x slower
+    than one (measured: 2.7 s against 0.25 s); OMP_NUM_THREADS, when set, decides instead."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, min(torch.get_num_threads(), cores - busy))
+
+
 def main(argv: list[str] | None = None, *, model: HookedTransformer | None = None) -> int:
     """Run the study on each model (``model``: an already-loaded model for a single ``--model``), then write
-    the cross-model report."""
+    the cross-model report. Torch threads: ``study_threads()`` for the run, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(study_threads())
+    try:
+        return _main(argv, model=model)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
     args = build_parser().parse_args(argv)
     names = list(dict.fromkeys(args.model)) if args.model else shipped_models()
     if not names:
