@@ -22,10 +22,13 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Self
+from typing import TYPE_CHECKING, Callable, Iterable, Self
 
 from scrub.model import SHIPPED_NAME, ModelLoadError
 from scrub.sites import SiteError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def progress(items, desc: str):
     return tqdm(items, desc=desc, file=sys.stderr, disable=None, leave=False)
 
 
-def quiet_load(name: str, device: str = "cpu"):
+def quiet_load(name: str, device: str | torch.device = "cpu"):
     """``load_model`` onto ``device`` with TransformerLens' "Moving model to device" print sent to stderr."""
     from scrub.model import load_model
 
@@ -429,8 +432,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     print(result.summary())  # the headline, then one "warning: ..." line per warning
     if quantiles:
-        print("per-example loss recovered: "
-              + ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles, strict=True)) +
+        print("per-example loss recovered: " +
+              ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles, strict=True)) +
               f"; {worse:.0%} of examples do worse than the baseline")
     print(f"draws equal to the datum they were drawn for: {result.self_sample_rate:.1%}")
     fed = {node: rate for node, rate in result.self_draws.items() if rate > 0}

@@ -11,13 +11,14 @@ this does not cover.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeGuard, cast
 
 import einops
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.components import GroupedQueryAttention, LayerNorm, LayerNormPre
+from transformer_lens.components import AbstractAttention, GroupedQueryAttention, LayerNorm, LayerNormPre
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
@@ -67,7 +68,7 @@ def check_supported(model: HookedTransformer) -> None:
         raise UnsupportedModelError(f"scrub cannot scrub this model: it uses {', '.join(problems)}")
 
 
-def _enabled(cap: float | None) -> bool:
+def _enabled(cap: float | None) -> TypeGuard[float]:
     """TransformerLens' soft-cap convention: a cap is on only when strictly positive."""
     return cap is not None and cap > 0
 
@@ -145,7 +146,9 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
     names |= {hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)}
     if not cfg.attn_only:
         names |= {hook_name(Mlp(layer)) for layer in range(cfg.n_layers)}
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    output, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    # TransformerLens types the output as Output (logits, loss); with the default return_type it is the logits
+    logits = cast(Tensor, output)  # [batch, seq, d_vocab]
     heads = tuple(
         einops.einsum(cache[hook_name(Head(layer, 0))], model.blocks[layer].attn.W_O,
                       "batch seq head d_head, head d_head d_model -> batch seq head d_model")
@@ -214,6 +217,10 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     attn, cfg = model.blocks[layer].attn, model.cfg
     if pos is not None:
         xq, xk = xq + pos, xk + pos
+    w_k: Tensor
+    w_v: Tensor
+    b_k: Tensor
+    b_v: Tensor
     if isinstance(attn, GroupedQueryAttention):  # key/value weights stored once per group of query heads
         w_k, w_v, b_k, b_v = attn._W_K, attn._W_V, attn._b_K, attn._b_V
         kv_index = head_index // attn.repeat_kv_heads  # [copy]
@@ -226,8 +233,9 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
     k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
     v = _project(xv, w_v) + b_v  # [copy, batch, seq, d_head]
-    if getattr(cfg, "clip_qkv", None) is not None:
-        q, k, v = (t.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv) for t in (q, k, v))  # [copy, batch, seq, d_head] x3
+    clip = getattr(cfg, "clip_qkv", None)
+    if clip is not None:
+        q, k, v = (t.clamp(min=-clip, max=clip) for t in (q, k, v))  # [copy, batch, seq, d_head] x3
     if cfg.positional_embedding_type == "rotary":
         q, k = _rotate(attn, q), _rotate(attn, k)  # [copy, batch, seq, d_head] x2
     scores = einops.einsum(q, k, "c b q h, c b k h -> c b q k") / attn.attn_scale  # [copy, batch, q, k]
@@ -240,7 +248,7 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     return einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
 
 
-def _rotate(attn: torch.nn.Module, x: Tensor) -> Tensor:
+def _rotate(attn: AbstractAttention, x: Tensor) -> Tensor:
     """The layer's own rotary embedding (``apply_rotary``, which takes [batch, pos, head, d_head]) of queries
     or keys x [copy, batch, seq, d_head], so every rotary variant TransformerLens builds is covered."""
     flat = x.reshape(-1, x.shape[2], 1, x.shape[3])  # [copy*batch, seq, 1, d_head]

@@ -21,7 +21,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
-from scrub.sites import Channel, Component, Embed, Head, Pos
+from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
 from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeNode
 from scrub.unembed import FactoredUnembed, Term, unembed
@@ -158,7 +158,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
         on = plan.clean_on()
         if on is not None:
             logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
-        elif factored is not None and not data.options.independent:
+        elif factored is not None and positions is not None and not data.options.independent:
             logits = _factored_logits(ctx, job, factored, positions)  # [batch, n_pos, d_vocab]
         else:
             resid = _build(ctx, root.component, plan)  # [batch, seq, d_model]
@@ -223,6 +223,7 @@ def _delta(ctx: _Context, job: _Job, child: TreeNode, value: _Value) -> _Delta:
     read = job.data[child].read
     key = (job.tree, child.path, None if read is None else ctx.mkey(read))
     if value.z is not None:
+        assert isinstance(child.component, Head)  # only heads are recomputed as z
         return _Delta(key, z=value.z, head=child.component)
     return _Delta(key, tensor=value.tensor)
 
@@ -236,6 +237,7 @@ def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mas
         diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],  # -> [rows, seq, d_model]
                              ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")
     else:
+        assert value.tensor is not None  # a value is clean_on, z or tensor
         diff = value.tensor - ctx.clean.out(src)[other]  # [rows, seq, d_model]
     if mask is not None:
         diff = diff * mask.to(diff.dtype)
@@ -274,8 +276,10 @@ def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
                     rest.append(ctx.clean.out(s)[index])
     for d in plan.deltas:
         if d.z is not None:
+            assert d.head is not None  # a z delta always names its head
             heads.setdefault(d.head.layer, []).append((d.z, d.head.head))
         else:
+            assert d.tensor is not None  # a delta is z (with its head) or tensor
             rest.append(d.tensor)
     for layer, terms in heads.items():  # one matmul per layer
         z = torch.cat([t for t, _ in terms], -1)  # [rows, seq, n*d_head]
@@ -285,6 +289,7 @@ def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
         add(term)
     if biases != 1:
         add((1 - biases) * ctx.bias(comp))
+    assert resid is not None  # every input has at least one sender (the embedding)
     return resid
 
 
@@ -312,14 +317,16 @@ def _recompute(ctx: _Context, todo: list[tuple[_Job, list[_Plan]]]) -> None:
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         comp = part[0][0].node.component
-        block = ctx.model.blocks[comp.layer]
         if isinstance(comp, Head):
-            xq, xk, xv = (_stack([_normed(ctx, j, plans[i], block.ln1) for j, plans in part]) for i in range(3))
-            heads = torch.tensor([j.node.component.head for j, _ in part])
+            ln1 = ctx.model.blocks[comp.layer].ln1
+            xq, xk, xv = (_stack([_normed(ctx, j, plans[i], ln1) for j, plans in part]) for i in range(3))
+            # one depth holds the heads of one layer only
+            heads = torch.tensor([c.head for j, _ in part if isinstance(c := j.node.component, Head)])
             z = heads_z_normed(ctx.model, comp.layer, heads, xq, xk, xv, pos)  # [copy, rows, seq, d_head]
             for (j, _), zj in zip(part, z, strict=True):
                 ctx.values[j.key] = _Value(z=zj)
         else:
+            assert isinstance(comp, Mlp)  # only heads and MLPs are recomputed
             x = torch.stack([_build(ctx, j.node.component, plans[0]) for j, plans in part])  # [copy, rows, seq, d]
             for (j, _), o in zip(part, mlp_forward(ctx.model, comp.layer, x), strict=True):
                 ctx.values[j.key] = _Value(tensor=o)

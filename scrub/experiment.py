@@ -239,7 +239,7 @@ def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstra
 @torch.no_grad()
 def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, data: Tensor, *,
         baseline: Claim | nx.DiGraph | str | Path | None = None, positions: Positions = "all", seed: int = 0,
-        batch_size: int = 32, options: SamplingOptions = SamplingOptions(), device: str | None = None,
+        batch_size: int = 32, options: SamplingOptions = SamplingOptions(), device: str | torch.device | None = None,
         n_bootstrap: int = 1000, progress: bool = True, self_draw_warning: float = SELF_DRAW_WARNING) -> ScrubResult:
     """Scrub ``hypothesis`` on ``data`` [n, seq] and report loss recovered against ``baseline``
     (default: the empty hypothesis, every path resampled).

@@ -324,7 +324,7 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
 
     This checks everything the engine needs (see the module docstring); ``check_paths`` adds the check that
     every claimed path starts at an input, and ``check_on`` the checks that need data."""
-    cfg = getattr(model, "cfg", model)
+    cfg = model.cfg if isinstance(model, HookedTransformer) else getattr(model, "cfg", model)
     where = f"{origin}: "
     if isinstance(graph, nx.MultiGraph):
         raise HypothesisError(f"{where}use a networkx.DiGraph, not a MultiDiGraph: "

@@ -33,6 +33,7 @@ from scrub.sites import (
     HEAD_CHANNELS,
     Channel,
     Component,
+    FwdHook,
     Head,
     Logits,
     Mlp,
@@ -403,7 +404,7 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
             frozen[part(s)] = corrupted_cache[hook.name][part(s)]
         return frozen
 
-    hooks = [] if downstream and receiver is not None else [(name, freeze) for name in outs]
+    hooks: list[FwdHook] = [] if downstream and receiver is not None else [(name, freeze) for name in outs]
     if receiver is not None:
         delta = corrupted_cache[hook_name(s)][part(s)] - clean_cache[hook_name(s)][part(s)]
         if isinstance(s, Head):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -109,7 +109,7 @@ class _Matrix:
         heads = [j for j, r in enumerate(receivers) if isinstance(r, Head)]
         mlps = [j for j, r in enumerate(receivers) if isinstance(r, Mlp)]
         self.total = int(self.feeds[:, heads].sum()) + int(self.feeds[:, mlps, 0].sum()) + len(senders)
-        self.bar = None
+        self.bar: _Progress = _NoBar()  # matrix_values sets its bar
 
     def values(self, logits_of: Callable[[slice, bool], Tensor], k: int) -> list[float]:
         """Metric values of ``k`` paths, minus the base, in calls of ``per_call`` paths. ``logits_of(slice,
@@ -159,8 +159,8 @@ class _Matrix:
                 fed = self.feeds[part][:, cols, c]  # [k, n_r]
                 if not bool(fed.any()):
                     continue
-                inputs = [xs if ch == channel else normed for ch in (Channel.Q, Channel.K, Channel.V)]
-                z = heads_z_normed(self.model, layer, index, *inputs, pos)  # [copy, n, seq, d_head]
+                xq, xk, xv = (xs if ch == channel else normed for ch in (Channel.Q, Channel.K, Channel.V))
+                z = heads_z_normed(self.model, layer, index, xq, xk, xv, pos)  # [copy, n, seq, d_head]
                 dz = z.view(k, n_r, n, seq, -1)[:, :, :, positions] - z_clean  # [k, n_r, n, n_pos, d_head]
                 del z
                 for r, j in enumerate(cols):
@@ -258,6 +258,7 @@ class _Unembed:
 
     def _with_bias(self, m: Tensor) -> Tensor:
         """[width, d_vocab] -> [width + 2, d_vocab]: then the logit bias c and a row of ones (for the shift)."""
+        assert self.factored is not None  # only the factored form gets here
         return torch.cat([m, self.factored.c[None], torch.ones_like(self.factored.c)[None]])
 
     def _finish(self, x: Tensor, m: Tensor, sq: Tensor, centred: bool) -> Tensor:
@@ -265,6 +266,7 @@ class _Unembed:
         the centred squared norms sq [paths, n, n_pos] of the patched residuals and t the clean max logit of
         the row if ``centred`` (else 0), computed as [x/s, 1, -t]·[m; c; 1] + base·Ã/s: one matmul and one
         fused multiply-add d_vocab wide."""
+        assert self.factored is not None  # only the factored form gets here
         inv = (sq.clamp_min(0) / self.base.shape[-1] + self.factored.eps).rsqrt()[..., None]  # [paths, n, n_pos, 1]
         shift = -self.top.expand_as(inv) if centred else torch.zeros_like(inv)  # [paths, n, n_pos, 1]
         x = torch.cat([x * inv, torch.ones_like(inv), shift], -1)  # [paths, n, n_pos, width + 2]
@@ -289,6 +291,10 @@ class _Score:
             return torch.stack([torch.as_tensor(self.metric(x)) for x in logits]).double()
         kwargs = ({"overwrite": True} if self.overwrite else {}) | ({"centred": True} if centred else {})
         return self.many(logits, **kwargs).double()
+
+
+class _Progress(Protocol):
+    def update(self, n: int, /) -> object: ...
 
 
 class _NoBar:

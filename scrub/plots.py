@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -35,7 +36,7 @@ def head_heatmap(scores: torch.Tensor, path: str | Path, *, title: str, vmin: fl
     for layer in range(n_layers):
         for head in range(n_heads):
             value = float(values[layer, head])
-            red, green, blue, _ = image.cmap(image.norm(value))
+            red, green, blue, _ = image.cmap(image.norm(np.asarray(value)))  # a 0-d array: still one colour
             dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
             ax.text(head, layer, fmt.format(value), ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
@@ -66,8 +67,9 @@ def recovery_ladder(labels: list[str], values: torch.Tensor, low: torch.Tensor, 
                [max(0.0, b - a) for a, b in zip(v, hi, strict=True)]]
         ax.barh(y, v, height=height, xerr=err, capsize=2, label=series[s], alpha=0.85)
     if reference is not None:
-        ys = [i for i, r in enumerate(reference) if r is not None]
-        ax.scatter([reference[i] for i in ys], ys, marker="D", color="black", zorder=3, label=reference_label)
+        marks = [(i, r) for i, r in enumerate(reference) if r is not None]
+        ax.scatter([r for _, r in marks], [i for i, _ in marks], marker="D", color="black", zorder=3,
+                   label=reference_label)
     ax.axvline(0.0, color="grey", lw=0.8)
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(n_hyp), labels)
@@ -175,9 +177,10 @@ def patch_heatmap(matrix: "PatchMatrix", path: str | Path, *, title: str) -> Pat
     measured = ~torch.isnan(matrix.effects).all(-1)  # [sender, receiver]: the sender feeds the receiver
     rows = [i for i in range(len(matrix.senders)) if bool(measured[i].any())]
     cols = [j for j in range(len(matrix.receivers)) if bool(measured[:, j].any())]
-    panels = [(f"-> receiver:{c.value}", matrix.effects[rows][:, cols, k], [matrix.senders[i] for i in rows],
-               [matrix.receivers[j] for j in cols]) for k, c in enumerate(matrix.channels) if rows]
-    panels.append(("-> logits", matrix.to_logits[:, None], list(matrix.senders), ["logits"]))
+    senders = [str(s) for s in matrix.senders]  # tick labels
+    panels = [(f"-> receiver:{c.value}", matrix.effects[rows][:, cols, k], [senders[i] for i in rows],
+               [str(matrix.receivers[j]) for j in cols]) for k, c in enumerate(matrix.channels) if rows]
+    panels.append(("-> logits", matrix.to_logits[:, None], senders, ["logits"]))
     finite = torch.cat([p[~torch.isnan(p)].flatten() for _, p, _, _ in panels])
     vmax = float(finite.abs().max()) if finite.numel() else 1.0
     width = sum(0.32 * p.shape[1] + 1.2 for _, p, _, _ in panels)
@@ -185,8 +188,8 @@ def patch_heatmap(matrix: "PatchMatrix", path: str | Path, *, title: str) -> Pat
     axes = fig.subplots(1, len(panels), width_ratios=[p.shape[1] + 3 for _, p, _, _ in panels], squeeze=False)[0]
     for ax, (label, values, ys, xs) in zip(axes, panels, strict=True):
         image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(ys)), [str(y) for y in ys], fontsize=7)
+        ax.set_xticks(range(len(xs)), xs, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(ys)), ys, fontsize=7)
         ax.set_title(label, fontsize=9)
     axes[0].set_ylabel("sender")
     fig.suptitle(title, fontsize=10)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
-from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos, hook_name
+from scrub.sites import Channel, Component, Embed, FwdHook, Head, Mlp, Pos, hook_name
 from scrub.structure import Structure
 from scrub.treeify import Assignments, TreeNode, unroll
 
@@ -87,7 +87,7 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
             return clean_out(datum, comp)
         if isinstance(comp, Head):
             inputs = {c: input_of(node, c) for c in (Channel.Q, Channel.K, Channel.V)}
-            captured = {}
+            captured: dict[str, Tensor] = {}
 
             def put(c):
                 def hook(act, hook):
@@ -95,7 +95,7 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
                     return act
                 return hook
 
-            hooks = [(hook_name(comp, f"{c.value}_input"), put(c)) for c in inputs]
+            hooks: list[FwdHook] = [(hook_name(comp, f"{c.value}_input"), put(c)) for c in inputs]
             hooks.append((hook_name(comp), lambda act, hook: captured.update(z=act[:, :, comp.head].clone())))
             patched.run_with_hooks(tokens[datum], fwd_hooks=hooks)
             return captured["z"] @ model.blocks[comp.layer].attn.W_O[comp.head]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Union
+from typing import Any, Callable, Union
 
 from transformer_lens import HookedTransformerConfig
 
@@ -87,6 +87,7 @@ class Logits:
 
 
 Component = Union[Head, Mlp, Embed, Pos, Logits]
+FwdHook = tuple[str | Callable[..., Any], Callable[..., Any]]  # one entry of TransformerLens' fwd_hooks
 INPUTS = (Embed(), Pos())
 
 _HEAD = re.compile(r"^(\d+)\.(\d+)$")
@@ -106,7 +107,8 @@ def parse_component(name: str | Component, cfg: HookedTransformerConfig, *, stri
     text = name.strip()
     lower = text.lower()
     if lower in ("embed", "logits", "pos"):
-        component: Component = {"embed": Embed(), "logits": Logits(), "pos": Pos()}[lower]
+        named: dict[str, Component] = {"embed": Embed(), "logits": Logits(), "pos": Pos()}
+        component = named[lower]
     elif m := _HEAD.match(text):
         component = Head(int(m[1]), int(m[2]))
     elif m := _MLP.match(lower):

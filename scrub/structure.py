@@ -34,11 +34,11 @@ class Structure:
     def of(cls, model: HookedTransformer | HookedTransformerConfig | "Structure") -> "Structure":
         if isinstance(model, Structure):
             return model
-        cfg = getattr(model, "cfg", model)
+        cfg = model.cfg if isinstance(model, HookedTransformer) else getattr(model, "cfg", model)
         kind = cfg.positional_embedding_type
+        pos: PosKind = "shortformer" if kind == "shortformer" else "rotary" if kind == "rotary" else "standard"
         return cls(n_layers=cfg.n_layers, n_heads=cfg.n_heads, has_mlps=not cfg.attn_only,
-                   parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
-                   pos=kind if kind in ("standard", "shortformer", "rotary") else "standard")
+                   parallel=bool(getattr(cfg, "parallel_attn_mlp", False)), pos=pos)
 
     # --- components ------------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ class Structure:
     @cached_property
     def sources(self) -> tuple[Component, ...]:
         """Every component whose output is summed into the residual stream, in computation order."""
-        out: list[Component] = [Embed()] + ([Pos()] if self.pos == "standard" else [])
+        out: list[Component] = [Embed(), Pos()] if self.pos == "standard" else [Embed()]
         for layer in range(self.n_layers):
             out += self.heads(layer)
             out += [Mlp(layer)] if self.has_mlps else []

@@ -81,10 +81,12 @@ class FactoredUnembed:
         fresh = False  # ``lin`` is still the cached base: the first term allocates, later terms add in place
         for t in terms:
             if t.dz is not None:
+                assert t.head is not None  # a dz term always names its head
                 resid = resid + t.dz @ self.w_o(t.head)  # [batch, n_pos, d_model]
                 # [batch*n_pos, d_head], [d_head, d_vocab]
                 x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)
             else:
+                assert t.resid is not None  # a term is either dz (with its head) or resid
                 resid = resid + t.resid
                 x, m = t.resid.reshape(batch * n_pos, -1), self.a  # [batch*n_pos, d_model], [d_model, d_vocab]
             lin = lin.addmm_(x, m) if fresh else torch.addmm(lin, x, m)  # [batch*n_pos, d_vocab]
