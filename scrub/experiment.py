@@ -23,7 +23,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import networkx as nx
 import torch
@@ -39,7 +39,8 @@ from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load
 from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, recovery_warnings, token_losses
 from scrub.treeify import SamplingOptions, assign_data, treeify
 
-Positions = str | Callable[[Tensor], Tensor]
+PositionsMode = Literal["all", "candidates"]  # every prediction position, or induction candidates only
+Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -> bool mask, both [batch, seq]
 
 MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch generators take 64 bits, and -1 would alias 2**64 - 1
 SELF_DRAW_WARNING = 0.1  # warn when a node's feature draws return the datum itself for more than this share

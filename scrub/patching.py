@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -44,6 +44,9 @@ from scrub.sites import (
 )
 from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
+
+MetricKind = Literal["loss", "logit_diff"]  # what a ``Metric`` measures (see ``Metric``)
+METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
 
 TREES_PER_CALL = 64  # trees stacked into one evaluate_many call (bounds the stacked q/k/v inputs)
 
@@ -152,7 +155,7 @@ class Metric:
     """A scalar of logits at ``positions`` (prediction positions, [n_pos]): mean next-token ``loss`` against
     the reference labels, or mean ``logit_diff`` = logit(reference next token) - logit(corrupted next token)."""
 
-    kind: str
+    kind: MetricKind
     positions: Tensor  # [n_pos] sequence indices t, scored on tokens[t + 1]
     labels: Tensor  # [batch, n_pos] reference next tokens
     foils: Tensor  # [batch, n_pos] corrupted next tokens
@@ -189,9 +192,9 @@ class Metric:
         raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
 
 
-def make_metric(kind: str, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
+def make_metric(kind: MetricKind, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
     """``positions`` [n_pos]: prediction positions (each < seq - 1)."""
-    if kind not in ("loss", "logit_diff"):
+    if kind not in METRIC_KINDS:  # a plain string from the command line or an untyped caller
         raise ValueError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
     if positions.numel() == 0 or int(positions.max()) >= reference.shape[1] - 1:
         raise ValueError("metric positions must be non-empty prediction positions below seq - 1")
