@@ -541,6 +541,8 @@ def study_command(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise OSError(f"no study at {path}: `scrub study` runs from a source checkout of scrub (experiments/)")
     spec = importlib.util.spec_from_file_location("scrub_induction_study", path)
+    if spec is None or spec.loader is None:
+        raise OSError(f"cannot load the study from {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
