@@ -190,7 +190,9 @@ def _q4(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
     L = ["Each behavioral induction head resampled alone (its inputs all from another sequence) on natural text: the "
          "loss increase per token at induction-candidate positions and elsewhere, and the share of the head's summed "
          "effect that falls at candidates; the last column is how much of that head's effect at the other positions "
-         "its two-head mechanism recovers (95% bootstrap intervals).", "",
+         "its two-head mechanism recovers (95% bootstrap intervals). A head that did nothing but induction would put "
+         "all of its effect at candidates; one that acted the same everywhere would put there the candidates' share "
+         "of the tokens.", "",
          "| model | head | per token, candidates | per token, other positions | share of the effect at candidates | share of tokens that are candidates | mechanism, other positions |",
          "|---|---|---|---|---|---:|---|"]
     groups, values = [], []
@@ -258,11 +260,12 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
                 f"{d}: " + (", ".join(f"{p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''}"
                                       for p in ps[:4]) or "none") for d, ps in found.items()) + ". "
         if nat and rrt:
-            short = lambda x: ("most of" if x >= 0.75 else "about half of" if x >= 0.4 else "a minority of"  # noqa: E731
-                               if x >= 0.1 else "almost none of")
-            text += (f"In plain words: in this model the textbook circuit is {short(nat['value'])} what the heads the "
-                     f"behavioral test picks do on natural text, and {short(rrt['value'])} it on repeated random "
-                     f"tokens; the rest runs through paths the mechanistic definition does not name.")
+            short = lambda x: ("most" if x >= 0.75 else "about half" if x >= 0.4 else "a minority"  # noqa: E731
+                               if x >= 0.1 else "almost none")
+            text += (f"In plain words: in this model the textbook two-head circuit accounts for {short(nat['value'])} "
+                     f"of what the heads the behavioral test picks out do on natural text, and for "
+                     f"{short(rrt['value'])} of it on repeated random tokens; the rest runs through paths the "
+                     f"mechanistic definition does not name.")
         L.append(text)
     return L
 
