@@ -130,7 +130,7 @@ def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
     labels = [next((_label(r, n) for _, r in results if _row(r, "natural", n)), n) for n in names]
     fig = grouped_intervals(labels, series, values, root / "cross_ladder.png", xlabel="loss recovered vs the induction "
                             "baseline, candidate positions (95% interval)", title="minimal mechanism and refinements, "
-                            "by model", reference=(0.0, 1.0))
+                            "by model", reference=(0.0, 1.0), clip=(-1.0, 2.0))
     L += ["", f"![ladder across models]({fig.name})"]
     return L, [fig.name]
 
@@ -200,9 +200,10 @@ def _q4(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
         for sp in r.get("effect_split") or []:
             c, o = sp["per_token"]
             other = next((x for x in r["per_head"] if x["hypothesis"] == sp["name"] and x["positions"] == "other"), None)
-            L.append(f"| `{m}` | {sp['name']} | {c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}] | {o[0]:.4f} [{o[1]:.4f}, {o[2]:.4f}] | "
+            note = "" if sp["name"] in r["roles"]["behavioral"] else " (fallback: not behavioral)"
+            L.append(f"| `{m}` | {sp['name']}{note} | {c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}] | {o[0]:.4f} [{o[1]:.4f}, {o[2]:.4f}] | "
                      f"{sp['share'][0]:.2f} [{sp['share'][1]:.2f}, {sp['share'][2]:.2f}] | {sp['token_share']:.2f} | {_fmt(other)} |")
-            groups.append(f"{m} {sp['name']}")
+            groups.append(f"{m} {sp['name']}" + ("" if sp["name"] in r["roles"]["behavioral"] else " (fallback)"))
             values.append([tuple(c), tuple(o)])
     figs = []
     if groups:

@@ -107,8 +107,10 @@ def composition_heatmap(panels: list[dict], path: Path, *, title: str) -> Path:
 
 
 def grouped_intervals(groups: list[str], series: list[str], values: list[list[tuple[float, float, float]]],
-                      path: Path, *, title: str, xlabel: str, reference: tuple[float, ...] = (0.0,)) -> Path:
-    """Horizontal bars: one group per row, one bar per series, (value, low, high) each; NaN skipped."""
+                      path: Path, *, title: str, xlabel: str, reference: tuple[float, ...] = (0.0,),
+                      clip: tuple[float, float] | None = None) -> Path:
+    """Horizontal bars: one group per row, one bar per series, (value, low, high) each; NaN skipped. ``clip``:
+    the widest x range shown (bars and whiskers beyond it are cut at the frame, and the axis label says so)."""
     n_groups, n_series = len(groups), len(series)
     fig = Figure(figsize=(7.5, 0.35 * n_groups * max(1, n_series) / 1.4 + 1.6))
     ax = fig.add_subplot()
@@ -123,6 +125,12 @@ def grouped_intervals(groups: list[str], series: list[str], values: list[list[tu
         ax.axvline(x, color="grey", lw=0.8, ls="--" if x else "-")
     ax.set_yticks(range(n_groups), groups, fontsize=8)
     ax.invert_yaxis()
+    if clip is not None:
+        flat = [x for row in values for triple in row for x in triple if x == x]
+        lo, hi = min(flat + [0.0]), max(flat + [1.0])
+        if lo < clip[0] or hi > clip[1]:
+            xlabel += f" (axis cut at [{clip[0]}, {clip[1]}])"
+        ax.set_xlim(max(clip[0], lo - 0.05), min(clip[1], hi + 0.05))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="best", fontsize=7)
