@@ -173,7 +173,7 @@ class KPaths:
 
 def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str, object]]:
     """(receiver, previous-token head, route name, PatchPath) for the direct route and every route through
-    one component between the two: a head (via its V) or an MLP."""
+    one component between the two: a head (via its V) or an MLP. ``previous_of``: (receiver, head) pairs."""
     from scrub.patching import PatchPath
     from scrub.sites import Channel
 

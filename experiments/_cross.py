@@ -85,12 +85,13 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
         k = next((k for k in r.get("k_paths") or [] if k["data"] == "rrt"), None)
         if k is None:
             return "—"
-        return "; ".join(f"{a} <- {b}: direct {d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+        claimed = {tuple(x) for x in r["roles"].get("previous_of") or []}
+        return "; ".join(f"{a} <- {b}{'*' if (a, b) in claimed else ''}: direct {d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
                          + (", also via " + ", ".join(f"{x['route']} {x['value']:.3f}" for x in found[:3]) if found else "")
                          for a, b, d, found in k_path_summary(k))
 
-    line("K path on RRT, previous-token head -> induction head K -> logits (nats; indirect routes whose interval "
-         "excludes 0)", kpath)
+    line("K path on RRT, previous-token(-like) head -> induction head K -> logits (nats; * = the head the mechanism "
+         "claims; indirect routes whose interval excludes 0)", kpath)
     line("roles by fallback", lambda r: "; ".join(r["roles"]["fallbacks"]) or "none")
     line("clean loss, natural text (candidates / all)", lambda r: " / ".join(
         f"{_row(r, 'natural', 'full', 'empty', p)['loss_clean']:.3f}" for p in ("candidates", "all")))

@@ -453,16 +453,19 @@ def _k_paths(res: StudyResults) -> list[str]:
     ks = [k.to_dict() for k in res.k_paths]
     if not ks:
         return []
+    claimed = dict(res.roles.previous_of)
     L = ["The mechanism claims the previous-token head's output into the induction head's K directly, through the "
-         "residual stream. Measured (path patching, same data and intervals as above): the previous-token head -> "
-         "induction head K -> logits route, and each route through one component computed between them (a head's V, "
-         "an MLP) -> induction head K -> logits.", "",
+         "residual stream. Measured (path patching, same data and intervals as above), for the claimed previous-token "
+         "head (**bold**) and every other previous-token-like head before the induction head: the direct route "
+         "head -> induction head K -> logits, and each route through one component computed between them (a head's "
+         "V, an MLP) -> induction head K -> logits.", "",
          "| data | induction head <- previous-token head | direct | indirect routes with an interval excluding 0 (largest first) | indirect routes |",
          "|---|---|---|---|---:|"]
     for k in ks:
         for r, p, d, found in k_path_summary(k):
             n = sum(1 for x in k["paths"] if (x["receiver"], x["previous"]) == (r, p) and x["route"] != "direct")
-            L.append(f"| {k['data']} | {r} <- {p} | {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}] | "
+            pair = f"**{r} <- {p}**" if claimed.get(r) == p else f"{r} <- {p}"
+            L.append(f"| {k['data']} | {pair} | {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}] | "
                      + ("; ".join(f"{x['route']} {x['value']:.4f} [{x['low']:.4f}, {x['high']:.4f}]" for x in found[:4])
                         or "none") + f" | {n} |")
     return L

@@ -242,7 +242,9 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     comps = tuple(composition(model, per_head, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
                   for data, (ref, cor, metric) in pairs.items())
     begin("K path")
-    kpaths = tuple(k_paths(model, roles.previous_of, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
+    candidates = [(r, p) for r in roles.induction  # the claimed previous-token head first, then the other
+                  for p in dict.fromkeys([roles.previous_for(r), *roles.early(roles.previous_like, r)])]  # prev-like
+    kpaths = tuple(k_paths(model, candidates, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
                    for data, (ref, cor, metric) in pairs.items())
     stage("figures")
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
