@@ -94,7 +94,7 @@ class Composition:
         return {"data": self.data, "senders": list(self.senders), "receivers": list(self.receivers),
                 "paths": self.paths(), "clean": self.clean, "corrupted": self.corrupted,
                 "direct": {s: {"value": float(d[0]), "low": float(d[1]), "high": float(d[2])}
-                           for s, d in zip(self.senders, self.direct)},
+                           for s, d in zip(self.senders, self.direct, strict=True)},
                 "n_examples": self.n_examples, "n_chunks": self.n_chunks}
 
 
@@ -212,5 +212,5 @@ def k_paths(model: HookedTransformer, previous_of, reference: Tensor, corrupted:
             step()
     mean, low, high = _interval(torch.stack(values))  # [route]
     rows = tuple((r, p, name, float(m), float(lo), float(hi))
-                 for (r, p, name, _), m, lo, hi in zip(routes, mean, low, high))
+                 for (r, p, name, _), m, lo, hi in zip(routes, mean, low, high, strict=True))
     return KPaths(data, rows, reference.shape[0], len(values))

@@ -146,8 +146,9 @@ def _q2(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
     groups, values = [], []
     for m, r in results:
         beh, sens = r["roles"]["behavioral"], _sensitive(r)
-        show = lambda hs: ", ".join(f"{h} {_increase(r, h)[0]:.4f} [{_increase(r, h)[1]:.4f}, {_increase(r, h)[2]:.4f}]"  # noqa: E731
-                                    for h in hs) or "none"
+        def show(hs: list[str], r: dict = r) -> str:
+            return ", ".join("{} {:.4f} [{:.4f}, {:.4f}]".format(h, *_increase(r, h)) for h in hs) or "none"
+
         L.append(f"| `{m}` | {show(beh)} | {show(sens)} | {show([h for h in sens if h not in beh])} | "
                  f"{show([h for h in beh if h not in sens])} |")
         for h in dict.fromkeys([*beh, *sens]):
@@ -301,12 +302,8 @@ def write_cross_report(root: Path, folders: list[Path], *, command: str) -> Path
          "copying on repeated random tokens. The study scrubs the mechanism (causal scrubbing, Chan et al. 2022) and "
          "compares it with the behavior.", "",
          "## Models side by side", ""] + (_side_by_side(results) if results else ["No per-model results."])
-    figures: list[str] = []
     if len(results) >= 2:
-        q1, f1 = _q1(results, root)
-        q2, f2 = _q2(results, root)
-        q4, f4 = _q4(results, root)
-        figures = f1 + f2 + f4
+        (q1, _), (q2, _), (q4, _) = _q1(results, root), _q2(results, root), _q4(results, root)  # (figures: linked)
         L += ["", "## Across models", "",
               "### 1. How much of the in-context loss does the minimal two-head mechanism explain, and what do the refinements add?", ""] + q1
         L += ["", "### 2. Behavioral induction heads and context-sensitive heads", ""] + q2

@@ -77,7 +77,7 @@ def composition_heatmap(panels: list[dict], path: Path, *, title: str) -> Path:
     fig = Figure(figsize=(max(6.0, 0.42 * width + 3), 2.2 * len(panels) + 0.45 * sum(len(p["senders"]) for p in panels)),
                  layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    for ax, p in zip(axes, panels):
+    for ax, p in zip(axes, panels, strict=True):
         cols = list(dict.fromkeys(f"{q['receiver']}:{q['channel']}" if q["channel"] != "in" else q["receiver"]
                                   for q in p["paths"])) + ["logits"]
         values = torch.full((len(p["senders"]), len(cols)), float("nan"))

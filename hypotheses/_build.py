@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import networkx as nx
 from transformer_lens import HookedTransformer
 
+from hypotheses._heads import HeadRoles
 from scrub.features import after_earlier_occurrence
 from scrub.hypothesis import full_graph
 from scrub.sites import Head, parse_channel, parse_component
 from scrub.structure import Structure
-
-from hypotheses._heads import HeadRoles
 
 
 def senders_before(model: HookedTransformer, receiver: str) -> list[str]:

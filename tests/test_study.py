@@ -15,8 +15,8 @@ from scrub.model import save_checkpoint, shipped_models
 from tests.helpers import save_tiny_checkpoint
 
 SECTIONS = ("## 1. Behavioral head scores", "## 2. Hypotheses", "## 3. Loss recovered", "## 4. What the numbers say",
-            "## 5. Per-example distribution", "## 6. Context sensitivity", "## 7. Per head", "## 8. Do later components",
-            "## Method notes")
+            "## 5. Per-example distribution", "## 6. Context sensitivity", "## 7. Per head",
+            "## 8. Do later components", "## Method notes")
 CROSS = ("## Models side by side", "## Across models", "### 1. ", "### 2. ", "### 3. ", "### 4. ", "## Conclusion")
 
 
@@ -91,7 +91,8 @@ def test_study_quick_per_model_report_and_figures(study, summary, index, name):
         assert int(prev.split(".")[0]) < int(receiver.split(".")[0])
     # where each head's effect falls (candidates vs elsewhere), and its mechanism at the other positions
     assert [s["name"] for s in one["effect_split"]] == one["roles"]["induction"]
-    assert {(r["hypothesis"], r["positions"]) for r in one["per_head"]} >= {(h, "other") for h in one["roles"]["induction"]}
+    other = {(r["hypothesis"], r["positions"]) for r in one["per_head"]}
+    assert other >= {(h, "other") for h in one["roles"]["induction"]}
     assert {c["data"] for c in one["composition"]} == {"natural", "rrt"}
 
 
