@@ -111,28 +111,35 @@ def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
     full = full_graph(model) if model is not None else None
 
     def inputs(node: str) -> str:
-        by: dict[str, list[str]] = {}
+        by: dict[tuple[str, bool], list[str]] = {}  # (channel, position-restricted) -> component names
         for s, _, a in graph.in_edges(node, data=True):
+            name = s.split("#")[0]  # a full copy "X#..." stands for X with all its inputs
             for c in (a.get("via") or ["in"]):
-                by.setdefault(c, []).append(s + (" (at no-match keys)" if a.get("positions") is not None else ""))
+                by.setdefault((c, a.get("positions") is not None), []).append(name)
         if not by:
             return "nothing (all resampled)"
         comp = graph.nodes[node].get("component", node)
-        every = {}
+        every: dict[str, set[str]] = {}
         if full is not None and comp in full:
             for s, _, a in full.in_edges(comp, data=True):
                 for c in (a.get("via") or ["in"]):
                     every.setdefault(c, set()).add(s)
         groups: dict[tuple, list[str]] = {}
-        for c in sorted(by):
-            groups.setdefault(tuple(sorted(by[c])), []).append(c)
+        for (c, restricted) in sorted(by):
+            groups.setdefault((tuple(sorted(by[c, restricted])), restricted), []).append(c)
         parts = []
-        for senders, chans in groups.items():
+        for (senders, restricted), chans in groups.items():
             if all(set(senders) == every.get(c) for c in chans):
                 what = f"all its inputs ({len(senders)})"
+            elif len(senders) <= 6:
+                what = ", ".join(senders)
+            elif all(set(senders) < every.get(c, set()) and len(every[c] - set(senders)) <= 3 for c in chans):
+                missing = sorted(set.union(*(every[c] - set(senders) for c in chans)))
+                what = f"all its inputs but {', '.join(missing)}"
             else:
-                what = ", ".join(senders) if len(senders) <= 6 else f"{len(senders)} inputs: {', '.join(senders[:4])}, ..."
-            parts.append(f"{', '.join(c for c in chans if c != 'in') or 'in'} <- {what}")
+                what = f"{len(senders)} inputs ({', '.join(senders[:3])}, ...)"
+            where = " at no-match keys" if restricted else ""
+            parts.append(f"{', '.join(c for c in chans if c != 'in') or 'in'}{where} <- {what}")
         return "; ".join(parts)
 
     out, seen, todo = [], set(), [h for h in roles.induction if h in graph]
@@ -143,7 +150,7 @@ def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
         seen.add(node)
         comp = graph.nodes[node].get("component")
         out.append(f"{node}{f' (= {comp})' if comp and comp != node.split('~')[0] else ''}: {inputs(node)}")
-        todo += sorted(s for s in graph.predecessors(node) if "component" in graph.nodes[s])
+        todo += sorted(s for s in graph.predecessors(node) if "~" in s)  # the mechanism's copies
     return ". ".join(out) if out else "no induction head in this graph"
 
 
@@ -503,7 +510,7 @@ def write_report(res: StudyResults, out: Path) -> Path:
          f"{cfg.n_bootstrap} bootstrap resamples of examples. Every number below is written by "
          f"`experiments/_report.py` from the run; the cross-model report is [../induction_study.md](../induction_study.md)."
          + (" Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())
-            + f" ({m.get('torch_threads', '?')} torch threads)." if res.timings else ""), ""]
+            + f"; torch threads: {m.get('torch_threads', '?')}." if res.timings else ""), ""]
     if roles.fallbacks:
         L += ["**Warning — roles by fallback:** " + "; ".join(roles.fallbacks) + ".", ""]
     rrt_share = m.get("rrt_frac") if m else training_rrt_share(str(cfg.model))
