@@ -124,22 +124,22 @@ def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
             for s, _, a in full.in_edges(comp, data=True):
                 for c in (a.get("via") or ["in"]):
                     every.setdefault(c, set()).add(s)
-        groups: dict[tuple, list[str]] = {}
+
+        def describe(c: str, senders: list[str]) -> str:
+            have, full_set = set(senders), every.get(c, set())
+            if have == full_set and len(senders) > 3:
+                return f"all its inputs ({len(senders)})"
+            if len(senders) <= 6:
+                return ", ".join(sorted(senders))
+            if have < full_set and len(full_set - have) <= 3:
+                return f"all its inputs but {', '.join(sorted(full_set - have))}"
+            return f"{len(senders)} inputs ({', '.join(sorted(senders)[:3])}, ...)"
+
+        groups: dict[tuple[str, bool], list[str]] = {}  # (description, restricted) -> channels
         for (c, restricted) in sorted(by):
-            groups.setdefault((tuple(sorted(by[c, restricted])), restricted), []).append(c)
-        parts = []
-        for (senders, restricted), chans in groups.items():
-            if all(set(senders) == every.get(c) for c in chans):
-                what = f"all its inputs ({len(senders)})"
-            elif len(senders) <= 6:
-                what = ", ".join(senders)
-            elif all(set(senders) < every.get(c, set()) and len(every[c] - set(senders)) <= 3 for c in chans):
-                missing = sorted(set.union(*(every[c] - set(senders) for c in chans)))
-                what = f"all its inputs but {', '.join(missing)}"
-            else:
-                what = f"{len(senders)} inputs ({', '.join(senders[:3])}, ...)"
-            where = " at no-match keys" if restricted else ""
-            parts.append(f"{', '.join(c for c in chans if c != 'in') or 'in'}{where} <- {what}")
+            groups.setdefault((describe(c, by[c, restricted]), restricted), []).append(c)
+        parts = [f"{', '.join(c for c in chans if c != 'in') or 'in'}{' at no-match keys' if restricted else ''} <- {what}"
+                 for (what, restricted), chans in groups.items()]
         return "; ".join(parts)
 
     out, seen, todo = [], set(), [h for h in roles.induction if h in graph]
