@@ -13,7 +13,11 @@ shipped model (``scrub.model.shipped_models()``) is studied. Each model's report
 figures go to ``<out>/<model>/`` (a checkpoint directory is named by its folder name); ``<out>/induction_study.md``
 is the cross-model report, written from those ``results.json`` files (with one model, its summary alone).
 Default out: experiments/results/ (quick mode: experiments/results/quick/). ``--report-only`` rewrites
-the cross-model report from the per-model folders already there, without running anything.
+the cross-model report from the per-model folders already there, without running anything. The cross-model
+report also takes in other model folders under ``<out>`` whose results come from a run of the same kind
+(quick or full, same seed), each listed with its command and date. ``--json`` prints one object: the model's
+summary (``results.json``) for one model, ``{"models": [...]}`` for several, with ``cross_report`` (its path).
+Torch runs on the cores the machine's load leaves free (``study_threads``).
 """
 
 from __future__ import annotations
