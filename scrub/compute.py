@@ -99,8 +99,8 @@ class CleanRun:
                 if new:
                     total = total + self.sum_outputs(new)
                     included.update(new)
-                self._resid.setdefault(_slot(r), total + self.bias_before(r))
-        return self._resid[_slot(receiver)]
+                self._resid.setdefault(residual_slot(r), total + self.bias_before(r))
+        return self._resid[residual_slot(receiver)]
 
     def bias_before(self, receiver: Component) -> Tensor:
         """The attention output biases in ``receiver``'s input: [d_model]."""
@@ -171,7 +171,7 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
     )
 
 
-def _slot(receiver: Component) -> tuple[bool, float]:
+def residual_slot(receiver: Component) -> tuple[bool, float]:
     """Receivers in one slot (the heads of a layer; its MLP; the logits) read the same residual senders."""
     return isinstance(receiver, Mlp), getattr(receiver, "layer", float("inf"))
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
+from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise, residual_slot
 from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
 from scrub.structure import Structure
 from scrub.treeify import Assignment, Assignments, TreeNode
@@ -105,10 +105,6 @@ class _Context:
         if hit is None:
             hit = self.keys[id(index)] = (index, index.cpu().numpy().tobytes())
         return hit[1]
-
-    def slot(self, comp: Component) -> tuple:
-        """Receivers with one slot read the same residual senders."""
-        return (type(comp).__name__ == "Mlp", getattr(comp, "layer", -1))
 
     def resid_before(self, comp: Component) -> Tensor:
         return self.clean.resid_before(comp)  # [batch, seq, d_model]
@@ -214,7 +210,7 @@ def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
             mask = None if inp.positions is None else inp.positions(tokens)[..., None]  # [rows, seq, 1]
             deltas.append(_difference(ctx, job, inp, value, other, mask))
     ordered = tuple((index, frozenset(sources)) for index, sources in groups.values())
-    key = (ctx.slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered, strict=True)),
+    key = (residual_slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered, strict=True)),
            tuple(d.key for d in deltas))
     return _Plan(ordered, tuple(deltas), key)
 
