@@ -99,11 +99,13 @@ def roles_from_scores(scores: HeadScores, back: torch.Tensor, thresholds: Thresh
     fallbacks = []
     behavioral = [h for h in behavioral_induction_heads(scores, thresholds)]
     receivers = [h for h in behavioral if h.layer >= 1]
-    if not receivers:
-        layer = n_layers - 1
-        receivers = [Head(layer, int(scores.prefix_matching[layer].argmax()))]
+    if not receivers:  # the top prefix-matching head after layer 0 (the last layer's on a tie)
+        later = scores.prefix_matching[1:]  # [layer - 1, head]
+        flat = max(range(later.numel()), key=lambda i: (float(later.flatten()[i]), i // n_heads))
+        receivers = [Head(1 + flat // n_heads, flat % n_heads)]
+        where = f"layer {n_layers - 1}" if n_layers == 2 else f"layers 1-{n_layers - 1}"
         fallbacks.append(f"no head after layer 0 passes the behavioral thresholds; induction head = top "
-                         f"prefix-matching head of layer {layer}, {receivers[0]}")
+                         f"prefix-matching head of {where}, {receivers[0]}")
     induction = set(receivers) | set(behavioral)
     previous_of = []
     for receiver in receivers:  # the top previous-token scorer of the earlier layers (never an induction head)
