@@ -285,8 +285,9 @@ def _clear_old_layout(root: Path) -> list[str]:
 
 
 def write_cross_report(root: Path, folders: list[Path], *, command: str) -> Path:
-    """``root/induction_study.md`` from ``folder/results.json`` of each folder (in that order)."""
+    """``root/induction_study.md`` from ``folder/results.json`` of each folder (models ordered by depth, then name)."""
     results = [(f.name, json.loads((f / "results.json").read_text())) for f in folders if (f / "results.json").is_file()]
+    results.sort(key=lambda mr: ((mr[1].get("model") or {}).get("n_layers", 0), mr[0]))  # shallow to deep
     root.mkdir(parents=True, exist_ok=True)
     _clear_old_layout(root)
     for stale in root.glob("cross_*.png"):
