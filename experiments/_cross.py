@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments._figures import grouped_intervals
-from experiments._report import COMPOSES, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
+from experiments._report import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
 OLD_LAYOUT = ("results.json", "heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png", "context_vs_prefix.png")
@@ -110,10 +110,13 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
 
 
 def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[str]]:
-    names = [n for n in LADDER + (OTHER_EMBEDDING,) if any(_row(r, "natural", n) for _, r in results)]
+    names = [n for n in LADDER + (OTHER_EMBEDDING, K_VIA_MLP0) if any(_row(r, "natural", n) for _, r in results)]
     header = "| hypothesis | " + " | ".join(f"`{m}` natural | `{m}` RRT" for m, _ in results) + " |"
     L = ["Loss recovered against Redwood's induction baseline (every input of the induction heads resampled) at "
-         "induction-candidate positions, 95% bootstrap intervals; gain = change against the minimal mechanism.", "",
+         "induction-candidate positions, 95% bootstrap intervals; gain = change against the minimal mechanism. "
+         "\"All refinements\" is `hypotheses/induction_refined.py`; the rows after it are claims the study builds "
+         "for models with MLPs only (the other choice of token embedding; the previous token reaching K through "
+         "mlp.0), not part of it.", "",
          header, "|---|" + "---|---|" * len(results)]
     for n in names:
         cells = []
@@ -242,14 +245,27 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
             continue
         text += (f"The two-head mechanism, claimed for the behavioral induction heads {', '.join(beh)}, accounts for "
                  f"{_pct(nat)} of what their inputs contribute at induction-candidate positions on natural text and "
-                 f"{_pct(rrt)} on repeated random tokens; every refinement together brings that to {_pct(ref_n)} and "
+                 f"{_pct(rrt)} on repeated random tokens; with every refinement together: {_pct(ref_n)} and "
                  f"{_pct(ref_r)}. ")
         if extra:
-            text += (f"Heads {', '.join(extra)} use distant context on natural text without being behavioral "
-                     f"induction heads. ")
+            text += (f"{_verb(extra, 'Head', 'Heads')} {', '.join(extra)} {_verb(extra, 'uses', 'use')} distant context "
+                     f"on natural text without being {_verb(extra, 'a behavioral induction head', 'behavioral induction heads')}. ")
         if idle:
             text += (f"Behavioral head{'s' if len(idle) > 1 else ''} {', '.join(idle)} "
                      f"{_verb(idle, 'does', 'do')} not pass the context-sensitivity test on natural text. ")
+        k = next((k for k in r.get("k_paths") or [] if k["data"] == "rrt"), None)
+        if k is not None:
+            claimed = dict(tuple(x) for x in r["roles"].get("previous_of") or [])
+            summary = k_path_summary(k)
+            scale = {a: abs(d["value"]) for a, b, d, _ in summary if claimed.get(a) == b}
+            parts = []
+            for a, b, d, found in summary:  # routes of at least 10% of the claimed direct route's effect
+                big = lambda v, a=a: abs(v) >= 0.1 * scale.get(a, 0.0)  # noqa: E731
+                if claimed.get(a) == b or (big(d["value"]) and (d["low"] > 0 or d["high"] < 0)):
+                    parts.append(f"{b} -> {a} K directly {d['value']:.2f}"
+                                 + (" (claimed)" if claimed.get(a) == b else " (not claimed)"))
+                parts += [f"{b} -> {x['route']} -> {a} K {x['value']:.2f} (not claimed)" for x in found if big(x["value"])]
+            text += "On RRT, the previous-token information reaches K through (path patching, nats): " + "; ".join(parts) + ". "
         splits = r.get("effect_split") or []
         if splits:
             text += ("Outside induction candidates falls " + ", ".join(

@@ -31,6 +31,7 @@ REFINEMENTS = ("induction_prev_heads", "induction_positions", "induction_long_pr
                "induction_direct_k", "induction_restricted", "induction_refined")
 SENSITIVE_NATS = 0.01  # a head is context-sensitive if resampling its far input costs >= this and > 2 s.e.
 OTHER_EMBEDDING = "induction_minimal_other_embedding"  # built by the study for models with MLPs
+K_VIA_MLP0 = "induction_minimal_k_via_mlp0"  # built by the study for models with MLPs
 COMPOSES = 0.1  # a later component "composes" with an induction head if a path through it moves the loss by
 # at least this share of the head's direct effect, with an interval that excludes 0
 
@@ -177,7 +178,7 @@ def _fmt(r) -> str:
 
 # --- figures -------------------------------------------------------------------------------------------
 
-QUICK_GRAPHS = ("induction_minimal", "induction_refined", OTHER_EMBEDDING)
+QUICK_GRAPHS = ("induction_minimal", "induction_refined", OTHER_EMBEDDING, K_VIA_MLP0)
 STUDY_FIGURES = ("heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png", "context_vs_prefix.png",
                  "composition.png", "effect_by_position.png")
 
@@ -306,7 +307,7 @@ def _findings(res: StudyResults) -> list[str]:
     out.append(f"- Gap to the full model on natural text: {1 - nat.value:.3f}. Each refinement adds one idea to the minimal "
                "mechanism; gain over the minimal mechanism and the share of that gap it closes:")
     minimal = res.info("induction_minimal").graph
-    for name in REFINEMENTS:
+    for name in [*REFINEMENTS, *(h.name for h in res.hypotheses if h.name == K_VIA_MLP0)]:
         r, rr = res.row("natural", name), res.row("rrt", name)
         share = (r.value - nat.value) / (1 - nat.value) if abs(1 - nat.value) > 1e-9 else float("nan")
         same = " — the same graph as the minimal one on this model (no head qualifies)" if _same_graph(

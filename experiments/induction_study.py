@@ -46,7 +46,7 @@ from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
 from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
 from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, write_figures, write_report  # noqa: E402
-from hypotheses._build import Mechanism, induction_baseline, mechanism_graph  # noqa: E402
+from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.data import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.hypothesis import Claim, validate  # noqa: E402
@@ -72,6 +72,7 @@ HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
 )
 OTHER_EMBEDDING = "induction_minimal_other_embedding"  # models with MLPs: the minimal mechanism with the other
 # choice of "token embedding" (mlp.0 in or out), built here: it tests the choice hypotheses/_heads.py made
+K_VIA_MLP0 = "induction_minimal_k_via_mlp0"  # models with MLPs: + previous-token heads through mlp.0 into K
 BASELINES = ("induction_baseline", "empty")
 MODES = ("candidates", "all")
 
@@ -153,6 +154,18 @@ def rrt_previous_token(model: HookedTransformer) -> RrtScores:
     return RrtScores(previous_token_score(attention_patterns(model, rrt)))
 
 
+def k_via_mlp0_claim(model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
+    """The minimal mechanism plus the route layer-0 previous-token-like heads -> mlp.0 -> induction head K."""
+    graph = claim_k_via_mlp0(mechanism_graph(model, roles), model, roles)
+    claim = validate(graph, model)
+    doc = ("The minimal mechanism, and K also reads a copy of mlp.0 that reads the token embedding and the layer-0 "
+           "previous-token-like heads (each as the mechanism's copy: V the token embedding, Q/K positions): the "
+           "previous token can reach K through the first MLP. Built by the study "
+           "(hypotheses._build.claim_k_via_mlp0), not a hypothesis file.")
+    return claim, HypothesisInfo(K_VIA_MLP0, "+ prev-token heads through mlp.0 into K", doc, claim.n_paths(), "",
+                                 graph, claimed_inputs(graph, roles, model))
+
+
 def position_masks():
     return (("candidates", induction_candidates), ("all", all_positions),
             ("other", lambda tokens: ~induction_candidates(tokens)))
@@ -187,11 +200,17 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     timings: dict[str, float] = {}
     clock = [time.time(), "scores"]
 
+    threads = {torch.get_num_threads()}
+
     def begin(name: str) -> None:  # ``name`` runs next: the time since the last call goes to the stage before
         now = time.time()
         timings[clock[1]] = timings.get(clock[1], 0.0) + now - clock[0]
         clock[:] = [now, name]
         bar.set_postfix_str(name)
+        if not os.environ.get("OMP_NUM_THREADS"):  # the machine's load changes during a run: look again
+            _OWN_LOAD[0] = float(torch.get_num_threads())  # (this run's share of the load average)
+            torch.set_num_threads(study_threads())
+            threads.add(torch.get_num_threads())
 
     def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
         begin(name)
@@ -208,9 +227,9 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
         claims.append(replace(claim, name=stem))
         infos.append(replace(info, label=label))
         if stem == "induction_minimal" and roles.mlp0_token_share is not None:
-            claim, info = other_embedding_claim(model, roles)
-            claims.append(replace(claim, name=OTHER_EMBEDDING))
-            infos.append(info)
+            for claim, info in (other_embedding_claim(model, roles), k_via_mlp0_claim(model, roles)):
+                claims.append(replace(claim, name=info.name))
+                infos.append(info)
     per_head = roles.behavioral_receivers()
     head_claims = []
     for head in per_head:
@@ -255,6 +274,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
                            splits=splits, composition=comps, k_paths=kpaths)
+    results.model["torch_threads"] = "-".join(str(t) for t in sorted(threads))
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
     stage("report")
@@ -309,17 +329,21 @@ def command_line(cfg: StudyConfig, models: list[str] | None) -> str:
 
 
 def study_threads() -> int:
-    """Torch threads for the run: the cores other processes leave free (1-minute load average), at least 1.
+    """Torch threads for a stage of the run: the cores other processes leave free (1-minute load average of the
+    machine, less the study's own threads), at least 1.
     On a busy 2-core machine two threads contend with the other work and run a forward pass ~10x slower
     than one (measured: 2.7 s against 0.25 s); OMP_NUM_THREADS, when set, decides instead."""
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cores = os.cpu_count() or 1
     try:
-        busy = int(os.getloadavg()[0] + 0.5)
+        busy = max(0.0, os.getloadavg()[0] - _OWN_LOAD[0])
     except OSError:
-        busy = 0
-    return max(1, min(torch.get_num_threads(), cores - busy))
+        busy = 0.0
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+_OWN_LOAD = [0.0]  # what this run adds to the load average (its threads, while it runs)
 
 
 def main(argv: list[str] | None = None, *, model: HookedTransformer | None = None) -> int:
@@ -331,6 +355,7 @@ def main(argv: list[str] | None = None, *, model: HookedTransformer | None = Non
         return _main(argv, model=model)
     finally:
         torch.set_num_threads(before)
+        _OWN_LOAD[0] = 0.0
 
 
 def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:

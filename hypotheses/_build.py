@@ -207,3 +207,23 @@ def behavioral_graph(model: HookedTransformer, roles: HeadRoles) -> nx.DiGraph:
     keep = nx.ancestors(g, "logits") | {"logits"}
     g.remove_nodes_from([n for n in list(g.nodes) if n not in keep])
     return g
+
+
+def claim_k_via_mlp0(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles) -> nx.DiGraph:
+    """Add to a mechanism graph the route previous-token head -> mlp.0 -> induction head K: for each induction
+    head, a copy of mlp.0 (``mlp.0~R:k``) that reads the token embedding and the layer-0 previous-token-like
+    heads (each as the mechanism's copy: V the token embedding, Q/K positions) enters its K. Models with MLPs
+    only (in sequential blocks mlp.0 reads the layer-0 heads' output)."""
+    structure = Structure.of(model)
+    if not structure.has_mlps or structure.parallel:
+        return g
+    for receiver in roles.induction:
+        if not _via(g, model, "mlp.0", receiver, "k"):
+            continue
+        node = f"mlp.0~{receiver}:k"
+        g.add_node(node, component="mlp.0")
+        add_edge(g, model, "embed", node, "in")
+        for head in (h for h in roles.previous_like if parse_component(h, model.cfg).layer == 0):
+            add_edge(g, model, mechanism_alias(g, model, head, node, roles.embedding), node, "in")
+        add_edge(g, model, node, receiver, "k")
+    return g

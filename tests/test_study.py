@@ -100,7 +100,7 @@ def test_study_attention_only_model_has_nothing_after_its_last_layer(summary):
     one = summary["models"][0]
     assert one["model"]["mlps"] is False and one["roles"]["mlp0_token_share"] is None
     assert one["roles"]["embedding"] == ["embed"]
-    assert "induction_minimal_other_embedding" not in {r["hypothesis"] for r in one["rows"]}
+    assert not {"induction_minimal_other_embedding", "induction_minimal_k_via_mlp0"} & {r["hypothesis"] for r in one["rows"]}
     for c in one["composition"]:  # the induction heads are in the last layer: only their direct effect
         assert c["receivers"] == [] and c["paths"] == [] and set(c["direct"]) == set(one["roles"]["induction"])
 
@@ -113,8 +113,9 @@ def test_study_mlp_model_claims_and_tests_its_token_embedding(study, summary):
     assert share is not None and share <= 1.0
     assert one["roles"]["embedding"] == (["embed", "mlp.0"] if share > 0.5 else ["embed"])
     # the other choice of token embedding is scrubbed too, so the choice is tested
-    other = {r["hypothesis"]: r for r in one["rows"]}["induction_minimal_other_embedding"]
-    assert other["ci_low"] <= other["ci_high"]
+    rows = {r["hypothesis"]: r for r in one["rows"]}
+    assert rows["induction_minimal_other_embedding"]["ci_low"] <= rows["induction_minimal_other_embedding"]["ci_high"]
+    assert "induction_minimal_k_via_mlp0" in rows  # and the previous token reaching K through mlp.0
     report = (out / "tiny3mlp" / "induction_study.md").read_text()
     assert "mlp.0" in report.split("## Method notes")[1]  # what was claimed for the MLPs, and why
     # composition: every later head (q, k, v) and MLP the induction heads feed is a receiver
