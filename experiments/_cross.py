@@ -183,6 +183,8 @@ def _q3(results: list[tuple[str, dict]]) -> list[str]:
                 comp = "; ".join(f"{p['sender']} -> {p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''} "
                                  f"{p['value']:.4f} [{p['low']:.4f}, {p['high']:.4f}]" for p in found[:6]) or \
                     f"none of {len(c['paths'])} paths"
+                if not any(not x.startswith("mlp.") for x in c["receivers"]):
+                    comp = f"no later head (the induction heads are in the last layer); through {', '.join(c['receivers'])}: " + comp
             fig = f"[composition]({m}/composition.png)" if "composition.png" in r.get("figures", []) else ""
             L.append(f"| `{m}` | {c['data']} | {direct} | {comp} | {fig} |")
     for m, r in results:
