@@ -6,7 +6,7 @@ import networkx as nx
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.hypothesis import full_graph
+from scrub.hypothesis import add_path, full_graph
 from scrub.model import save_checkpoint
 
 
@@ -64,3 +64,16 @@ def save_tiny_checkpoint(directory):
                                   positional_embedding_type="shortformer")
     save_checkpoint(HookedTransformer(cfg), directory)
     return directory
+
+
+def random_tokens(n: int = 8, seq: int = 12, seed: int = 0) -> torch.Tensor:
+    """Seeded token ids below 20 (``tiny_model``'s vocabulary): [n, seq]."""
+    return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def partial_graph() -> nx.DiGraph:
+    """A small claim on a 2-layer ``tiny_model``: 1.2's V reads 0.1, its Q the embedding."""
+    g = nx.DiGraph()
+    add_path(g, "embed", ("0.1", "v"), ("1.2", "k"), "logits")
+    add_path(g, "embed", ("1.2", "q"), "logits")
+    return g

@@ -15,15 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import networkx as nx
 import pytest
 import torch
 
 from scrub.cli import main
 from scrub.experiment import RunInputError, ScrubResult, UndefinedRecoveryError, run
 from scrub.features import Feature
-from scrub.hypothesis import HypothesisError, add_path, full_graph
-from tests.helpers import save_tiny_checkpoint, tiny_model
+from scrub.hypothesis import HypothesisError, full_graph
+from tests.helpers import partial_graph, save_tiny_checkpoint, tiny_model
+from tests.helpers import random_tokens as data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,15 +169,6 @@ def model():
     return tiny_model(n_layers=2, n_heads=3)  # d_vocab 20, n_ctx 12
 
 
-def data(n=8, seq=12, seed=0):
-    return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def partial_graph():
-    g = nx.DiGraph()
-    add_path(g, "embed", ("0.1", "v"), ("1.2", "k"), "logits")
-    add_path(g, "embed", ("1.2", "q"), "logits")
-    return g
 
 
 def scrub(model, hypothesis=None, tokens=None, **kwargs):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
-import networkx as nx
 import pytest
 import torch
 from transformer_lens import HookedTransformer
 
 from scrub.cli import main
 from scrub.experiment import batch_bounds, run
-from scrub.hypothesis import add_path, empty_graph, full_graph
+from scrub.hypothesis import empty_graph, full_graph
 from scrub.model import ArchSpec, save_checkpoint
-from tests.helpers import tiny_model
+from tests.helpers import partial_graph, tiny_model
+from tests.helpers import random_tokens as tokens
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,6 @@ def model():
     return tiny_model(n_layers=2, n_heads=3)
 
 
-def tokens(n=8, seq=12, seed=0):
-    return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def partial_graph():
-    g = nx.DiGraph()
-    add_path(g, "embed", ("0.1", "v"), ("1.2", "k"), "logits")
-    add_path(g, "embed", ("1.2", "q"), "logits")
-    return g
 
 
 def test_full_recovers_one_and_empty_zero(model):
