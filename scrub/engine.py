@@ -94,7 +94,6 @@ class _Context:
 
     model: HookedTransformer
     clean: CleanRun
-    structure: Structure
     values: dict = field(default_factory=dict)
     normed: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
@@ -106,11 +105,9 @@ class _Context:
             hit = self.keys[id(index)] = (index, index.cpu().numpy().tobytes())
         return hit[1]
 
-    def resid_before(self, comp: Component) -> Tensor:
-        return self.clean.resid_before(comp)  # [batch, seq, d_model]
-
-    def bias(self, comp: Component) -> Tensor:
-        return self.clean.bias_before(comp)  # [d_model]
+    @property
+    def structure(self) -> Structure:
+        return self.clean.structure
 
 
 @torch.no_grad()
@@ -128,7 +125,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     calls. Returns ``reduce(logits)`` per tree (the logits themselves without ``reduce``). ``positions``
     [n_pos] (sequence indices) unembeds only those positions: logits are then [batch, n_pos, d_vocab], and
     trees whose logits differ from the clean run through head outputs are unembedded in factored form."""
-    ctx = _Context(model, clean, clean.structure)
+    ctx = _Context(model, clean)
     jobs = [_Job(node, data, i) for i, (root, data) in enumerate(zip(roots, datas, strict=True))
             for node in root.walk() if node is not root]
     for job in jobs:
@@ -257,7 +254,7 @@ def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
     for index, sources in plan.groups:
         left_out = [s for s in senders if s not in sources]
         if len(left_out) < len(sources):  # the clean residual on this map, minus what is left out
-            add(ctx.resid_before(comp)[index])
+            add(ctx.clean.resid_before(comp)[index])
             biases += 1
             for s in left_out:
                 if isinstance(s, Head):
@@ -284,7 +281,7 @@ def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
     for term in rest:
         add(term)
     if biases != 1:
-        add((1 - biases) * ctx.bias(comp))
+        add((1 - biases) * ctx.clean.bias_before(comp))
     assert resid is not None  # every input has at least one sender (the embedding)
     return resid
 
@@ -333,7 +330,7 @@ def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positi
     d_head-wide (``unembed.FactoredUnembed``); the clean base is unembedded once per call."""
     node, clean = job.node, ctx.clean
     other = job.a.other
-    base = ctx.resid_before(node.component)[other][:, positions]  # [batch, n_pos, d_model]
+    base = ctx.clean.resid_before(node.component)[other][:, positions]  # [batch, n_pos, d_model]
     tokens = clean.tokens[job.a.datum]  # [batch, seq]
     terms = []
     for inp in node.inputs:
