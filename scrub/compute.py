@@ -11,7 +11,7 @@ this does not cover.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeGuard, cast
+from typing import Mapping, TypeGuard, cast
 
 import einops
 import torch
@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import AbstractAttention, GroupedQueryAttention, LayerNorm, LayerNormPre
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from scrub.sites import Component, Embed, Head, Mlp, Pos, hook_name
+from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos, hook_name, parse_channel
 from scrub.structure import Structure
 
 _QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")  # q/k norm in attention
@@ -207,16 +207,28 @@ def head_out(model: HookedTransformer, layer: int, head_index: Tensor, z: Tensor
 
 @torch.no_grad()
 def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq: Tensor, xk: Tensor, xv: Tensor,
-                   pos: Tensor | None) -> Tensor:
+                   pos: Tensor | None, *, alt: Mapping[Channel, tuple[Tensor, Tensor]] | None = None) -> Tensor:
     """Attention-weighted values z [copy, batch, seq, d_head] (before W_O) of many copies of heads in one
     layer, each with its own inputs already passed through the layer's ``ln1`` (so an input shared by many
     copies is normalised once). head_index [copy]; xq, xk, xv [copy, batch, seq, d_model], or [batch, seq,
     d_model] when every copy reads the same input (projected without stacking); pos [seq, d_model] for
     shortformer models (added to the normalised q and k inputs), else None. With grouped-query attention
-    each copy projects its own k and v input through its query head's key/value head."""
+    each copy projects its own k and v input through its query head's key/value head.
+
+    ``alt`` splits inputs by (query, key) pair (query–key masks, ``scrub.masks``): ``alt[c] = (x_alt, mask)``
+    for a channel c in q, k, v (a ``Channel`` or its letter), x_alt an alternative normalised input of the
+    same form as xq/xk/xv, mask bool [copy or 1, batch or 1, q, k] (True: the pair reads the main input).
+    Every transform of the main input (projection, shortformer positions, clip_qkv, rotary) is applied to
+    x_alt too. The score of pair (q, k) uses query q from xq if mask_q[q, k] else from alt q, and key k from
+    xk if mask_k[q, k] else from alt k (then scale, soft-cap, causal softmax as usual); the value key k
+    passes to query q is v[k] from xv if mask_v[q, k] else from alt v:
+    z[q] = Σ_k p[q, k] · (mask_v[q, k] ? v[k] : v_alt[k]). Without ``alt`` (or with an empty one) this is the
+    plain computation, unchanged."""
     attn, cfg = model.blocks[layer].attn, model.cfg
+    alts = _check_alt(alt)
     if pos is not None:
         xq, xk = xq + pos, xk + pos
+        alts = {c: (x + pos if c != Channel.V else x, m) for c, (x, m) in alts.items()}
     w_k: Tensor
     w_v: Tensor
     b_k: Tensor
@@ -230,22 +242,70 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     w_q, w_k, w_v = attn.W_Q[head_index], w_k[kv_index], w_v[kv_index]  # [copy, d_model, d_head] x3
     # [copy, 1, 1, d_head] x3
     b_q, b_k, b_v = (b[i][:, None, None] for b, i in ((attn.b_Q, head_index), (b_k, kv_index), (b_v, kv_index)))
-    q = _project(xq, w_q) + b_q  # [copy, batch, seq, d_head]
-    k = _project(xk, w_k) + b_k  # [copy, batch, seq, d_head]
-    v = _project(xv, w_v) + b_v  # [copy, batch, seq, d_head]
     clip = getattr(cfg, "clip_qkv", None)
-    if clip is not None:
-        q, k, v = (t.clamp(min=-clip, max=clip) for t in (q, k, v))  # [copy, batch, seq, d_head] x3
-    if cfg.positional_embedding_type == "rotary":
-        q, k = _rotate(attn, q), _rotate(attn, k)  # [copy, batch, seq, d_head] x2
-    scores = einops.einsum(q, k, "c b q h, c b k h -> c b q k") / attn.attn_scale  # [copy, batch, q, k]
+    rotary = cfg.positional_embedding_type == "rotary"
+
+    def project(x: Tensor, w: Tensor, b: Tensor, rotate: bool) -> Tensor:
+        """x through one projection, then clip_qkv and (for queries and keys) rotary: [copy, batch, seq, d_head]."""
+        out = _project(x, w) + b  # [copy, batch, seq, d_head]
+        if clip is not None:
+            out = out.clamp(min=-clip, max=clip)
+        return _rotate(attn, out) if rotate and rotary else out
+
+    q = project(xq, w_q, b_q, True)  # [copy, batch, seq, d_head]
+    k = project(xk, w_k, b_k, True)  # [copy, batch, seq, d_head]
+    v = project(xv, w_v, b_v, False)  # [copy, batch, seq, d_head]
+    if Channel.Q in alts or Channel.K in alts:
+        q_alt = (project(alts[Channel.Q][0], w_q, b_q, True), alts[Channel.Q][1]) if Channel.Q in alts else None
+        k_alt = (project(alts[Channel.K][0], w_k, b_k, True), alts[Channel.K][1]) if Channel.K in alts else None
+        dots = _mixed_dots(q, k, q_alt, k_alt)  # [copy, batch, q, k]
+    else:
+        dots = einops.einsum(q, k, "c b q h, c b k h -> c b q k")  # [copy, batch, q, k]
+    scores = dots / attn.attn_scale  # [copy, batch, q, k]
     cap = getattr(cfg, "attn_scores_soft_cap", None)
     if _enabled(cap):
         scores = cap * torch.tanh(scores / cap)  # [copy, batch, q, k]
     seq = scores.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()  # [q, k]
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # [copy, batch, q, k]
+    if Channel.V in alts:
+        x_v, mask_v = alts[Channel.V]
+        v_alt = project(x_v, w_v, b_v, False)  # [copy, batch, seq, d_head]
+        return (einops.einsum(pattern.masked_fill(~mask_v, 0.0), v, "c b q k, c b k h -> c b q h")
+                + einops.einsum(pattern.masked_fill(mask_v, 0.0), v_alt, "c b q k, c b k h -> c b q h"))
     return einops.einsum(pattern, v, "c b q k, c b k h -> c b q h")  # [copy, batch, seq, d_head]
+
+
+def _check_alt(alt: Mapping[Channel, tuple[Tensor, Tensor]] | None) -> dict[Channel, tuple[Tensor, Tensor]]:
+    """``alt`` keyed by ``Channel`` (letters accepted), each (x_alt, bool mask of at most 4 dims)."""
+    out: dict[Channel, tuple[Tensor, Tensor]] = {}
+    for key, value in (alt or {}).items():
+        channel = parse_channel(key)
+        if channel == Channel.IN:
+            raise ValueError("heads_z_normed alt: keys are the head inputs 'q', 'k', 'v', not 'in'")
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(t, Tensor) for t in value)):
+            raise ValueError(f"heads_z_normed alt[{channel.value!r}] is (x_alt, mask), two tensors")
+        x_alt, mask = value
+        if mask.dtype != torch.bool or mask.dim() > 4:
+            raise ValueError(f"heads_z_normed alt[{channel.value!r}]: the mask is bool [copy or 1, batch or 1, q, k], "
+                             f"got {mask.dtype} {list(mask.shape)}")
+        out[channel] = (x_alt, mask)
+    return out
+
+
+def _mixed_dots(q: Tensor, k: Tensor, q_alt: tuple[Tensor, Tensor] | None,
+                k_alt: tuple[Tensor, Tensor] | None) -> Tensor:
+    """q·k [copy, batch, q, k] where pair (q, k) takes the main query (key) if its mask is True there, else the
+    alternative one; q, k [copy, batch, seq, d_head], q_alt/k_alt (projected input, bool mask) or None."""
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return einops.einsum(a, b, "c b q h, c b k h -> c b q k")  # [copy, batch, q, k]
+
+    def with_key(query: Tensor) -> Tensor:
+        main = dot(query, k)  # [copy, batch, q, k]
+        return main if k_alt is None else torch.where(k_alt[1], main, dot(query, k_alt[0]))
+
+    main_q = with_key(q)  # [copy, batch, q, k]
+    return main_q if q_alt is None else torch.where(q_alt[1], main_q, with_key(q_alt[0]))
 
 
 def _rotate(attn: AbstractAttention, x: Tensor) -> Tensor:

@@ -1,13 +1,20 @@
 """Component maths: the fused LayerNorm equals TransformerLens' own module, and recomputed heads and MLPs
-equal TransformerLens' own forward pass on every supported architecture; unsupported ones are named."""
+equal TransformerLens' own forward pass on every supported architecture; unsupported ones are named. Heads
+with per-(query, key) alternative inputs (query-key masks) read the main or the alternative input exactly
+as their masks say."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 from transformer_lens.components import RMSNorm
 
+import scrub
+from experiments._context import far_mixed_z
 from scrub.compute import UnsupportedModelError, check_supported, clean_run, heads_z_normed, mlp_forward, normalise
+from scrub.masks import within
+from scrub.sites import Channel
 from tests.helpers import tiny_model
 
 # A representative set of the supported architectures (every model has 2 layers, 4 query heads and MLPs).
@@ -136,3 +143,105 @@ def test_unsupported_features_are_refused_by_name(name, fields):
 def test_global_only_local_attention_config_is_accepted():
     model = tiny_model(use_local_attn=True, window_size=4, attn_types=["global", "global"])
     check_supported(model)
+
+
+# --- query-key masks: per-(query, key) alternative inputs -------------------------------------------------
+
+def _inputs(model, tokens: Tensor, layer: int, perms: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The layer's normalised clean input x [batch, seq, d_model], stacked per copy from permuted batches
+    [copy, batch, seq, d_model], and the shortformer positions (else None)."""
+    _, cache = model.run_with_cache(tokens)
+    x = normalise(model.blocks[layer].ln1, cache[f"blocks.{layer}.hook_resid_pre"])  # [batch, seq, d_model]
+    pos = cache["hook_pos_embed"][0] if model.cfg.positional_embedding_type == "shortformer" else None  # [seq, d_model]
+    return x, x[perms], pos
+
+
+@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
+def test_all_true_masks_read_the_main_input_and_all_false_masks_the_alternative(arch):
+    """Bit for bit: a mask that is True everywhere is the unmasked computation, one that is False everywhere
+    is the computation with the alternative input, for each channel alone and all three at once, with
+    stacked and shared inputs and broadcast or full masks."""
+    model = arch_model(arch)
+    tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(2))  # [batch, seq]
+    heads = torch.tensor([3, 0, 1, 2])  # [copy]
+    perms = torch.stack([torch.randperm(3, generator=torch.Generator().manual_seed(c)) for c in range(4)])
+    x, stacked, pos = _inputs(model, tokens, 1, perms)
+    other = stacked.flip(0)  # [copy, batch, seq, d_model]: each copy's alternative is another copy's input
+    for xs in ((x, x, x), (stacked, x, stacked)):
+        plain = heads_z_normed(model, 1, heads, *xs, pos)  # [copy, batch, seq, d_head]
+        assert torch.equal(heads_z_normed(model, 1, heads, *xs, pos, alt={}), plain)
+        for shape in ((1, 1, 12, 12), (4, 3, 12, 12)):
+            yes, no = torch.ones(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)  # [c|1, b|1, q, k]
+            for channels in ("q", "k", "v", "qkv"):
+                z = heads_z_normed(model, 1, heads, *xs, pos, alt={Channel(c): (other, yes) for c in channels})
+                assert torch.equal(z, plain), (channels, shape)
+                swapped = [other if "qkv"[i] in channels else xs[i] for i in range(3)]
+                z = heads_z_normed(model, 1, heads, *xs, pos, alt={c: (other, no) for c in channels})  # letters as keys
+                assert torch.equal(z, heads_z_normed(model, 1, heads, *swapped, pos)), (channels, shape)
+
+
+def test_mixed_masks_choose_query_key_and_value_per_pair():
+    """Random masks on q, k and v at once against a per-pair reference: the score of (q, k) uses the main or
+    alternative query and key as their masks say, and key k passes its main or alternative value."""
+    model = arch_model(ARCHS["standard-LN"])
+    attn = model.blocks[0].attn
+    tokens = torch.randint(0, 20, (2, 12), generator=torch.Generator().manual_seed(4))  # [batch, seq]
+    heads = torch.tensor([2, 0])  # [copy]
+    x, _, _ = _inputs(model, tokens, 0, torch.zeros(2, 2, dtype=torch.long))
+    x_alt = x.flip(0)  # [batch, seq, d_model]
+    gen = torch.Generator().manual_seed(5)
+    mq, mk, mv = (torch.rand(2, 2, 12, 12, generator=gen) < 0.5 for _ in range(3))  # [copy, batch, q, k] x3
+    z = heads_z_normed(model, 0, heads, x, x, x, None, alt={Channel.Q: (x_alt, mq), Channel.K: (x_alt, mk),
+                                                            Channel.V: (x_alt, mv)})  # [copy, batch, seq, d_head]
+
+    def proj(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:  # [batch, seq, d_model] -> [copy, batch, seq, d_head]
+        return torch.einsum("bsd,cdh->cbsh", inp, w[heads]) + b[heads][:, None, None]
+
+    q, qa, k, ka, v, va = (proj(i, w, b) for w, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
+                           for i in (x, x_alt))
+    q_pair = torch.where(mq[..., None], q[:, :, :, None], qa[:, :, :, None])  # [copy, batch, q, k, d_head]
+    k_pair = torch.where(mk[..., None], k[:, :, None], ka[:, :, None])  # [copy, batch, q, k, d_head]
+    v_pair = torch.where(mv[..., None], v[:, :, None], va[:, :, None])  # [copy, batch, q, k, d_head]
+    scores = (q_pair * k_pair).sum(-1) / attn.attn_scale  # [copy, batch, q, k]
+    pattern = scores.masked_fill(~torch.ones(12, 12, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    expected = (pattern[..., None] * v_pair).sum(-2)  # [copy, batch, q, d_head]
+    assert torch.allclose(z, expected, atol=1e-12, rtol=0)
+    assert not torch.allclose(z, heads_z_normed(model, 0, heads, x, x, x, None), atol=1e-3)
+
+
+def test_within_window_on_k_and_v_is_the_context_sensitivity_maths():
+    """On the shipped model (float64), keys more than W back reading another example's k and v input is
+    ``experiments._context.far_mixed_z`` (the hook-based REMIX split) for every head of every layer."""
+    model = scrub.load_model().double()
+    model.cfg.dtype = torch.float64
+    tokens = scrub.natural_batch(4, seq_len=24)  # [batch, seq]
+    other = tokens.roll(1, 0)  # [batch, seq]
+    _, cache = model.run_with_cache(tokens)
+    _, cache_other = model.run_with_cache(other)
+    window = 3
+    mask = within(window).matrix(24)[None, None]  # [1, 1, q, k]
+    heads = torch.arange(model.cfg.n_heads)  # [copy]
+    pos = cache["hook_pos_embed"][0]  # [seq, d_model]
+    for layer in range(model.cfg.n_layers):
+        ln, name = model.blocks[layer].ln1, f"blocks.{layer}.hook_resid_pre"
+        x, x_other = normalise(ln, cache[name]), normalise(ln, cache_other[name])  # [batch, seq, d_model] x2
+        alt = {Channel.K: (x_other, mask), Channel.V: (x_other, mask)}
+        z = heads_z_normed(model, layer, heads, x, x, x, pos, alt=alt)  # [head, batch, seq, d_head]
+        q, k, v = (cache[f"blocks.{layer}.attn.hook_{n}"] for n in "qkv")  # [batch, seq, head, d_head] x3
+        k_far, v_far = (cache_other[f"blocks.{layer}.attn.hook_{n}"] for n in "kv")  # [batch, seq, head, d_head] x2
+        scale = float(model.blocks[layer].attn.attn_scale)
+        for h in range(model.cfg.n_heads):
+            expected = far_mixed_z(*(t[:, :, h] for t in (q, k, v, k_far, v_far)), window, scale)  # [batch, seq, d_h]
+            assert torch.allclose(z[h], expected, atol=1e-12, rtol=0), (layer, h)
+            assert not torch.allclose(z[h], cache[f"blocks.{layer}.attn.hook_z"][:, :, h], atol=1e-6), (layer, h)
+
+
+def test_alt_rejects_a_non_bool_mask_and_the_in_channel():
+    model = arch_model(ARCHS["standard-LN"])
+    x = torch.zeros(2, 12, 16, dtype=torch.float64)  # [batch, seq, d_model]
+    heads = torch.tensor([0])
+    ones = torch.ones(1, 1, 12, 12)  # [1, 1, q, k]
+    with pytest.raises(ValueError, match="mask is bool"):
+        heads_z_normed(model, 0, heads, x, x, x, None, alt={Channel.K: (x, ones)})
+    with pytest.raises(ValueError, match="not 'in'"):
+        heads_z_normed(model, 0, heads, x, x, x, None, alt={Channel.IN: (x, ones.bool())})
