@@ -349,6 +349,9 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", choices=("node", "copy"), default="node",
                         help="one draw per hypothesis node per datum (default, any depth) or per tree copy "
                              "(strict treeification, small claims only)")
+    parser.add_argument("--metric", choices=("loss", "kl"), default="loss",
+                        help="per-token quantity: next-token loss (default), or KL divergence from the clean run's "
+                             "next-token distribution (KL recovered = (KL_baseline - KL_scrubbed) / KL_baseline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
@@ -408,7 +411,7 @@ def run_command(args: argparse.Namespace) -> int:
     result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
                  batch_size=args.batch_size,
                  options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
-                 n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main())
+                 n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main(), metric=args.metric)
     if not distributed.is_main():
         return 0
     per = result.per_example_recovered()
@@ -430,9 +433,9 @@ def run_command(args: argparse.Namespace) -> int:
             "share_examples_worse_than_baseline": worse,
         })
         return 0
-    print(result.summary())  # the headline, then one "warning: ..." line per warning
+    print(result.summary())  # the headline, the "token-level" line, then one "warning: ..." line per warning
     if quantiles:
-        print("per-example loss recovered: " +
+        print(f"per-example {'KL' if args.metric == 'kl' else 'loss'} recovered: " +
               ", ".join(f"p{q}={v:.2f}" for q, v in zip((10, 25, 50, 75, 90), quantiles, strict=True)) +
               f"; {worse:.0%} of examples do worse than the baseline")
     print(f"draws equal to the datum they were drawn for: {result.self_sample_rate:.1%}")

@@ -1,8 +1,9 @@
 """``run``: a causal scrubbing experiment from a hypothesis and data to loss recovered with intervals.
 
-Streams the dataset in batches; per batch it does one clean forward pass, draws the data of every tree
-copy (sampling from the other examples of that batch), evaluates the hypothesis and the baseline with
-the engine, and keeps per-example losses at the scored positions. Under torchrun the batches are shared
+Streams the dataset in batches; per batch it draws the data of every node from the whole dataset (or the
+pool of ``SamplingOptions.pool`` sequences; draws depend on the seed and the datum only, never on the
+batching), does one clean forward pass over the batch and every datum drawn from outside it, evaluates
+the hypothesis and the baseline with the engine, and keeps per-example losses at the scored positions. Under torchrun the batches are shared
 out across the processes (``scrub.distributed``) and every process returns the one-process result.
 
 Every argument is checked before any work (``RunInputError``, a ``ValueError``: one line naming the problem
@@ -15,6 +16,11 @@ hypothesis, examples without a scored position, nodes whose feature draws return
 more than ``SELF_DRAW_WARNING`` of rows); a baseline exactly as good as the clean run makes loss recovered
 0/0 and raises ``UndefinedRecoveryError``. No example is dropped for the batching: a last batch of one
 example joins the one before.
+
+``metric`` chooses the per-token quantity (``scrub.metrics``): "loss" (next-token cross-entropy, the default)
+or "kl" (KL divergence of the evaluated model's next-token distribution from the clean run's; 0 for the clean
+run, so the recovered fraction is (KL_baseline − KL_scrubbed) / KL_baseline). Either way the result's
+``loss_*`` fields, ``loss_recovered`` and the per-example fields hold that metric's values.
 """
 
 from __future__ import annotations
@@ -36,8 +42,20 @@ from scrub.compute import check_supported, clean_run
 from scrub.data import all_positions, check_memory, induction_candidates
 from scrub.engine import evaluate
 from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load_hypothesis, validate
-from scrub.metrics import ExampleLosses, bootstrap_recovered, example_losses, recovered, recovery_warnings, token_losses
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.metrics import (
+    METRIC_LABELS,
+    ExampleLosses,
+    MetricName,
+    bootstrap_recovered,
+    check_metric,
+    recovered,
+    recovery_warnings,
+    score_batch,
+    token_view,
+)
+from scrub.sampling import Sampler
+from scrub.structure import Structure
+from scrub.treeify import SamplingOptions, assign, localize, treeify
 
 PositionsMode = Literal["all", "candidates"]  # every prediction position, or induction candidates only
 Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -> bool mask, both [batch, seq]
@@ -51,12 +69,20 @@ class RunInputError(ValueError):
 
 
 class UndefinedRecoveryError(ValueError):
-    """The baseline loss equals the clean loss, so loss recovered (a ratio over their difference) is undefined."""
+    """The baseline loss equals the clean loss (with ``metric="kl"``: the baseline's KL from the clean run is 0),
+    so loss recovered (a ratio over their difference) is undefined."""
 
 
 @dataclass(frozen=True)
 class ScrubResult:
-    """Losses at the scored positions, loss recovered with a bootstrap interval, and the per-example view."""
+    """Losses at the scored positions, loss recovered with a bootstrap interval, and the per-example view.
+
+    ``metric`` names the per-token quantity the numbers are of: "loss" (cross-entropy, nats) or "kl" (KL
+    divergence from the clean run's next-token distribution, nats). The field names stay ``loss_*`` for
+    both: with "kl", ``loss_clean`` is 0, ``loss_baseline``/``loss_scrubbed`` are mean KLs and
+    ``loss_recovered`` is KL recovered. ``token_view`` (``scrub.metrics.TokenView`` as a dict: mean_delta,
+    mean_abs_delta, p10, p25, p50, p75, p90, share_positive, n_tokens) describes the per-token differences
+    Δ = scrubbed − clean at the scored positions; mean_abs_delta ≫ |mean_delta| means cancellation."""
 
     hypothesis: str
     baseline: str
@@ -74,6 +100,8 @@ class ScrubResult:
     per_example_scrubbed: tuple[float, ...]
     warnings: tuple[str, ...] = ()  # what may make the numbers mean less than they say (see ``summary``)
     self_draws: dict[str, float] = field(default_factory=dict)  # per hypothesis node: share of self feature draws
+    metric: str = "loss"  # the per-token quantity of every number: "loss" or "kl" (``MetricName``)
+    token_view: dict[str, float] = field(default_factory=dict)  # TokenView fields of Δ = scrubbed − clean per token
 
     def per_example_recovered(self) -> Tensor:
         """Loss recovered of each example alone (unstable where its baseline and clean losses are close)."""
@@ -90,12 +118,23 @@ class ScrubResult:
         return {key: _plain(value) for key, value in out.items()}
 
     def summary(self) -> str:
-        """The headline line, then one line per warning, each starting with "warning:"."""
-        line = (f"{self.hypothesis} vs {self.baseline}: loss recovered {self.loss_recovered:.3f} "
-                f"[95% CI {self.ci_low:.3f}, {self.ci_high:.3f}]  (clean {self.loss_clean:.4f}, "
-                f"baseline {self.loss_baseline:.4f}, scrubbed {self.loss_scrubbed:.4f}; "
+        """The headline line, the "token-level:" line (when there is a token view), then one line per warning,
+        each starting with "warning:"."""
+        label = METRIC_LABELS.get(self.metric, self.metric)
+        values = (f"clean {self.loss_clean:.4f}, baseline {self.loss_baseline:.4f}, scrubbed {self.loss_scrubbed:.4f}"
+                  if self.metric == "loss" else
+                  f"KL from clean: baseline {self.loss_baseline:.4f}, scrubbed {self.loss_scrubbed:.4f}")
+        line = (f"{self.hypothesis} vs {self.baseline}: {label} recovered {self.loss_recovered:.3f} "
+                f"[95% CI {self.ci_low:.3f}, {self.ci_high:.3f}]  ({values}; "
                 f"{self.n_examples} examples, {self.n_tokens} tokens)")
-        return "\n".join([line] + [f"warning: {w}" for w in self.warnings])
+        lines = [line]
+        view = self.token_view
+        if view:
+            lines.append(f"token-level: scrubbed - clean {label} per token: mean {view['mean_delta']:+.4f}, "
+                         f"mean |Δ| {view['mean_abs_delta']:.4f}; "
+                         + ", ".join(f"{q}={view[q]:+.3f}" for q in ("p10", "p25", "p50", "p75", "p90"))
+                         + f"; {view['share_positive']:.0%} of tokens worse than clean")
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 def _plain(value):
@@ -209,12 +248,13 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def batch_memory(cfg, batch_size: int, seq_len: int) -> int:
+def batch_memory(cfg, batch_size: int, seq_len: int, metric: MetricName = "loss") -> int:
     """About how many bytes one batch of ``run`` needs at its peak: the clean run's component outputs, the
-    clean, scrubbed and baseline logits and a log-softmax, and attention patterns. A guard against sizes
-    that cannot fit, not a measurement."""
+    clean, scrubbed and baseline logits and a log-softmax (with "kl": three more vocabulary-wide tensors),
+    and attention patterns. A guard against sizes that cannot fit, not a measurement."""
     itemsize = torch.empty((), dtype=cfg.dtype).element_size()
-    per_position = 4 * cfg.d_vocab + cfg.n_layers * (cfg.n_heads + 4) * cfg.d_model + 2 * cfg.n_heads * seq_len
+    vocab_wide = 7 if metric == "kl" else 4  # logits and log-softmaxes (KL: both distributions, a product)
+    per_position = vocab_wide * cfg.d_vocab + cfg.n_layers * (cfg.n_heads + 4) * cfg.d_model + 2 * cfg.n_heads * seq_len
     return batch_size * seq_len * per_position * itemsize
 
 
@@ -223,8 +263,13 @@ def _same_claim(a: Claim, b: Claim) -> bool:
     return a.nodes == b.nodes and set(a.edges) == set(b.edges)
 
 
-def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap) -> None:
+def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap, metric) -> None:
     check_seed(seed)
+    try:
+        check_metric(metric)
+    except ValueError as err:
+        raise RunInputError(f"{err}: 'loss' is next-token cross-entropy, 'kl' the KL divergence from the clean "
+                            f"run's predictions") from None
     check_batch_size(batch_size)
     if not isinstance(options, SamplingOptions):
         raise RunInputError(f"options must be a scrub.SamplingOptions, got {type(options).__name__}")
@@ -241,9 +286,12 @@ def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstra
 def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, data: Tensor, *,
         baseline: Claim | nx.DiGraph | str | Path | None = None, positions: Positions = "all", seed: int = 0,
         batch_size: int = 32, options: SamplingOptions = SamplingOptions(), device: str | torch.device | None = None,
-        n_bootstrap: int = 1000, progress: bool = True, self_draw_warning: float = SELF_DRAW_WARNING) -> ScrubResult:
+        n_bootstrap: int = 1000, progress: bool = True, self_draw_warning: float = SELF_DRAW_WARNING,
+        metric: MetricName = "loss") -> ScrubResult:
     """Scrub ``hypothesis`` on ``data`` [n, seq] and report loss recovered against ``baseline``
-    (default: the empty hypothesis, every path resampled).
+    (default: the empty hypothesis, every path resampled). ``metric="kl"`` scores the KL divergence from the
+    clean run's next-token distribution instead of the loss (KL recovered = (KL_baseline − KL_scrubbed) /
+    KL_baseline; see ``ScrubResult``).
 
     Data are cut into batches of ``batch_size`` (a last batch of one example joins the one before). Every
     argument is checked before any work (``RunInputError``); the result's ``warnings`` say what may make
@@ -255,7 +303,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     ``i % world_size`` and every rank returns the result one process would (draws depend only on ``seed``
     and the batch index)."""
     _check_model(model)
-    _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap)
+    _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap, metric)
+    label = METRIC_LABELS[metric]
     if not 0 <= self_draw_warning <= 1:
         raise RunInputError(f"self_draw_warning is a share of rows, between 0 and 1 (got {self_draw_warning!r})")
     check_supported(model)
@@ -271,7 +320,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     same = _same_claim(claim, base)  # a sanity anchor (e.g. the empty hypothesis against the empty baseline)
     bounds = batch_bounds(data.shape[0], batch_size)
     largest = max(stop - start for start, stop in bounds)
-    check_memory(batch_memory(model.cfg, largest, data.shape[1]), f"a batch of {largest} x {data.shape[1]} tokens",
+    check_memory(batch_memory(model.cfg, largest, data.shape[1], metric),
+                 f"a batch of {largest} x {data.shape[1]} tokens",
                  "use a smaller batch_size (--batch-size) or shorter sequences (--seq-len)", device)
     masks = [score_mask(data[start:stop].to(device), positions).cpu() for start, stop in bounds]  # [batch, seq-1] each
     scored = torch.cat([m.sum(1) for m in masks])  # [n] scored positions per example
@@ -288,39 +338,46 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     current = distributed.setup(device)  # None for one process
     done: list[tuple[int, tuple]] = []  # (batch index, (losses, self rate, self draws, baseline self draws, rows))
     batches = distributed.shard(bounds, current)  # this rank's (i, (start, stop))
+    sampler = Sampler(data, seed=seed, pool_size=options.pool, allow_self=options.allow_self)  # draws: whole dataset
+    structure = Structure.of(model)
     for i, (start, stop) in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
+        ids = torch.arange(start, stop)  # [batch] the examples scored in this batch
+        drawn = [assign(t, sampler, ids, options=options, structure=structure) for t in (tree, base_tree)]
+        every, (scrub_data, base_data) = localize(drawn, ids, data.shape[0])  # common random numbers
+        clean = clean_run(model, data[every].to(device))  # the batch, then every datum drawn from outside it
         tokens = data[start:stop].to(device)  # [batch, seq]
-        clean = clean_run(model, tokens)
         mask = masks[i]  # [batch, seq-1]
-        salt = f"batch{i}"
-        scrub_data = assign_data(tree, tokens, seed=seed, salt=salt, options=options)
-        base_data = assign_data(base_tree, tokens, seed=seed, salt=salt, options=options)  # common random numbers
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
-        losses = {key: example_losses(token_losses(logits, tokens).cpu(), mask)
-                  for key, logits in (("clean", clean.logits), ("baseline", baselined), ("scrubbed", scrubbed))}
+        losses = score_batch(metric, tokens, mask, clean.logits[: stop - start], baselined, scrubbed)
         done.append((i, (losses, scrub_data.self_sample_rate(), scrub_data.self_draws(), base_data.self_draws(),
                          stop - start)))
     check = None if current is None else (
         claim.name, base.name, tuple(data.shape), hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest(), seed,
-        batch_size, options, positions if isinstance(positions, str) else "function", n_bootstrap)
+        batch_size, options, positions if isinstance(positions, str) else "function", n_bootstrap, metric)
     evaluated = distributed.gather(done, current, check=check)  # every rank's batches, in batch order
-    parts = {key: [part[0][key] for part in evaluated] for key in ("clean", "baseline", "scrubbed")}
+    parts = {key: [getattr(part[0], key) for part in evaluated] for key in ("clean", "baseline", "scrubbed")}
+    view = token_view(torch.cat([part[0].token_delta for part in evaluated]))  # examples without scored tokens add none
     rows = [part[4] for part in evaluated]
     joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v]))
               for k, v in parts.items()}
     keep = joined["clean"].count > 0
     joined = {k: ExampleLosses(v.total[keep], v.count[keep]) for k, v in joined.items()}
     lc, lb, ls = (joined[k].mean() for k in ("clean", "baseline", "scrubbed"))
+    if lb == lc and metric == "kl":
+        raise UndefinedRecoveryError(
+            f"the baseline's KL divergence from the clean run is 0 on these data: the baseline {base.name!r} changes "
+            f"no prediction at the scored positions, so KL recovered is 0/0; use a baseline that resamples more "
+            f"(none: the empty hypothesis), other positions, or sequences that differ where they are scored")
     if lb == lc:
         raise UndefinedRecoveryError(
             f"the baseline loss equals the clean loss ({lc:.6g}) on these data: the baseline {base.name!r} changes "
             f"nothing the scored positions depend on, so loss recovered is 0/0; use a baseline that resamples more "
             f"(none: the empty hypothesis), other positions, or sequences that differ where they are scored")
     self_draws = _weighted([part[2] for part in evaluated], rows)
-    warnings = recovery_warnings(joined["clean"], joined["baseline"])
+    warnings = recovery_warnings(joined["clean"], joined["baseline"], metric=metric)
     if same:
-        warnings.insert(0, f"the baseline {base.name!r} is the same claim as the hypothesis {claim.name!r}: loss "
+        warnings.insert(0, f"the baseline {base.name!r} is the same claim as the hypothesis {claim.name!r}: {label} "
                            f"recovered is 0 by construction")
     dropped = int((~keep).sum())
     if dropped:
@@ -345,7 +402,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         per_example_clean=tuple(joined["clean"].per_example().tolist()),
         per_example_baseline=tuple(joined["baseline"].per_example().tolist()),
         per_example_scrubbed=tuple(joined["scrubbed"].per_example().tolist()),
-        warnings=tuple(warnings), self_draws=self_draws,
+        warnings=tuple(warnings), self_draws=self_draws, metric=metric, token_view=asdict(view),
     )
 
 

@@ -6,23 +6,49 @@ positions; the bootstrap resamples whole examples.
 
 Loss recovered is only meaningful when the baseline is clearly worse than the clean run: ``gap`` gives the
 baseline − clean loss with its standard error, and ``recovery_warnings`` says in words when it is not.
+
+Two per-token metrics (``MetricName``): "loss", the next-token cross-entropy against the reference labels,
+and "kl", KL(clean model's next-token distribution ‖ the evaluated model's) at each prediction position.
+The clean run's KL is 0 by definition, so with "kl" the clean "losses" are zeros and the recovered
+fraction is (KL_baseline − KL_scrubbed) / KL_baseline; every other function here is the same for both.
+``score_batch`` computes either for one batch, and ``token_view`` summarises the per-token differences
+scrubbed − clean, where cancellation inside sequences shows (mean |Δ| ≫ |mean Δ|).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 GAP_STANDARD_ERRORS = 2.0  # warn when baseline − clean is within this many standard errors of zero
 
+MetricName = Literal["loss", "kl"]  # next-token cross-entropy, or KL divergence from the clean run's predictions
+METRIC_LABELS: dict[str, str] = {"loss": "loss", "kl": "KL"}  # how each metric is named in summaries and warnings
+TOKEN_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # the quantiles of the per-token differences in ``TokenView``
+
 
 def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
     """Next-token cross-entropy against ``tokens`` (the reference labels): [batch, seq-1]."""
     logprobs = logits[:, :-1].log_softmax(-1)  # [batch, seq-1, d_vocab]
     return -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+
+
+def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(clean ‖ other) of the next-token distributions at each prediction position, in nats: [batch, seq-1].
+
+    Position t predicts token t+1, so the last position is dropped (as in ``token_losses``). Computed from
+    log-softmaxes in at least float32: exactly 0 where the two logits are equal, never negative (rounding
+    below 0 is clipped), and terms where the clean probability is 0 count 0."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    p_log = clean_logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
+    q_log = logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
+    p = p_log.exp()  # [batch, seq-1, d_vocab]
+    terms = torch.where(p > 0, p * (p_log - q_log), torch.zeros((), dtype=dtype))  # [batch, seq-1, d_vocab]
+    return terms.sum(-1).clamp(min=0)  # [batch, seq-1]
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,80 @@ def example_losses(losses: Tensor, mask: Tensor) -> ExampleLosses:
     """Sum scored losses per example. losses, mask: [batch, seq-1]."""
     m = mask.to(losses.dtype)
     return ExampleLosses((losses * m).sum(1), m.sum(1))
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """One batch's per-example metric sums (clean, baseline, scrubbed) and the per-token differences
+    scrubbed − clean at the scored positions, flattened in row-major order."""
+
+    clean: ExampleLosses
+    baseline: ExampleLosses
+    scrubbed: ExampleLosses
+    token_delta: Tensor  # [n_scored]
+
+
+def check_metric(metric: object) -> MetricName:
+    """``metric`` if it is a ``MetricName``, else ``ValueError`` naming the choices."""
+    if not isinstance(metric, str) or metric not in METRIC_LABELS:
+        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRIC_LABELS)}, got {metric!r}")
+    return metric  # type: ignore[return-value]
+
+
+def score_batch(metric: MetricName, tokens: Tensor, mask: Tensor, clean_logits: Tensor, baseline_logits: Tensor,
+                scrubbed_logits: Tensor) -> BatchScores:
+    """The per-token ``metric`` of the clean, baseline and scrubbed logits ([batch, seq, d_vocab] each) of
+    ``tokens`` [batch, seq], summed per example over ``mask`` [batch, seq-1] (on the CPU).
+
+    "loss": cross-entropy against ``tokens``; "kl": KL from the clean logits (the clean values are zeros)."""
+    if check_metric(metric) == "loss":
+        clean = token_losses(clean_logits, tokens).cpu()  # [batch, seq-1]
+        base, scrub = (token_losses(x, tokens).cpu() for x in (baseline_logits, scrubbed_logits))  # [batch, seq-1] x2
+    else:
+        base, scrub = (token_kl(clean_logits, x).cpu() for x in (baseline_logits, scrubbed_logits))  # [batch, seq-1] x2
+        clean = torch.zeros_like(scrub)  # [batch, seq-1]
+    mask = mask.cpu()
+    return BatchScores(example_losses(clean, mask), example_losses(base, mask), example_losses(scrub, mask),
+                       (scrub - clean)[mask])  # [n_scored]
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """Per-token differences Δ = metric_scrubbed − metric_clean at the scored positions, without averaging
+    per example first: ``mean_delta`` is the token-weighted scrubbed − clean difference of the aggregate
+    numbers; ``mean_abs_delta`` ≥ |``mean_delta``|, and much larger means tokens the scrubbed model does worse
+    on cancel tokens it does better on (the aggregate hides how much it changes). ``p10``..``p90`` are
+    quantiles of Δ (linear interpolation), ``share_positive`` the share of tokens with Δ > 0 (worse than
+    clean), ``n_tokens`` how many tokens. With "kl" every Δ is ≥ 0, so no cancellation can happen."""
+
+    mean_delta: float
+    mean_abs_delta: float
+    p10: float
+    p25: float
+    p50: float
+    p75: float
+    p90: float
+    share_positive: float
+    n_tokens: int
+
+
+def token_view(delta: Tensor) -> TokenView:
+    """The ``TokenView`` of per-token differences ``delta`` [n_tokens] (NaN statistics for none)."""
+    values = delta.detach().reshape(-1).double().cpu()  # [n_tokens]
+    n = values.numel()
+    if n == 0:
+        nan = math.nan
+        return TokenView(nan, nan, nan, nan, nan, nan, nan, share_positive=nan, n_tokens=0)
+    ordered = values.sort().values  # [n_tokens]
+    quantiles = []
+    for level in TOKEN_QUANTILES:  # linear interpolation between order statistics, as torch.quantile's default
+        where = level * (n - 1)
+        low = math.floor(where)
+        high = min(low + 1, n - 1)
+        quantiles.append(float(ordered[low] + (where - low) * (ordered[high] - ordered[low])))
+    p10, p25, p50, p75, p90 = quantiles
+    return TokenView(float(values.mean()), float(values.abs().mean()), p10, p25, p50, p75, p90,
+                     share_positive=float((values > 0).double().mean()), n_tokens=n)
 
 
 def recovered(clean: float | Tensor, baseline: float | Tensor, scrubbed: float | Tensor):
@@ -74,11 +174,22 @@ def gap(clean: ExampleLosses, baseline: ExampleLosses) -> tuple[float, float]:
 
 
 def recovery_warnings(clean: ExampleLosses, baseline: ExampleLosses, *,
-                      standard_errors: float = GAP_STANDARD_ERRORS) -> list[str]:
+                      standard_errors: float = GAP_STANDARD_ERRORS, metric: MetricName = "loss") -> list[str]:
     """Why loss recovered may not mean what it says, in words: the baseline is not worse than the clean run,
-    or only by less than ``standard_errors`` standard errors (then loss recovered is mostly noise)."""
+    or only by less than ``standard_errors`` standard errors (then loss recovered is mostly noise). With
+    ``metric="kl"`` the same checks, worded for the baseline's KL divergence from the clean run."""
     diff, se = gap(clean, baseline)
     if not math.isfinite(diff):
+        return []
+    if metric == "kl":
+        if diff <= 0:
+            return [(f"the baseline's KL divergence from the clean run is {diff:.4g}: the baseline does not change "
+                     f"the model's predictions on these data, so KL recovered does not measure how much of its "
+                     f"behaviour the claim explains; use a baseline that resamples more or other data")]
+        if diff < standard_errors * se:
+            return [(f"the baseline's KL divergence from the clean run, {diff:.4g}, is within {standard_errors:g} "
+                     f"standard errors ({se:.2g}) of zero: KL recovered divides by a number that is mostly noise; "
+                     f"use more examples or a baseline that resamples more")]
         return []
     if diff <= 0:
         return [(f"the baseline loss is not above the clean loss (baseline - clean = {diff:.4g}): the baseline does "

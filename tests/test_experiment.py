@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformer_lens import HookedTransformer
 
 from scrub.cli import main
-from scrub.experiment import batch_bounds, run
+from scrub.experiment import RunInputError, UndefinedRecoveryError, batch_bounds, run
 from scrub.hypothesis import empty_graph, full_graph
 from scrub.model import ArchSpec, save_checkpoint
 from tests.helpers import partial_graph, tiny_model
 from tests.helpers import random_tokens as tokens
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,75 @@ def test_no_example_is_dropped_at_any_batch_size(model):
     for batch_size in (2, 3, 4, 6, 7, 100):
         result = run(model, partial_graph(), data, batch_size=batch_size, progress=False, n_bootstrap=20)
         assert result.n_examples == 7, batch_size
+
+
+# --- metric="kl" and the token-level view on the shipped model (issue #11) ----------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    import scrub
+
+    return scrub.load_model(), scrub.natural_batch(8, seq_len=24, seed=0)
+
+
+def test_kl_of_the_full_hypothesis_recovers_exactly_one(shipped):
+    model, data = shipped
+    result = run(model, REPO / "hypotheses" / "full.py", data, metric="kl", progress=False, batch_size=4,
+                 n_bootstrap=50)
+    assert result.metric == "kl" and result.loss_recovered == 1.0 and result.ci_low == result.ci_high == 1.0
+    assert result.loss_clean == 0.0 and result.loss_scrubbed == 0.0 and result.loss_baseline > 0
+    assert result.token_view["mean_abs_delta"] == 0.0 and result.token_view["n_tokens"] == result.n_tokens == 8 * 23
+    assert result.summary().startswith("full vs empty: KL recovered 1.000 [95% CI 1.000, 1.000]")
+    assert "\ntoken-level: scrubbed - clean KL per token: mean +0.0000" in result.summary()
+
+
+def test_kl_of_the_empty_hypothesis_against_the_empty_baseline_is_zero(shipped):
+    model, data = shipped
+    result = run(model, empty_graph(), data, metric="kl", progress=False, n_bootstrap=50)
+    assert result.loss_recovered == 0.0 and result.loss_scrubbed == result.loss_baseline > 0
+    assert result.warnings[0].endswith("KL recovered is 0 by construction")
+    assert result.token_view["mean_delta"] == pytest.approx(result.loss_scrubbed)  # KL per token is ≥ 0: no cancelling
+    assert result.token_view["mean_abs_delta"] == result.token_view["mean_delta"]
+    with pytest.raises(UndefinedRecoveryError, match="KL divergence from the clean run is 0"):
+        run(model, empty_graph(), data, baseline=full_graph(model), metric="kl", progress=False, n_bootstrap=50)
+
+
+def test_loss_token_view_matches_the_aggregate_and_summary_keeps_its_wording(shipped):
+    model, data = shipped
+    result = run(model, REPO / "hypotheses" / "induction_minimal.py", data, progress=False, n_bootstrap=50,
+                 baseline=REPO / "hypotheses" / "induction_baseline.py")
+    view = result.token_view
+    assert result.metric == "loss" and view["n_tokens"] == result.n_tokens
+    assert view["mean_delta"] == pytest.approx(result.loss_scrubbed - result.loss_clean, abs=1e-5)
+    assert view["mean_abs_delta"] >= abs(view["mean_delta"])
+    assert view["p10"] <= view["p50"] <= view["p90"] and 0 <= view["share_positive"] <= 1
+    headline, token_line = result.summary().splitlines()[:2]
+    assert headline.startswith("induction_minimal vs induction_baseline: loss recovered ")
+    assert "(clean " in headline and token_line.startswith("token-level: scrubbed - clean loss per token: mean ")
+
+
+def test_cli_run_metric_kl_json_and_text(capsys):
+    argv = ["run", str(REPO / "hypotheses" / "full.py"), "--n", "4", "--seq-len", "16", "--batch-size", "4"]
+    assert main(argv + ["--metric", "kl", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric"] == "kl" and out["loss_recovered"] == 1.0 and out["loss_clean"] == 0.0
+    assert set(out["token_view"]) == {"mean_delta", "mean_abs_delta", "p10", "p25", "p50", "p75", "p90",
+                                      "share_positive", "n_tokens"}
+    assert main(argv + ["--metric", "kl"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].startswith("full vs empty: KL recovered 1.000") and text[1].startswith("token-level: ")
+    assert any(line.startswith("per-example KL recovered: ") for line in text)
+    assert main(argv + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metric"] == "loss"
+
+
+def test_cli_run_refuses_an_unknown_metric(capsys):
+    assert main(["run", str(REPO / "hypotheses" / "full.py"), "--metric", "nll"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "argument --metric: invalid choice: 'nll'" in captured.err
+
+
+def test_run_refuses_an_unknown_metric(model):
+    with pytest.raises(RunInputError, match="metric must be one of 'loss', 'kl', got 'KL'"):
+        run(model, full_graph(model), tokens(), metric="KL", progress=False)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Losses, loss recovered and bootstrap intervals on hand-computable numbers."""
+"""Losses, KL divergence, loss recovered, bootstrap intervals and the token-level view on hand-computable numbers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scrub.metrics import (
-    ExampleLosses, bootstrap_mean, bootstrap_recovered, example_losses, gap, recovered, recovery_warnings, token_losses,
+    ExampleLosses, bootstrap_mean, bootstrap_recovered, example_losses, gap, recovered, recovery_warnings, score_batch,
+    token_kl, token_losses, token_view,
 )
 
 
@@ -104,3 +107,70 @@ def test_bootstrap_in_chunks_and_bad_arguments(monkeypatch):
         bootstrap_recovered(ExampleLosses(torch.zeros(0), torch.zeros(0)), base, scrub)
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_mean(torch.ones(4), n_resamples=0)
+
+
+# --- KL divergence and the token-level view (issue #11) -----------------------------------------------------
+
+def test_token_kl_is_zero_for_equal_logits():
+    logits = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(0)) * 5
+    kl = token_kl(logits, logits.clone())
+    assert kl.shape == (3, 6)
+    assert bool((kl == 0).all())
+
+
+def test_token_kl_on_a_two_token_vocabulary():
+    clean = torch.zeros(1, 2, 2)  # p = (1/2, 1/2) at position 0
+    other = torch.zeros(1, 2, 2)
+    other[0, 0, 0] = math.log(3.0)  # q = (3/4, 1/4)
+    other[0, 1, 0] = 100.0  # the last position predicts nothing: dropped
+    kl = token_kl(clean, other)
+    assert kl.shape == (1, 1)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # = ln(4/3) / 2
+    assert float(kl[0, 0]) == pytest.approx(expected, rel=1e-6)
+    assert float(token_kl(other, clean)[0, 0]) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.1, 30.0))
+def test_token_kl_is_never_negative(seed, scale):
+    gen = torch.Generator().manual_seed(seed)
+    clean, other = (torch.randn(2, 5, 9, generator=gen) * scale for _ in range(2))
+    other[0, 2] = clean[0, 2]  # one position with the same logits
+    kl = token_kl(clean, other)
+    assert bool((kl >= 0).all()) and bool(torch.isfinite(kl).all()) and float(kl[0, 2]) == 0.0
+
+
+def test_score_batch_kl_has_zero_clean_and_masked_token_deltas():
+    gen = torch.Generator().manual_seed(1)
+    clean, base, scrubbed = (torch.randn(2, 4, 6, generator=gen) for _ in range(3))
+    tokens = torch.randint(0, 6, (2, 4), generator=gen)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    scores = score_batch("kl", tokens, mask, clean, base, scrubbed)
+    assert scores.clean.total.tolist() == [0.0, 0.0] and scores.clean.count.tolist() == [2.0, 1.0]
+    assert torch.equal(scores.token_delta, token_kl(clean, scrubbed)[mask])
+    loss = score_batch("loss", tokens, mask, clean, base, scrubbed)
+    assert torch.allclose(loss.token_delta, (token_losses(scrubbed, tokens) - token_losses(clean, tokens))[mask])
+    with pytest.raises(ValueError, match="metric must be one of 'loss', 'kl', got 'nll'"):
+        score_batch("nll", tokens, mask, clean, base, scrubbed)  # type: ignore[arg-type]
+
+
+def test_token_view_on_hand_numbers():
+    view = token_view(torch.tensor([-2.0, 1.0, 1.0, 0.0, 5.0]))
+    assert view.mean_delta == pytest.approx(1.0) and view.mean_abs_delta == pytest.approx(1.8)
+    assert (view.p25, view.p50, view.p75) == (0.0, 1.0, 1.0)
+    assert view.p10 == pytest.approx(-1.2) and view.p90 == pytest.approx(3.4)
+    assert view.share_positive == pytest.approx(0.6) and view.n_tokens == 5
+    assert math.isnan(token_view(torch.zeros(0)).mean_delta) and token_view(torch.zeros(0)).n_tokens == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=200))
+def test_token_view_mean_abs_bounds_the_mean(values):
+    delta = torch.tensor(values, dtype=torch.float64)
+    view = token_view(delta)
+    assert view.mean_abs_delta >= abs(view.mean_delta) - 1e-9 * (1 + view.mean_abs_delta)
+    assert view.p10 <= view.p25 <= view.p50 <= view.p75 <= view.p90
+    assert min(values) <= view.p10 and view.p90 <= max(values)
+    expected = torch.quantile(delta, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist()
+    assert [view.p10, view.p25, view.p50, view.p75, view.p90] == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert 0 <= view.share_positive <= 1 and view.n_tokens == len(values)
