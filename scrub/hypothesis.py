@@ -6,8 +6,10 @@ head names the input(s) it enters with the edge attribute ``via`` (``"q"``, ``"k
 at once: ``via="kv"`` or ``via=("k", "v")``); edges into MLPs and ``logits`` take no ``via``. Optional
 attributes: node ``feature`` (a ``scrub.features.Feature``), node ``component`` (to give one component
 several graph nodes, i.e. claim it differently on different paths), edge ``positions`` (a function
-tokens -> bool mask [batch, seq]: the receiver positions where the edge is claimed). The claim is the
-set of input -> logits paths of the graph. ``validate`` turns a graph into a frozen ``Claim`` or raises
+tokens -> bool mask [batch, seq]: the receiver positions where the edge is claimed), edge ``qk_mask`` (a
+``scrub.masks.QKMask``, on edges into a head: the (query, key) pairs through which the head reads the
+claimed input; through the other pairs that input is resampled). The claim is the set of input -> logits
+paths of the graph. ``validate`` turns a graph into a frozen ``Claim`` or raises
 ``HypothesisError`` naming the file, the node or edge, and the fix.
 
 The rules, each checked with a one-line error (``HypothesisError``, a ``ValueError``):
@@ -16,8 +18,15 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   one spelling (``"1.3"``, not ``"1.03"`` or ``" 1.3"``: a non-canonical spelling would otherwise be a
   second node of the same head). To give a component a second node, use an id that is not a component
   name with ``component="1.3"`` (e.g. ``"1.3#k"``); an id that reads as a component name must be its own.
-- node attributes are ``feature`` and ``component``; edge attributes are ``via`` and ``positions``.
-  Anything else (``features=``, ``position=``) is a misspelling, and is rejected with a suggestion.
+- node attributes are ``feature`` and ``component``; edge attributes are ``via``, ``positions`` and
+  ``qk_mask``. Anything else (``features=``, ``position=``, ``mask_qk=``) is a misspelling, and is rejected
+  with a suggestion.
+- ``qk_mask`` is a ``scrub.masks.QKMask`` (a plain function is rejected, with ``QKMask(name, fn)`` as the
+  fix), only on edges into a head (MLPs and logits have no keys), not together with ``positions`` on one
+  edge, and applies to every input the edge names (``via="kv"``: k and v). All masked edges into one input
+  of one node carry the same (equal) mask: an input is split once, into the pairs that read the claimed
+  input and the pairs that read one resampled input. Unmasked edges into that input stay claimed at every
+  pair. ``check_on`` builds every mask once for the batch's sequence length.
 - every node lies on a path to ``logits``; no cycles; every edge goes forward in the model and enters an
   input the receiver has (``Structure``).
 - paths start at inputs (``check_paths``; run by ``load_hypothesis`` and ``check_on``, not by
@@ -30,8 +39,8 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
 - features return integer (or bool) codes, one row per example; float codes are rejected, even when
   whole (write ``.long()`` yourself, so that rounding is visible). Positions masks are bool tensors of the
   tokens' shape ``[batch, seq]``; 0/1 integer or float masks are rejected (they would weight the claim),
-  with ``.bool()`` as the fix. ``check_on(claim, tokens)`` evaluates every feature and positions function
-  once on a batch, before any work; positions functions are also checked on every call.
+  with ``.bool()`` as the fix. ``check_on(claim, tokens)`` evaluates every feature, positions function and
+  query-key mask once on a batch, before any work; positions functions are also checked on every call.
 - hypothesis files: syntax errors and exceptions raised while importing the file or inside
   ``hypothesis(model)`` are reported with the file and line; ``print`` inside a file goes to stderr.
 """
@@ -56,6 +65,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.features import Feature, FeatureError, as_feature, one_line
+from scrub.masks import MaskError, QKMask
 from scrub.sites import (
     HEAD_CHANNELS,
     Channel,
@@ -74,9 +84,12 @@ from scrub.structure import Structure
 PositionFn = Callable[[Tensor], Tensor]
 
 NODE_ATTRIBUTES = ("feature", "component")
-EDGE_ATTRIBUTES = ("via", "positions")
+EDGE_ATTRIBUTES = ("via", "positions", "qk_mask")
 _MEANT = {"channel": "via", "channels": "via", "input": "via", "inputs": "via", "mask": "positions",
-          "where": "positions", "at": "positions", "head": "component", "alias": "component", "of": "component"}
+          "where": "positions", "at": "positions", "head": "component", "alias": "component", "of": "component",
+          "qk": "qk_mask", "mask_qk": "qk_mask", "qkmask": "qk_mask", "qk_masks": "qk_mask",
+          "query_key_mask": "qk_mask", "attn_mask": "qk_mask", "attention_mask": "qk_mask", "pattern_mask": "qk_mask"}
+_MASK_FACTORIES = ("previous_position", "within", "all_keys", "no_keys")
 _LOOKS_LIKE_COMPONENT = re.compile(r"^\s*(embed|pos|logits|\d+\s*\.\s*\d+|mlp\s*\.\s*\d+)\s*$", re.IGNORECASE)
 
 
@@ -140,12 +153,14 @@ def _mask_problem(mask: object, tokens: Tensor) -> str | None:
 
 @dataclass(frozen=True)
 class ClaimEdge:
-    """``source``'s output enters ``target`` through ``channel``, claimed at ``positions`` (None: everywhere)."""
+    """``source``'s output enters ``target`` through ``channel``, claimed at ``positions`` (None: everywhere)
+    and, for a head's input, through the (query, key) pairs of ``qk_mask`` (None: every pair)."""
 
     source: str
     target: str
     channel: Channel
     positions: PositionFn | None = None
+    qk_mask: QKMask | None = None
 
 
 @dataclass(frozen=True)
@@ -275,7 +290,8 @@ def _unknown_attributes(attrs: dict, allowed: tuple[str, ...], what: str) -> str
         lower = str(key).lower()
         guess = _MEANT.get(lower) or next(iter(difflib.get_close_matches(lower, allowed, 1, 0.6)), None)
         hint = f"did you mean {guess!r}? " if guess in allowed else ""
-        listed = " and ".join(repr(a) for a in allowed)
+        listed = " and ".join([", ".join(repr(a) for a in allowed[:-1]), repr(allowed[-1])] if len(allowed) > 1
+                              else [repr(a) for a in allowed])
         return (f"{what} has an unknown attribute {key!r}: {hint}{what.split()[0]} attributes are {listed}; "
                 f"rename or remove it")
     return None
@@ -360,6 +376,7 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
         if n.id not in roots and n.id not in reach:
             raise HypothesisError(f"{where}node {n.id!r} lies on no path that reaches 'logits': add an edge from it "
                                   f"towards 'logits' or remove it")
+    _check_one_mask_per_input(edges, where)
     name = Path(origin).stem if origin != "<graph>" else "graph"
     return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None, origin=origin)
 
@@ -400,8 +417,57 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
         if not structure.feeds(s.component, d.component):
             raise HypothesisError(f"{where}{label}: {structure.why_not(s.component, d.component)}")
         channels = {Channel.IN}
+    qk_mask = _qk_mask(attrs, d, positions, where, label)
     order = {c: i for i, c in enumerate((*HEAD_CHANNELS, Channel.IN))}
-    return [ClaimEdge(s.id, d.id, c, positions) for c in sorted(channels, key=order.__getitem__)]
+    return [ClaimEdge(s.id, d.id, c, positions, qk_mask) for c in sorted(channels, key=order.__getitem__)]
+
+
+def _qk_mask(attrs: dict, d: ClaimNode, positions: PositionFn | None, where: str, label: str) -> QKMask | None:
+    """The edge's ``qk_mask``: a ``QKMask``, on an edge into a head, without ``positions``."""
+    mask = attrs.get("qk_mask")
+    if mask is None:
+        return None
+    if not isinstance(d.component, Head):
+        raise HypothesisError(f"{where}{label} has a qk_mask, but {d.component} is not a head: a query-key mask "
+                              f"splits a head's attention by (query, key) pair, and MLPs and logits have no keys; "
+                              f"remove it")
+    if positions is not None:
+        raise HypothesisError(f"{where}{label} has both 'positions' and 'qk_mask': restrict an edge by one of them "
+                              f"(a qk_mask depends only on the query and key positions, so a token-independent "
+                              f"positions restriction can be written into it)")
+    if isinstance(mask, QKMask):
+        return mask
+    name = getattr(mask, "__name__", None)
+    if mask is QKMask:
+        got = "is the QKMask class: build a mask, qk_mask=scrub.masks.QKMask(name, fn)"
+    elif inspect.isfunction(mask) and getattr(mask, "__module__", None) == "scrub.masks" and name in _MASK_FACTORIES:
+        args = "" if not inspect.signature(mask).parameters else "..."
+        got = f"is {name}, a function that makes a mask, not a mask: call it, qk_mask={name}({args})"
+    elif callable(mask):
+        got = (f"is a plain function {name or type(mask).__name__!r}: wrap it with a name, "
+               f"qk_mask=scrub.masks.QKMask('name', fn) (fn(query, key) -> bool)")
+    else:
+        got = (f"is a {type(mask).__name__}: it must be a scrub.masks.QKMask, e.g. scrub.masks.previous_position() "
+               f"or scrub.masks.QKMask('name', lambda q, k: ...)")
+    raise HypothesisError(f"{where}{label}: qk_mask {got}")
+
+
+def _check_one_mask_per_input(edges: list[ClaimEdge], where: str) -> None:
+    """All masked edges into one (node, input) carry equal masks: the engine splits each input once."""
+    first: dict[tuple[str, Channel], tuple[str, QKMask]] = {}
+    for e in edges:
+        if e.qk_mask is None:
+            continue
+        source, mask = first.setdefault((e.target, e.channel), (e.source, e.qk_mask))
+        if mask == e.qk_mask:
+            continue
+        same = " (same name, different functions: build the mask once and reuse it)" * (mask.name == e.qk_mask.name)
+        raise HypothesisError(
+            f"{where}edges {source!r} -> {e.target!r} and {e.source!r} -> {e.target!r} enter {e.channel.value!r} of "
+            f"{e.target!r} with different query-key masks {mask.name!r} and {e.qk_mask.name!r}{same}: one input takes "
+            f"one mask (its masked pairs read the claimed input, the others a resampled one); give every masked edge "
+            f"into it the same QKMask, or claim the other through a second node of the head (another id with "
+            f"component=...)")
 
 
 # --- whole-claim and data checks, before any work ------------------------------------------------------
@@ -451,6 +517,12 @@ def check_on(claim: Claim, tokens: Tensor) -> None:
                 raise HypothesisError(f"{where}node {node.id!r}: {err}") from None
     seen: set[int] = set()
     for e in claim.edges:
+        if e.qk_mask is not None and id(e.qk_mask) not in seen:
+            seen.add(id(e.qk_mask))
+            try:
+                e.qk_mask.matrix(tokens.shape[1], tokens.device)
+            except MaskError as err:
+                raise HypothesisError(f"{where}edge {e.source!r} -> {e.target!r}: {err}") from None
         if e.positions is None or id(e.positions) in seen:
             continue
         seen.add(id(e.positions))

@@ -30,6 +30,7 @@ from scrub.hypothesis import (
     load_hypothesis,
     validate,
 )
+from scrub.masks import QKMask, previous_position, within
 from tests.helpers import save_tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,21 @@ def with_positions(fn) -> nx.DiGraph:
 def with_attr(kind: str, key: str, value) -> nx.DiGraph:
     g = g_(["embed", ("0.0", "v"), "logits"])
     (g.nodes["0.0"] if kind == "node" else g.edges["embed", "0.0"])[key] = value
+    return g
+
+
+def with_mask(mask, *paths, edge=("embed", "0.0"), **extra) -> nx.DiGraph:
+    """``paths`` (default embed -> v of 0.0 -> logits) with ``qk_mask=mask`` (and ``extra``) on ``edge``."""
+    g = g_(*(paths or [["embed", ("0.0", "v"), "logits"]]))
+    g.edges[edge].update(qk_mask=mask, **extra)
+    return g
+
+
+def two_masks(first, second, via: str = "k") -> nx.DiGraph:
+    """Two masked edges into 1.0's k: embed (via ``via``) with ``first``, 0.0 with ``second``."""
+    g = g_(["embed", ("1.0", via), "logits"], ["embed", ("0.0", "v"), ("1.0", "k")])
+    g.edges["embed", "1.0"]["qk_mask"] = first
+    g.edges["0.0", "1.0"]["qk_mask"] = second
     return g
 
 
@@ -149,6 +165,37 @@ CASES = [
     ("positions raises", "short", lambda m: with_positions(lambda t: t[:, :, 0]), r"positions function '<lambda>' failed on tokens of shape \[4, 12\]"),
     ("positions not callable", "short", lambda m: with_positions([1, 2]), r"'positions' must be a function tokens -> bool mask"),
     ("positions is a feature", "short", lambda m: with_positions(F.current_token()), r"'positions' must be a function.*got a Feature"),
+    # --- query-key masks ----------------------------------------------------------------------------------
+    ("qk_mask into logits", "short", lambda m: with_mask(previous_position(), ["embed", "logits"], edge=("embed", "logits")),
+     r"edge 'embed' -> 'logits' has a qk_mask, but logits is not a head.*remove it"),
+    ("qk_mask into an MLP", "mlp", lambda m: with_mask(within(2), ["embed", "mlp.0", "logits"], edge=("embed", "mlp.0")),
+     r"edge 'embed' -> 'mlp\.0' has a qk_mask, but mlp\.0 is not a head"),
+    ("qk_mask with positions", "short", lambda m: with_mask(within(2), positions=F.after_earlier_occurrence),
+     r"edge 'embed' -> '0\.0' has both 'positions' and 'qk_mask'"),
+    ("qk_mask is a plain function", "short", lambda m: with_mask(lambda q, k: k == q - 1),
+     r"edge 'embed' -> '0\.0': qk_mask is a plain function '<lambda>': wrap it with a name, qk_mask=scrub\.masks\.QKMask\('name', fn\)"),
+    ("qk_mask factory passed uncalled", "short", lambda m: with_mask(previous_position),
+     r"qk_mask is previous_position, a function that makes a mask, not a mask: call it, qk_mask=previous_position\(\)"),
+    ("qk_mask is the QKMask class", "short", lambda m: with_mask(QKMask), r"qk_mask is the QKMask class: build a mask"),
+    ("qk_mask is a tensor", "short", lambda m: with_mask(torch.ones(12, 12, dtype=torch.bool)),
+     r"qk_mask is a Tensor: it must be a scrub\.masks\.QKMask"),
+    ("two masks into one input", "short", lambda m: two_masks(within(1), previous_position()),
+     r"edges 'embed' -> '1\.0' and '0\.0' -> '1\.0' enter 'k' of '1\.0' with different query-key masks 'within\(1\)' and "
+     r"'previous_position'.*one input takes one mask"),
+    ("two masks into one input, one edge via kv", "short", lambda m: two_masks(within(2), within(3), via="kv"),
+     r"enter 'k' of '1\.0' with different query-key masks 'within\(2\)' and 'within\(3\)'"),
+    ("two same-named masks", "short", lambda m: two_masks(QKMask("near", lambda q, k: q - k < 2), QKMask("near", lambda q, k: q - k < 2)),
+     r"different query-key masks 'near' and 'near' \(same name, different functions: build the mask once and reuse it\)"),
+    ("qk_mask returns integers", "short", lambda m: with_mask(QKMask("diff", lambda q, k: q - k)),
+     r"edge 'embed' -> '0\.0': query-key mask 'diff' returned an int64 tensor: masks must be bool"),
+    ("qk_mask of the wrong shape", "short", lambda m: with_mask(QKMask("3d", lambda q, k: (k == q)[..., None])),
+     r"query-key mask '3d' returned a tensor of shape \[12, 12, 1\] for a sequence of 12"),
+    ("qk_mask raises", "short", lambda m: with_mask(QKMask("boom", lambda q, k: q[:, 5] > k)),
+     r"edge 'embed' -> '0\.0': query-key mask 'boom' failed on positions of a sequence of 12 .*IndexError"),
+    ("QKMask of a non-function", "short", HEADER + "from scrub.masks import QKMask\n\ndef hypothesis(model):\n"
+     "    g = add_path(nx.DiGraph(), 'embed', ('0.0', 'v'), 'logits')\n"
+     "    g.edges['embed', '0.0']['qk_mask'] = QKMask('prev', 3)\n    return g\n",
+     r"bad\.py:9: hypothesis\(model\) raised MaskError: QKMask 'prev': fn must be a function"),
     # --- misspelt attributes ------------------------------------------------------------------------------
     ("node attribute features=", "short", lambda m: with_attr("node", "features", F.current_token()),
      r"node '0\.0' has an unknown attribute 'features': did you mean 'feature'\?"),
@@ -157,6 +204,10 @@ CASES = [
     ("edge attribute channel=", "short", lambda m: with_attr("edge", "channel", "k"), r"unknown attribute 'channel': did you mean 'via'\?"),
     ("node attribute colour=", "short", lambda m: with_attr("node", "colour", "red"),
      r"unknown attribute 'colour': node attributes are 'feature' and 'component'"),
+    ("edge attribute mask_qk=", "short", lambda m: with_attr("edge", "mask_qk", previous_position()),
+     r"unknown attribute 'mask_qk': did you mean 'qk_mask'\? edge attributes are 'via', 'positions' and 'qk_mask'"),
+    ("edge attribute qk=", "short", lambda m: with_attr("edge", "qk", previous_position()),
+     r"unknown attribute 'qk': did you mean 'qk_mask'\?"),
     # --- component names ----------------------------------------------------------------------------------
     ("head with a leading zero", "short", lambda m: g_(["embed", ("0.0", "v"), "logits"], ["embed", ("1.02", "v"), "logits"]),
      r"node '1\.02': '1\.02' is not how this component is written: write '1\.2'.*second node.*component='1\.2'"),
@@ -246,6 +297,10 @@ def test_bad_input_gets_one_clear_error(name, kind, case, message, models, tmp_p
     lambda m: with_positions(F.after_earlier_occurrence),
     lambda m: with_feature(lambda t: t[:, -1] % 2 == 0),  # bool codes are classes too
     lambda m: aliased("0.0#q", "0.0"),
+    lambda m: with_mask(previous_position()),  # a query-key mask on a v input
+    lambda m: two_masks(within(2), within(2), via="kv"),  # equal masks into one input; the kv edge's v is masked too
+    lambda m: with_mask(within(1), ["pos", ("0.0", "qk"), "logits"], edge=("pos", "0.0")),
+    lambda m: with_mask(None),  # qk_mask=None is no mask
 ])
 def test_legal_graphs_pass(build, models):
     model = models["short"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
+import torch
 
 from scrub.features import current_token
-from scrub.hypothesis import HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
+from scrub.hypothesis import HypothesisError, add_path, check_on, empty_graph, full_graph, load_hypothesis, validate
+from scrub.masks import previous_position, within
 from scrub.sites import Channel
 from scrub.treeify import TreeTooLargeError, Unit, treeify
 from tests.helpers import tiny_model
@@ -31,6 +33,23 @@ def test_add_path_merges_channels_and_validate_splits_them(model):
     into = {(e.source, e.channel) for e in claim.inputs_of("1.2")}
     assert into == {("0.0", Channel.K), ("0.0", Channel.V)}
     assert claim.n_paths() == 2  # embed -> 0.0 -> 1.2 (k), embed -> 0.0 -> 1.2 (v)
+
+
+def test_query_key_masks_go_on_every_channel_of_their_edge(model):
+    """A qk_mask on a via="kv" edge masks its k and v; an equal mask built separately may mask another edge into
+    the same input; unmasked edges into a masked input, and other edges, carry no mask."""
+    g = graph(["embed", ("0.0", "v"), ("1.2", "k"), "logits"], ["embed", ("1.2", "qv")], ["pos", ("1.2", "q")])
+    g.edges["embed", "1.2"]["via"] = "qkv"
+    g.edges["embed", "1.2"]["qk_mask"] = within(2)
+    g.edges["0.0", "1.2"]["qk_mask"] = within(2)  # equal to the other: one mask per input
+    g.edges["embed", "0.0"]["qk_mask"] = previous_position()
+    claim = validate(g, model)
+    masks = {(e.source, e.target, e.channel.value): e.qk_mask for e in claim.edges}
+    assert masks == {("embed", "1.2", "q"): within(2), ("embed", "1.2", "k"): within(2), ("embed", "1.2", "v"): within(2),
+                     ("0.0", "1.2", "k"): within(2), ("pos", "1.2", "q"): None,
+                     ("embed", "0.0", "v"): previous_position(), ("1.2", "logits", "in"): None}
+    assert claim.n_paths() == 5
+    check_on(claim, torch.zeros(2, 12, dtype=torch.long))
 
 
 def test_full_graph_counts_paths(model):
