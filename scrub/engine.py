@@ -99,10 +99,11 @@ class _Context:
     keys: dict = field(default_factory=dict)
 
     def mkey(self, index: Tensor) -> bytes:
-        """The bytes of a datum map [rows], memoised per tensor object (kept alive here, so ids stay unique)."""
+        """The shape and bytes of a datum map [rows] or [rows, seq], memoised per tensor object (kept alive
+        here, so ids stay unique)."""
         hit = self.keys.get(id(index))
         if hit is None:
-            hit = self.keys[id(index)] = (index, index.cpu().numpy().tobytes())
+            hit = self.keys[id(index)] = (index, repr(tuple(index.shape)).encode() + index.cpu().numpy().tobytes())
         return hit[1]
 
     @property
@@ -150,7 +151,7 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
         plan = _plan(ctx, job, Channel.IN)
         on = plan.clean_on()
         if on is not None:
-            logits = clean.logits[on] if positions is None else clean.logits[on][:, positions]
+            logits = _take(clean.logits, on, positions)  # [batch, seq or n_pos, d_vocab]
         elif factored is not None and positions is not None and not data.options.independent:
             logits = _factored_logits(ctx, job, factored, positions)  # [batch, n_pos, d_vocab]
         else:
@@ -160,15 +161,37 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
 
 
-def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
-    """``child``'s value as ``job``'s rows read it (node mode: through the child's ``read`` draw)."""
-    value = ctx.values[(job.tree, child.path)]
+def _take(t: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
+    """Rows of a clean tensor t [data, seq, ...] on a datum map: [rows] (whole sequences) or [rows, seq]
+    (a datum per position, from a per-position draw) -> [rows, seq or n_pos, ...]."""
+    if index.dim() == 1:
+        return t[index] if positions is None else t[index][:, positions]
+    at = torch.arange(t.shape[1], device=index.device) if positions is None else positions
+    return t[index[:, at], at[None, :]]
+
+
+def _rows(ctx: _Context, job: _Job, child: TreeNode) -> Tensor | None:
+    """The child's rows ``job``'s rows read: [rows] or [rows, seq] (node mode), None for the same rows (copy mode)."""
     read = job.data[child].read
-    if read is None:
+    return None if read is None else read[job.a.datum]
+
+
+def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
+    """``child``'s value as ``job``'s rows read it (node mode: through the child's ``read`` table; per position
+    for a per-position child, whose position s is read from its row rows[:, s])."""
+    value = ctx.values[(job.tree, child.path)]
+    rows = _rows(ctx, job, child)
+    if rows is None:
         return value
-    return _Value(clean_on=None if value.clean_on is None else value.clean_on[read],
-                  z=None if value.z is None else value.z[read],
-                  tensor=None if value.tensor is None else value.tensor[read])
+
+    def gather(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        if rows.dim() == 1 or t.dim() == 1:
+            return t[rows]  # [rows(, seq), ...]
+        return t[rows, torch.arange(rows.shape[1], device=rows.device)[None, :]]  # [rows, seq, ...]
+
+    return _Value(clean_on=gather(value.clean_on), z=gather(value.z), tensor=gather(value.tensor))
 
 
 def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
@@ -213,8 +236,8 @@ def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
 
 
 def _delta(ctx: _Context, job: _Job, child: TreeNode, value: _Value) -> _Delta:
-    read = job.data[child].read
-    key = (job.tree, child.path, None if read is None else ctx.mkey(read))
+    rows = _rows(ctx, job, child)
+    key = (job.tree, child.path, None if rows is None else ctx.mkey(rows))
     if value.z is not None:
         assert isinstance(child.component, Head)  # only heads are recomputed as z
         return _Delta(key, z=value.z, head=child.component)
@@ -225,7 +248,7 @@ def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mas
     """The claimed value minus the unclaimed one (source clean on ``other``), at the ``mask`` positions."""
     src = inp.child.component
     if value.clean_on is not None:
-        diff = ctx.clean.out(src)[value.clean_on] - ctx.clean.out(src)[other]  # [rows, seq, d_model]
+        diff = _take(ctx.clean.out(src), value.clean_on) - ctx.clean.out(src)[other]  # [rows, seq, d_model]
     elif value.z is not None:
         diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],  # -> [rows, seq, d_model]
                              ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")
@@ -254,19 +277,19 @@ def _build(ctx: _Context, comp: Component, plan: _Plan) -> Tensor:
     for index, sources in plan.groups:
         left_out = [s for s in senders if s not in sources]
         if len(left_out) < len(sources):  # the clean residual on this map, minus what is left out
-            add(ctx.clean.resid_before(comp)[index])
+            add(_take(ctx.clean.resid_before(comp), index))
             biases += 1
             for s in left_out:
                 if isinstance(s, Head):
-                    heads.setdefault(s.layer, []).append((-ctx.clean.z[s.layer][:, :, s.head][index], s.head))
+                    heads.setdefault(s.layer, []).append((-_take(ctx.clean.z[s.layer][:, :, s.head], index), s.head))
                 else:
-                    rest.append(-ctx.clean.out(s)[index])
+                    rest.append(-_take(ctx.clean.out(s), index))
         else:
             for s in sources:
                 if isinstance(s, Head):
-                    heads.setdefault(s.layer, []).append((ctx.clean.z[s.layer][:, :, s.head][index], s.head))
+                    heads.setdefault(s.layer, []).append((_take(ctx.clean.z[s.layer][:, :, s.head], index), s.head))
                 else:
-                    rest.append(ctx.clean.out(s)[index])
+                    rest.append(_take(ctx.clean.out(s), index))
     for d in plan.deltas:
         if d.z is not None:
             assert d.head is not None  # a z delta always names its head
@@ -304,11 +327,15 @@ def _recompute(ctx: _Context, todo: list[tuple[_Job, list[_Plan]]]) -> None:
     if not todo:
         return
     clean = ctx.clean
-    batch, seq, d_model = clean.embed.shape
-    chunk = max(1, COPY_BUDGET // (batch * seq * max(d_model, seq)))
+    _, seq, d_model = clean.embed.shape
     pos = clean.pos[0] if clean.shortformer else None  # [seq, d_model]
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
+    by_rows: dict[int, list[tuple[_Job, list[_Plan]]]] = {}  # nodes computed on equally many rows stack
+    for item in todo:
+        by_rows.setdefault(item[0].a.datum.shape[0], []).append(item)
+    parts = [(rows, same[start : start + max(1, COPY_BUDGET // (rows * seq * max(d_model, seq)))])
+             for rows, same in by_rows.items()
+             for start in range(0, len(same), max(1, COPY_BUDGET // (rows * seq * max(d_model, seq))))]
+    for _, part in parts:
         comp = part[0][0].node.component
         if isinstance(comp, Head):
             ln1 = ctx.model.blocks[comp.layer].ln1
@@ -340,12 +367,14 @@ def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positi
         mask = None if inp.positions is None else inp.positions(tokens)[:, positions, None]  # [batch, n_pos, 1]
         value = _child(ctx, job, inp.child)
         if isinstance(src, Head):
-            z_clean = clean.z[src.layer][:, positions, src.head]  # [data, n_pos, d_head]
-            z = value.z[:, positions] if value.z is not None else z_clean[value.clean_on]  # [batch, n_pos, d_head]
-            dz = z - z_clean[other]  # [batch, n_pos, d_head]
+            z_clean = clean.z[src.layer][:, :, src.head]  # [data, seq, d_head]
+            z = (value.z[:, positions] if value.z is not None
+                 else _take(z_clean, value.clean_on, positions))  # [batch, n_pos, d_head]
+            dz = z - z_clean[other][:, positions]  # [batch, n_pos, d_head]
             terms.append(Term(dz=dz if mask is None else dz * mask.to(dz.dtype), head=src))
         else:
-            out = value.tensor if value.tensor is not None else clean.out(src)[value.clean_on]  # [batch, seq, d_model]
-            delta = (out - clean.out(src)[other])[:, positions]  # [batch, n_pos, d_model]
+            out = (value.tensor[:, positions] if value.tensor is not None
+                   else _take(clean.out(src), value.clean_on, positions))  # [batch, n_pos, d_model]
+            delta = out - clean.out(src)[other][:, positions]  # [batch, n_pos, d_model]
             terms.append(Term(resid=delta if mask is None else delta * mask.to(delta.dtype)))
     return factored.logits(base, (node.component.depth, ctx.mkey(other)), terms)

@@ -1,10 +1,12 @@
-"""Features (the equivalence classes of causal scrubbing) and the conditional sampler.
+"""Features (the equivalence classes of causal scrubbing) and position masks for edges.
 
 A ``Feature`` maps a batch of token sequences to integer codes, one row per sequence; two sequences agree
 on the feature when their rows are equal. A claimed node with a feature reads a datum drawn from the
 data that agree with its parent's datum on that feature; a node without one (the identity) reads its
-parent's datum itself. Sampling draws from the other sequences of the same batch, so a larger batch
-gives finer features more candidates. Everything here is a pure function.
+parent's datum itself. A *per-position* feature (``per_position=True``) returns one code per position,
+``[batch, seq]``: the node is split by position, and each position reads its own datum, one that agrees
+at that position (Redwood's ``split_to_concat`` with one sampler per position). The sampler is in
+``sampling.py``; everything here is a pure function.
 
 Codes must be an integer or bool tensor with one row per sequence (``[batch]`` or ``[batch, ...]``):
 anything else (a Python int, a numpy array, float codes, even whole-valued ones) is a one-line
@@ -37,10 +39,12 @@ def one_line(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Feature:
-    """A named function of the input: ``fn(tokens [batch, seq]) -> codes [batch, ...]`` (integers)."""
+    """A named function of the input: ``fn(tokens [batch, seq]) -> codes [batch, ...]`` (integers), or, with
+    ``per_position``, codes ``[batch, seq]``: one per position, each position sampled on its own."""
 
     name: str
     fn: TokenFn
+    per_position: bool = False
 
     def codes(self, tokens: Tensor) -> Tensor:
         """The codes of every sequence: a LongTensor [batch, k] on the CPU (where the sampler draws)."""
@@ -73,6 +77,10 @@ class Feature:
         if out.shape[0] != n:
             raise FeatureError(f"feature {self.name!r} returned {out.shape[0]} rows for {n} sequences: return one row "
                                f"per sequence, [batch] or [batch, k]")
+        if self.per_position and tuple(out.shape) != tuple(tokens.shape):
+            raise FeatureError(f"per-position feature {self.name!r} returned codes of shape {list(out.shape)} for "
+                               f"tokens of shape {list(tokens.shape)}: a per-position feature returns one code per "
+                               f"position, [batch, seq]")
         return out.reshape(n, -1).long().cpu()  # [batch, k]
 
 
@@ -109,22 +117,32 @@ def constant() -> Feature:
     return Feature("constant", lambda tokens: torch.zeros(tokens.shape[0], 1, dtype=torch.long))
 
 
-def current_token(at: int | slice = -1) -> Feature:
-    """The token at position(s) ``at`` (default: the last position)."""
+def current_token(at: int | slice = -1, *, per_position: bool = False) -> Feature:
+    """The token at position(s) ``at`` (default: the last position); ``per_position``: the token at every
+    position, each position agreeing on its own."""
+    if per_position:
+        return Feature("current_token[each]", lambda tokens: tokens, per_position=True)
     return Feature(f"current_token[{_fmt(at)}]", lambda tokens: tokens[:, at])
 
 
-def previous_token(at: int | slice = -1) -> Feature:
-    """The token just before position(s) ``at``."""
-    def fn(tokens: Tensor) -> Tensor:
-        prev = torch.roll(tokens, 1, dims=1)  # [batch, seq]
-        prev[:, 0] = -1
-        return prev[:, at]
-    return Feature(f"previous_token[{_fmt(at)}]", fn)
+def _previous(tokens: Tensor) -> Tensor:
+    prev = torch.roll(tokens, 1, dims=1)  # [batch, seq]
+    prev[:, 0] = -1
+    return prev
 
 
-def is_repeat(at: int | slice = slice(None)) -> Feature:
-    """Whether the token at each position in ``at`` occurred earlier in the sequence (0/1 codes)."""
+def previous_token(at: int | slice = -1, *, per_position: bool = False) -> Feature:
+    """The token just before position(s) ``at`` (-1 at position 0); ``per_position``: at every position."""
+    if per_position:
+        return Feature("previous_token[each]", _previous, per_position=True)
+    return Feature(f"previous_token[{_fmt(at)}]", lambda tokens: _previous(tokens)[:, at])
+
+
+def is_repeat(at: int | slice = slice(None), *, per_position: bool = False) -> Feature:
+    """Whether the token at each position in ``at`` occurred earlier in the sequence (0/1 codes); with
+    ``per_position`` each position agrees on its own (a whole-row code rarely has an agreeing datum)."""
+    if per_position:
+        return Feature("is_repeat[each]", lambda tokens: induction_candidates(tokens).long(), per_position=True)
     return Feature(f"is_repeat[{_fmt(at)}]", lambda tokens: induction_candidates(tokens)[:, at].long())
 
 
@@ -149,43 +167,3 @@ def after_earlier_occurrence(tokens: Tensor) -> Tensor:
     out = torch.zeros_like(recurs)
     out[:, 1:] = recurs[:, :-1]
     return out  # [batch, seq]
-
-
-# --- the conditional sampler ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Draw:
-    """Datum indices (into the batch) for each row, and which rows could only draw their parent."""
-
-    index: Tensor  # [batch] long
-    forced_self: Tensor  # [batch] bool
-
-
-def sample_agreeing(codes: Tensor, parent: Tensor, generator: torch.Generator, *, allow_self: bool) -> Draw:
-    """For each row b, a uniformly random batch index j whose codes equal ``codes[parent[b]]``.
-
-    With ``allow_self=False`` j != parent[b] whenever another agreeing datum exists; otherwise j = parent[b]
-    and the row is marked ``forced_self``. Pure given the generator's state.
-    """
-    n = codes.shape[0]
-    agree = (codes[parent][:, None, :] == codes[None, :, :]).all(-1)  # [batch(rows), batch(candidates)]
-    if not allow_self:
-        others = agree.clone()
-        others[torch.arange(n), parent] = False
-        has_other = others.any(-1)  # [batch]
-        agree = torch.where(has_other[:, None], others, agree)
-    else:
-        has_other = torch.ones(n, dtype=torch.bool)
-    weights = agree.float()  # [batch, batch]
-    index = torch.multinomial(weights, 1, generator=generator)[:, 0]  # [batch]
-    return Draw(index, ~has_other)
-
-
-def sample_other(parent: Tensor, generator: torch.Generator, *, allow_self: bool) -> Draw:
-    """A uniformly random datum per row (the draw for unclaimed inputs), not the parent's unless allowed."""
-    n = parent.shape[0]
-    if allow_self or n == 1:
-        index = torch.randint(0, n, (n,), generator=generator)
-        return Draw(index, torch.full((n,), n == 1))
-    offset = torch.randint(1, n, (n,), generator=generator)  # [batch] in 1..n-1
-    return Draw((parent + offset) % n, torch.zeros(n, dtype=torch.bool))

@@ -41,7 +41,8 @@ def _source_out(model: HookedTransformer, cache: ActivationCache, source: Compon
 @torch.no_grad()
 def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, tokens: Tensor) -> Tensor:
     """Logits [batch, seq, d_vocab] of the treeified claim, computed literally (a node-mode graph is first
-    unrolled into one copy per path, each on the data its node's draws give it)."""
+    unrolled into one copy per path, each on the data its node's draws give it). ``tokens`` are the run's
+    data [data, seq] that the assignments index (the batch first)."""
     if root.shared:
         root, data = unroll(root, data)
     patched = copy.deepcopy(model)
@@ -59,7 +60,8 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
         return _source_out(model, runs[key], source)  # [batch, seq, d_model]
 
     def input_of(node: TreeNode, channel: Channel) -> Tensor:
-        total = _biases(model, node.component).expand(tokens.shape[0], tokens.shape[1], -1).clone()
+        rows = data[node].datum.shape[0]
+        total = _biases(model, node.component).expand(rows, tokens.shape[1], -1).clone()
         claimed = {i.child.component: i for i in node.inputs if i.channel == channel}
         for source in Structure.of(model).residual_senders(node.component):
             other = data.unclaimed(node, channel, str(source))
@@ -76,6 +78,8 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
         return total
 
     def value_of(node: TreeNode) -> Tensor:
+        if node.pieces:  # a per-position node: position s is position s of its own copy
+            return torch.stack([value_of(piece)[:, s] for s, piece in enumerate(node.pieces)], 1)
         if node.path not in values:
             values[node.path] = compute(node)
         return values[node.path]
@@ -111,4 +115,5 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
 
     final = input_of(root, Channel.IN)
     last = Head(model.cfg.n_layers - 1, 0)  # the residual after the last block is what the logits read
-    return patched.run_with_hooks(tokens, fwd_hooks=[(hook_name(last, "resid_post"), lambda act, hook: final)])
+    return patched.run_with_hooks(tokens[data[root].datum],
+                                  fwd_hooks=[(hook_name(last, "resid_post"), lambda act, hook: final)])

@@ -12,10 +12,15 @@ data. Two sampling units are offered (``Unit``):
   copy per path prefix, and every copy draws its own data, row by row. Exact to the write-up, but the
   tree grows exponentially with depth: refused beyond ``MAX_TREE_NODES`` copies.
 
-``assign_data`` gives every node the datum it is computed on, the datum its unclaimed inputs read (one
-draw per node by default; optionally one per unclaimed input) and, for a feature, the agreeing datum.
-Draws are seeded by the node's identity (its hypothesis node, or its path in copy mode), so adding a
-path never changes what the other nodes see.
+``assign`` gives every node the data it is computed on (its *rows*), the datum its unclaimed inputs read
+(one draw per node by default; optionally one per unclaimed input) and, for a feature, the agreeing datum,
+all as dataset ids drawn by ``sampling.Sampler`` from the whole dataset of a run (or a pool of it).
+``localize`` then numbers the data a batch needs (the batch first, then every datum drawn from outside it)
+so that one clean run covers them all. In node mode a node is computed only on the data its parents read
+it on, and ``Assignment.read`` tells a parent on datum d which row to read (per position for a
+per-position feature). Draws are seeded by the node's identity (its hypothesis node, or its path in copy
+mode) and the datum (or, in copy mode, the root example), so adding a path never changes what the other
+nodes see, and the batch size never changes any draw.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from scrub.features import Feature, sample_agreeing, sample_other
+from scrub.features import Feature
 from scrub.hypothesis import Claim, ClaimEdge, PositionFn
-from scrub.sites import Channel, Component, Logits
+from scrub.sampling import Sampler
+from scrub.sites import Channel, Component, Embed, Logits, Pos
+from scrub.structure import Structure
 
 MAX_TREE_NODES = 20_000
 
@@ -57,13 +64,16 @@ class TreeInput:
 @dataclass(frozen=True, eq=False)
 class TreeNode:
     """One copy of a component with a stable identity ``path``: the path from the logits (copy mode), or
-    ``("node", id)`` for a hypothesis node shared by every path through it (node mode)."""
+    ``("node", id)`` for a hypothesis node shared by every path through it (node mode). ``pieces``
+    (unrolled per-position nodes only, for the naive reference): position s of the value is position s of
+    ``pieces[s]``."""
 
     component: Component
     path: tuple[str, ...]
     feature: Feature | None
     inputs: tuple[TreeInput, ...]
     shared: bool = False  # node mode: parents read this node's value through its ``read`` draw
+    pieces: tuple["TreeNode", ...] = ()
 
     def walk(self):
         """This node and every node below it, once each, parents before children."""
@@ -76,6 +86,8 @@ class TreeNode:
             seen.add(id(node))
             for inp in node.inputs:
                 visit(inp.child)
+            for piece in node.pieces:
+                visit(piece)
             order.append(node)
 
         visit(self)
@@ -132,135 +144,196 @@ def _step(edge: ClaimEdge) -> str:
 class SamplingOptions:
     """How data are drawn. ``unit``: one draw per hypothesis node per datum (default) or per tree copy;
     ``independent``: one draw per unclaimed input instead of one per node; ``allow_self``: a draw may
-    return the datum it is drawn for (else only when nothing else agrees)."""
+    return the datum it is drawn for (else only when nothing else agrees); ``pool``: draws come from this
+    many sequences of the dataset, chosen by the seed (default None: the whole dataset)."""
 
     independent: bool = False
     allow_self: bool = False
     unit: Unit = Unit.NODE
+    pool: int | None = None
+
+
+UnclaimedKey = tuple[Channel, str]  # (channel, source) of an unclaimed input, for independent draws
 
 
 @dataclass(frozen=True)
 class Assignment:
-    """The data one tree node reads, as indices into the batch, one per reference row."""
+    """The data one tree node reads. Before ``localize`` every datum is a dataset id; after it, an index
+    into the run's data (the batch first, then the data drawn from outside it)."""
 
-    datum: Tensor  # [batch] the datum this copy is computed on
-    other: Tensor  # [batch] the datum its unclaimed inputs read (shared draw)
-    forced_self: Tensor  # [batch] bool: the feature draw could only return the parent's datum
-    other_is_self: Tensor  # [batch] bool: the unclaimed draw equals this copy's own datum
-    read: Tensor | None = None  # [batch] node mode: a parent's row d reads this node's row read[d] (None: d)
+    datum: Tensor  # [rows] the data this node is computed on
+    other: Tensor  # [rows] the datum its unclaimed inputs read (one draw per node)
+    forced_self: Tensor  # [draws] bool: a feature draw could only return the datum it was drawn for
+    other_is_self: Tensor  # [rows] bool: the unclaimed draw equals the row's own datum
+    read: Tensor | None = None  # node mode: [data] or [data, seq] (per position): the row a parent on datum d reads
+    keys: Tensor | None = None  # node mode, before localize: [k] the parent data ``rows`` are listed for
+    rows: Tensor | None = None  # node mode, before localize: [k] or [k, seq] the row each of ``keys`` reads
+    unclaimed: dict[UnclaimedKey, Tensor] | None = None  # independent mode: [rows] datum per unclaimed input
 
 
 @dataclass
 class Assignments:
-    """Assignments for every tree node, keyed by path, plus the per-input draws in independent mode."""
+    """Assignments for every tree node, keyed by path."""
 
     by_path: dict[tuple[str, ...], Assignment] = field(default_factory=dict)
     options: SamplingOptions = SamplingOptions()
-    seed: int = 0
-    salt: str = ""
-    node_of: dict[tuple[str, ...], tuple[tuple[str, ...], Tensor]] = field(default_factory=dict)  # see ``unroll``
 
     def __getitem__(self, node: TreeNode) -> Assignment:
         return self.by_path[node.path]
 
     def unclaimed(self, node: TreeNode, channel: Channel, source: str) -> Tensor:
-        """The datum that ``source``'s unclaimed contribution to ``node``'s ``channel`` is read from."""
+        """The datum [rows] that ``source``'s unclaimed contribution to ``node``'s ``channel`` is read from."""
         a = self.by_path[node.path]
         if not self.options.independent:
             return a.other
-        path, rows = self.node_of.get(node.path, (node.path, None))  # an unrolled copy draws as its node does
-        gen = generator(self.seed, self.salt, path, f"unclaimed:{channel.value}:{source}")
-        if rows is not None:
-            every = torch.arange(a.datum.shape[0])
-            return sample_other(every, gen, allow_self=self.options.allow_self).index[rows]
-        return sample_other(a.datum, gen, allow_self=self.options.allow_self).index
+        assert a.unclaimed is not None  # independent mode draws every unclaimed input
+        return a.unclaimed[(channel, source)]
 
     def self_sample_rate(self) -> float:
         """Share of all draws (feature draws and unclaimed draws) that returned the datum they were drawn for."""
-        flags = [torch.cat([a.forced_self, a.other_is_self]) for a in self.by_path.values()]
+        flags = [torch.cat([a.forced_self.reshape(-1), a.other_is_self]) for a in self.by_path.values()]
         return float(torch.cat(flags).float().mean()) if flags else 0.0
 
     def self_draws(self) -> dict[str, float]:
-        """Per node (hypothesis node id, or copy path): the share of its feature draws that could only return
-        the datum they were drawn for (the feature found no other agreeing datum). 0 for nodes without one."""
-        return {_label(path): float(a.forced_self.float().mean()) for path, a in self.by_path.items()}
+        """Per node (hypothesis node id, or copy path): the share of its feature draws (per position, for a
+        per-position feature) that could only return the datum they were drawn for. 0 without a feature."""
+        return {_label(path): float(a.forced_self.float().mean()) if a.forced_self.numel() else 0.0
+                for path, a in self.by_path.items()}
 
 
 def _label(path: tuple[str, ...]) -> str:
     return path[1] if path[0] == "node" else " <- ".join(path)
 
 
-def generator(seed: int, salt: str, path: tuple[str, ...], purpose: str) -> torch.Generator:
-    """A generator seeded by (seed, batch salt, tree path, purpose) only: stable under adding paths."""
-    digest = hashlib.sha256(repr((seed, salt, path, purpose)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "",
-                options: SamplingOptions = SamplingOptions()) -> Assignments:
-    """Draw the datum of every node and of its unclaimed inputs for one batch of reference data."""
+def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOptions = SamplingOptions(),
+           structure: Structure | None = None) -> Assignments:
+    """Draw, as dataset ids, the data of every node of ``root`` evaluated on the examples ``ids`` [batch].
+    Independent draws need the model's ``structure`` (which unclaimed inputs each node has)."""
     if root.shared != (Unit(options.unit) == Unit.NODE):
         raise ValueError(f"the tree was built for unit {'node' if root.shared else 'copy'!r} but the sampling options "
                          f"say {Unit(options.unit).value!r}: build it with treeify(claim, options.unit)")
-    n = tokens.shape[0]
-    out = Assignments(options=options, seed=seed, salt=salt)
-    codes_cache: dict[int, Tensor] = {}  # feature codes of the batch, computed once per feature
+    if options.independent and structure is None:
+        raise ValueError("independent draws need the model's structure: assign(..., structure=Structure.of(model))")
+    out = Assignments(options=options)
+    empty = torch.zeros(0, dtype=torch.bool)
 
-    def codes(feature: Feature) -> Tensor:
-        if id(feature) not in codes_cache:
-            codes_cache[id(feature)] = feature.codes(tokens)
-        return codes_cache[id(feature)]
+    def unclaimed(node: TreeNode, datum: Tensor, by: Tensor | None) -> dict[UnclaimedKey, Tensor] | None:
+        if not options.independent or isinstance(node.component, (Embed, Pos)):
+            return None
+        assert structure is not None
+        draws = {}
+        for channel in structure.channels(node.component):
+            for source in structure.residual_senders(node.component):
+                purpose = f"unclaimed:{channel.value}:{source}"
+                draws[(channel, str(source))] = sampler.agreeing(None, datum, node.path, purpose, by).datum
+        return draws
 
-    if root.shared:  # node mode: each node computed on every datum; draws are maps datum -> datum
-        every = torch.arange(n)
+    if root.shared:  # node mode: each node on the data its parents read it on
+        parents: dict[tuple[str, ...], list[Tensor]] = {}
         for node in root.walk():
-            read, forced = None, torch.zeros(n, dtype=torch.bool)
-            if node.feature is not None:
-                draw = sample_agreeing(codes(node.feature), every, generator(seed, salt, node.path, "feature"),
-                                       allow_self=options.allow_self)
-                read, forced = draw.index, draw.index == every if options.allow_self else draw.forced_self
-            other = sample_other(every, generator(seed, salt, node.path, "unclaimed"), allow_self=options.allow_self)
-            out.by_path[node.path] = Assignment(every, other.index, forced, other.index == every, read)
+            keys = ids if node is root else torch.unique(torch.cat(parents[node.path]))  # [k] parent data
+            if node.feature is None:
+                datum, rows, forced = keys, torch.arange(keys.shape[0]), empty
+            else:
+                d = sampler.agreeing(node.feature, keys, node.path, "feature")  # [k] or [k, seq]
+                datum, rows = torch.unique(d.datum, return_inverse=True)  # [rows], [k] or [k, seq]
+                forced = d.is_self if options.allow_self else d.forced_self
+            other = sampler.agreeing(None, datum, node.path, "unclaimed")
+            out.by_path[node.path] = Assignment(datum, other.datum, forced, other.is_self, keys=keys, rows=rows,
+                                                unclaimed=unclaimed(node, datum, None))
+            for inp in node.inputs:
+                parents.setdefault(inp.child.path, []).append(datum)
         return out
 
-    def visit(node: TreeNode, parent: Tensor) -> None:
+    def visit(node: TreeNode, parent: Tensor) -> None:  # copy mode: one row per root example
         if node.feature is None:
-            datum, forced = parent, torch.zeros(n, dtype=torch.bool)
+            datum, forced = parent, empty
         else:
-            draw = sample_agreeing(codes(node.feature), parent, generator(seed, salt, node.path, "feature"),
-                                   allow_self=options.allow_self)
-            datum, forced = draw.index, draw.forced_self & (draw.index == parent)
-            if options.allow_self:
-                forced = draw.index == parent
-        other = sample_other(datum, generator(seed, salt, node.path, "unclaimed"), allow_self=options.allow_self)
-        out.by_path[node.path] = Assignment(datum, other.index, forced, other.index == datum)
+            if node.feature.per_position:
+                raise ValueError(f"per-position feature {node.feature.name!r} needs the default unit 'node' (in unit "
+                                 f"'copy' a copy would need one datum per position for each of its own copies)")
+            d = sampler.agreeing(node.feature, parent, node.path, "feature", by=ids)
+            datum, forced = d.datum, d.is_self if options.allow_self else d.forced_self
+        other = sampler.agreeing(None, datum, node.path, "unclaimed", by=ids)
+        out.by_path[node.path] = Assignment(datum, other.datum, forced, other.is_self,
+                                            unclaimed=unclaimed(node, datum, ids))
         for inp in node.inputs:
             visit(inp.child, datum)
 
-    visit(root, torch.arange(n))
+    visit(root, ids)
     return out
 
 
+def localize(datas: list[Assignments], ids: Tensor, n: int) -> tuple[Tensor, list[Assignments]]:
+    """Number every datum the assignments use: the examples ``ids`` [batch] first, then the others. Returns
+    the dataset ids of the run's data [m] and the assignments with indices into them (and ``read`` tables)."""
+    used = [ids] + [t for data in datas for a in data.by_path.values()
+                    for t in (a.datum, a.other, *(a.unclaimed or {}).values())]
+    extra = torch.unique(torch.cat(used))
+    lookup = torch.full((n,), -1, dtype=torch.long)  # dataset id -> index
+    lookup[extra] = 0
+    extra = extra[~torch.isin(extra, ids)]
+    every = torch.cat([ids, extra])  # [m]
+    lookup[every] = torch.arange(every.shape[0])
+    out = []
+    for data in datas:
+        local = Assignments(options=data.options)
+        for path, a in data.by_path.items():
+            read = None
+            if a.keys is not None and a.rows is not None:
+                read = torch.full((every.shape[0], *a.rows.shape[1:]), -1, dtype=torch.long)  # [m] or [m, seq]
+                read[lookup[a.keys]] = a.rows
+            local.by_path[path] = Assignment(
+                lookup[a.datum], lookup[a.other], a.forced_self, a.other_is_self, read,
+                unclaimed=None if a.unclaimed is None else {k: lookup[v] for k, v in a.unclaimed.items()})
+        out.append(local)
+    return every, out
+
+
+def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "",
+                options: SamplingOptions = SamplingOptions(), structure: Structure | None = None) -> Assignments:
+    """Draws among the rows of ``tokens`` only (the dataset is this batch), as indices into it: for tests,
+    path patching and callers that evaluate one batch alone. ``salt`` makes another batch's draws."""
+    seeded = seed if not salt else int.from_bytes(hashlib.sha256(repr((seed, salt)).encode()).digest()[:8], "little")
+    sampler = Sampler(tokens, seed=seeded, pool_size=options.pool, allow_self=options.allow_self)
+    ids = torch.arange(tokens.shape[0])
+    every, (local,) = localize([assign(root, sampler, ids, options=options, structure=structure)], ids, ids.shape[0])
+    assert torch.equal(every, ids)  # every datum is a row of the batch
+    return local
+
+
 def unroll(root: TreeNode, data: Assignments) -> tuple[TreeNode, Assignments]:
-    """The copy-mode tree of a node-mode graph with the per-copy data its draws imply: a copy of node X under
-    a parent copy on datum d is computed on read_X[d] and reads its unclaimed inputs where X's draws for
-    that datum say. For the naive reference, which evaluates trees literally; small claims only."""
-    out = Assignments(options=SamplingOptions(data.options.independent, data.options.allow_self, Unit.COPY),
-                      seed=data.seed, salt=data.salt)
+    """The copy-mode tree of a (localized) node-mode graph with the per-copy data its draws imply: a copy of
+    node X under a parent copy on datum d is computed on X's row read_X[d]; a per-position node becomes one
+    piece per position, each its own subtree. For the naive reference, which evaluates trees literally;
+    small claims only."""
+    out = Assignments(options=SamplingOptions(data.options.independent, data.options.allow_self, Unit.COPY))
     count = [0]
 
-    def visit(node: TreeNode, path: tuple[str, ...], parent: Tensor) -> TreeNode:
+    def visit(node: TreeNode, path: tuple[str, ...], parent: Tensor | None) -> TreeNode:
         count[0] += 1
         if count[0] > MAX_TREE_NODES:
             raise TreeTooLargeError(f"the claim unrolls into more than {MAX_TREE_NODES} path copies")
         a = data[node]
-        datum = parent if a.read is None else a.read[parent]  # [batch]
-        other = a.other[datum]  # [batch]
-        out.by_path[path] = Assignment(datum, other, a.forced_self[parent], other == datum)
-        out.node_of[path] = (node.path, datum)
+        if parent is None:
+            rows = torch.arange(a.datum.shape[0])  # [batch] the root
+        else:
+            assert a.read is not None  # node mode: every child has a read table
+            rows = a.read[parent]  # [batch] or [batch, seq]
+        if rows.dim() == 2:
+            pieces = tuple(copy(node, path + (f"@{s}",), rows[:, s]) for s in range(rows.shape[1]))
+            return TreeNode(node.component, path, node.feature, (), pieces=pieces)
+        return copy(node, path, rows)
+
+    def copy(node: TreeNode, path: tuple[str, ...], rows: Tensor) -> TreeNode:
+        a = data[node]
+        datum, other = a.datum[rows], a.other[rows]  # [batch] x2
+        out.by_path[path] = Assignment(datum, other, torch.zeros(0, dtype=torch.bool), other == datum,
+                                       unclaimed=None if a.unclaimed is None
+                                       else {k: v[rows] for k, v in a.unclaimed.items()})
         inputs = tuple(TreeInput(i.channel, visit(i.child, path + (f"{i.child.path[-1]}:{i.channel.value}",), datum),
                                  i.positions) for i in node.inputs)
         return TreeNode(node.component, path, node.feature, inputs)
 
-    tree = visit(root, ("logits",), torch.arange(data[root].datum.shape[0]))
+    tree = visit(root, ("logits",), None)
     return tree, out

@@ -15,6 +15,7 @@ from scrub.engine import evaluate
 from scrub.features import after_earlier_occurrence, current_token, repeat_count
 from scrub.hypothesis import add_path, empty_graph, full_graph, validate
 from scrub.metrics import token_losses
+from scrub.structure import Structure
 from scrub.treeify import SamplingOptions, Unit, assign_data, treeify
 from tests.helpers import tiny_model
 from scrub.reference import naive_logits
@@ -41,7 +42,7 @@ def scrub_logits(model, graph, tokens, **options):
     claim = validate(graph, model)
     opts = SamplingOptions(**options)
     tree = treeify(claim, opts.unit)
-    data = assign_data(tree, tokens, seed=0, options=opts)
+    data = assign_data(tree, tokens, seed=0, options=opts, structure=Structure.of(model))
     logits, _ = evaluate(model, tree, data, clean_run(model, tokens))
     return logits, data, tree, claim
 

@@ -1,4 +1,4 @@
-"""Features and the conditional sampler: exact small cases."""
+"""Features and the conditional sampler (``scrub.sampling``): exact small cases."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import torch
 
 from scrub.features import (
     Feature, after_earlier_occurrence, as_feature, constant, current_token, is_repeat, previous_token,
-    repeat_count, sample_agreeing, sample_other,
+    repeat_count,
 )
+from scrub.sampling import Sampler, draw, group_items
 
 
 def test_library_features_on_a_known_sequence():
@@ -35,32 +36,47 @@ def test_as_feature_accepts_callables_and_rejects_other_things():
         raise AssertionError("as_feature(3) should fail")
 
 
+def _draw(codes, items, uniform, *, allow_self=False, pool=None, per_position=False):
+    pool = torch.arange(codes.shape[0]) if pool is None else pool
+    return draw(group_items(codes, pool, per_position=per_position), items, uniform, allow_self=allow_self)
+
+
 def test_sampler_never_returns_the_parent_when_another_agrees():
     codes = torch.tensor([[0], [0], [1], [2]])
-    parent = torch.arange(4)
-    draw = sample_agreeing(codes, parent, torch.Generator().manual_seed(0), allow_self=False)
-    assert draw.index[:2].tolist() == [1, 0]  # the only other member of class 0
-    assert draw.index[2:].tolist() == [2, 3]  # singletons can only draw themselves...
-    assert draw.forced_self.tolist() == [False, False, True, True]  # ...and are reported
+    out = _draw(codes, torch.arange(4), torch.full((4,), 0.5))
+    assert out.datum[:2].tolist() == [1, 0]  # the only other member of class 0
+    assert out.datum[2:].tolist() == [2, 3]  # singletons can only draw themselves...
+    assert out.forced_self.tolist() == [False, False, True, True]  # ...and are reported
 
 
 def test_sampler_is_uniform_over_agreeing_data():
     codes = torch.tensor([[0]] * 4 + [[1]])  # rows 0-3 agree, row 4 does not
-    gen = torch.Generator().manual_seed(1)
-    parent = torch.zeros(5, dtype=torch.long)
-    draws = torch.cat([sample_agreeing(codes, parent, gen, allow_self=True).index for _ in range(2000)])
-    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
-    assert freq[4] == 0
-    assert torch.allclose(freq[:4], torch.full((4,), 0.25), atol=0.02)
+    uniform = (torch.arange(4000) + 0.5) / 4000  # evenly spread uniforms
+    out = _draw(codes, torch.zeros(4000, dtype=torch.long), uniform, allow_self=True)
+    freq = torch.bincount(out.datum, minlength=5).float() / 4000
+    assert freq.tolist() == [0.25, 0.25, 0.25, 0.25, 0.0]
+    others = _draw(codes, torch.zeros(3000, dtype=torch.long), (torch.arange(3000) + 0.5) / 3000)
+    assert torch.bincount(others.datum, minlength=5).tolist() == [0, 1000, 1000, 1000, 0]
 
 
-def test_sample_other_excludes_self_unless_allowed():
-    parent = torch.arange(6)
-    for seed in range(20):
-        draw = sample_other(parent, torch.Generator().manual_seed(seed), allow_self=False)
-        assert bool((draw.index != parent).all())
-    single = sample_other(torch.zeros(1, dtype=torch.long), torch.Generator(), allow_self=False)
-    assert single.forced_self.tolist() == [True]
+def test_draws_come_from_the_pool_only():
+    codes = torch.zeros(10, 1, dtype=torch.long)  # everything agrees
+    pool = torch.tensor([2, 7])
+    uniform = torch.rand(10, generator=torch.Generator().manual_seed(0))
+    out = _draw(codes, torch.arange(10), uniform, pool=pool)
+    assert set(out.datum.tolist()) <= {2, 7}
+    assert out.datum[2] == 7 and out.datum[7] == 2  # a pool member draws the other one
+
+
+def test_per_position_draws_agree_at_their_position():
+    tokens = torch.tensor([[1, 2, 3], [1, 5, 3], [4, 2, 6]])
+    sampler = Sampler(tokens, seed=0)
+    d = sampler.agreeing(current_token(per_position=True), torch.arange(3), ("node", "x"), "feature")
+    assert d.datum.shape == (3, 3)
+    assert d.datum[:, 0].tolist() == [1, 0, 2]  # position 0: examples 0 and 1 share token 1; 2 is alone
+    assert d.datum[:, 1].tolist() == [2, 1, 0]  # position 1: 0 and 2 share token 2
+    assert d.datum[:, 2].tolist() == [1, 0, 2]  # position 2: 0 and 1 share token 3
+    assert d.forced_self.tolist() == [[False, False, False], [False, True, False], [True, False, True]]
 
 
 def test_feature_row_count_is_checked():
