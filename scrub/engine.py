@@ -21,9 +21,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise, residual_slot
+from scrub.masks import QKMask
 from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
 from scrub.structure import Structure
-from scrub.treeify import Assignment, Assignments, TreeNode
+from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
 from scrub.unembed import FactoredUnembed, Term, unembed
 
 COPY_BUDGET = 120_000_000  # floats per stacked input tensor; bounds memory of one batched call
@@ -134,14 +135,15 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
             ctx.values[job.key] = _Value(clean_on=job.a.datum)
     recomputed = 0
     for depth in sorted({j.node.component.depth for j in jobs if not isinstance(j.node.component, (Embed, Pos))}):
-        todo: list[tuple[_Job, list[_Plan]]] = []
+        todo: list[_Todo] = []
         for job in (j for j in jobs if j.node.component.depth == depth):
             plans = [_plan(ctx, job, c) for c in ctx.structure.channels(job.node.component)]
+            alts = _alternatives(ctx, job, plans)
             ons = [p.clean_on() for p in plans]
-            if ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
+            if not alts and ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
                 ctx.values[job.key] = _Value(clean_on=ons[0])
             else:
-                todo.append((job, plans))
+                todo.append(_Todo(job, plans, alts))
         recomputed += len(todo)
         _recompute(ctx, todo)
     outputs = []
@@ -170,6 +172,12 @@ def _take(t: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
     return t[index[:, at], at[None, :]]
 
 
+def _clean_on(value: _Value) -> Tensor:
+    """The datum map of a value that is not recomputed (a value is clean_on, z or tensor)."""
+    assert value.clean_on is not None
+    return value.clean_on
+
+
 def _rows(ctx: _Context, job: _Job, child: TreeNode) -> Tensor | None:
     """The child's rows ``job``'s rows read: [rows] or [rows, seq] (node mode), None for the same rows (copy mode)."""
     read = job.data[child].read
@@ -194,15 +202,53 @@ def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
     return _Value(clean_on=gather(value.clean_on), z=gather(value.z), tensor=gather(value.tensor))
 
 
-def _plan(ctx: _Context, job: _Job, channel: Channel) -> _Plan:
+@dataclass(frozen=True)
+class _Todo:
+    """A node to recompute: its input plans per channel, and for channels with query-key masked claims the
+    plan with those claims resampled and the mask (True: the pair reads the main plan)."""
+
+    job: _Job
+    plans: list[_Plan]
+    alts: dict[Channel, tuple[_Plan, QKMask]]
+
+
+def _alternatives(ctx: _Context, job: _Job, plans: list[_Plan]) -> dict[Channel, tuple[_Plan, QKMask]]:
+    """Per head input with query-key masked claims: the input with those claims resampled, and the mask
+    (one per input, as validation ensures). Masks that change nothing (equal plans, or a mask true at every
+    causal pair) are left out; a mask false at every causal pair replaces the input by the resampled one
+    (``plans`` is updated in place), so both trivial masks give exactly the unmasked or unclaimed result."""
+    out = {}
+    seq = ctx.clean.embed.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()  # [q, k]
+    for i, channel in enumerate(ctx.structure.channels(job.node.component)):
+        masked = tuple(inp for inp in job.node.inputs if inp.channel == channel and inp.qk_mask is not None)
+        if not masked:
+            continue
+        alt = _plan(ctx, job, channel, drop=masked)
+        mask = masked[0].qk_mask
+        assert mask is not None  # selected above
+        matrix = mask.matrix(seq) & causal  # [q, k] the pairs attention can use
+        if alt.key == plans[i].key or bool(matrix.eq(causal).all()):
+            continue
+        if not bool(matrix.any()):
+            plans[i] = alt
+        else:
+            out[channel] = (alt, mask)
+    return out
+
+
+def _plan(ctx: _Context, job: _Job, channel: Channel, drop: tuple[TreeInput, ...] = ()) -> _Plan:
     """How ``job``'s input on ``channel`` is made: where activations are resampled. Each source feeding the
     node is read clean on the node's unclaimed datum, unless it is claimed: a claimed child that is
     clean on some datum map is read clean there, a recomputed one is added as it is; position-restricted
-    (and repeated) claims add their difference to the unclaimed value at the claimed positions."""
+    (and repeated) claims add their difference to the unclaimed value at the claimed positions. Claims in
+    ``drop`` are treated as unclaimed (the resampled side of a query-key mask)."""
     node, data = job.node, job.data
     comp = node.component
     claimed: dict[Component, list] = {}
     for inp in node.inputs:
+        if any(inp is d for d in drop):
+            continue
         if inp.channel == channel and not (isinstance(inp.child.component, Pos) and ctx.structure.pos != "standard"):
             claimed.setdefault(inp.child.component, []).append(inp)  # shortformer positions: not a residual source
     groups: dict[bytes, tuple[Tensor, set[Component]]] = {}
@@ -322,16 +368,26 @@ def _stack(parts: list[Tensor]) -> Tensor:
     return parts[0] if all(p is parts[0] for p in parts) else torch.stack(parts)
 
 
-def _recompute(ctx: _Context, todo: list[tuple[_Job, list[_Plan]]]) -> None:
-    """Compute the nodes in ``todo`` (all of one depth) in stacked chunks."""
+def _recompute(ctx: _Context, todo: list[_Todo]) -> None:
+    """Compute the nodes in ``todo`` (all of one depth) in stacked chunks; heads with query-key masked
+    inputs one by one, each with its main and resampled inputs."""
     if not todo:
         return
     clean = ctx.clean
     _, seq, d_model = clean.embed.shape
     pos = clean.pos[0] if clean.shortformer else None  # [seq, d_model]
+    for item in (t for t in todo if t.alts):
+        comp = item.job.node.component
+        assert isinstance(comp, Head)  # only head inputs take query-key masks
+        ln1 = ctx.model.blocks[comp.layer].ln1
+        xq, xk, xv = (_normed(ctx, item.job, plan, ln1) for plan in item.plans)  # [rows, seq, d_model] x3
+        alt = {c: (_normed(ctx, item.job, plan, ln1), mask.matrix(seq, clean.embed.device)[None, None])
+               for c, (plan, mask) in item.alts.items()}  # (input, [1, 1, q, k] mask) per masked channel
+        z = heads_z_normed(ctx.model, comp.layer, torch.tensor([comp.head]), xq, xk, xv, pos, alt=alt)
+        ctx.values[item.job.key] = _Value(z=z[0])  # [rows, seq, d_head]
     by_rows: dict[int, list[tuple[_Job, list[_Plan]]]] = {}  # nodes computed on equally many rows stack
-    for item in todo:
-        by_rows.setdefault(item[0].a.datum.shape[0], []).append(item)
+    for item in (t for t in todo if not t.alts):
+        by_rows.setdefault(item.job.a.datum.shape[0], []).append((item.job, item.plans))
     parts = [(rows, same[start : start + max(1, COPY_BUDGET // (rows * seq * max(d_model, seq)))])
              for rows, same in by_rows.items()
              for start in range(0, len(same), max(1, COPY_BUDGET // (rows * seq * max(d_model, seq))))]
@@ -369,12 +425,12 @@ def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positi
         if isinstance(src, Head):
             z_clean = clean.z[src.layer][:, :, src.head]  # [data, seq, d_head]
             z = (value.z[:, positions] if value.z is not None
-                 else _take(z_clean, value.clean_on, positions))  # [batch, n_pos, d_head]
+                 else _take(z_clean, _clean_on(value), positions))  # [batch, n_pos, d_head]
             dz = z - z_clean[other][:, positions]  # [batch, n_pos, d_head]
             terms.append(Term(dz=dz if mask is None else dz * mask.to(dz.dtype), head=src))
         else:
             out = (value.tensor[:, positions] if value.tensor is not None
-                   else _take(clean.out(src), value.clean_on, positions))  # [batch, n_pos, d_model]
+                   else _take(clean.out(src), _clean_on(value), positions))  # [batch, n_pos, d_model]
             delta = out - clean.out(src)[other][:, positions]  # [batch, n_pos, d_model]
             terms.append(Term(resid=delta if mask is None else delta * mask.to(delta.dtype)))
     return factored.logits(base, (node.component.depth, ctx.mkey(other)), terms)

@@ -1,9 +1,11 @@
 """``run``: a causal scrubbing experiment from a hypothesis and data to loss recovered with intervals.
 
-Streams the dataset in batches; per batch it does one clean forward pass, draws the data of every tree
-copy (sampling from the other examples of that batch), evaluates the hypothesis and the baseline with
-the engine, and keeps per-example losses at the scored positions. Under torchrun the batches are shared
-out across the processes (``scrub.distributed``) and every process returns the one-process result.
+Streams the dataset in batches; per batch it draws the data of every node from the whole dataset (or the
+pool of ``SamplingOptions.pool`` sequences; draws depend on the seed and the datum only, never on the
+batching), does one clean forward pass over the batch and every datum drawn from outside it, evaluates
+the hypothesis and the baseline with the engine, and keeps per-example losses at the scored positions.
+Under torchrun the batches are shared out across the processes (``scrub.distributed``) and every process
+returns the one-process result.
 
 Every argument is checked before any work (``RunInputError``, a ``ValueError``: one line naming the problem
 and the fix): the model, the token ids (integers inside the vocabulary, at least two distinct examples of at
@@ -52,7 +54,9 @@ from scrub.metrics import (
     score_batch,
     token_view,
 )
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.sampling import Sampler
+from scrub.structure import Structure
+from scrub.treeify import SamplingOptions, assign, localize, treeify
 
 PositionsMode = Literal["all", "candidates"]  # every prediction position, or induction candidates only
 Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -> bool mask, both [batch, seq]
@@ -335,16 +339,18 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     current = distributed.setup(device)  # None for one process
     done: list[tuple[int, tuple]] = []  # (batch index, (losses, self rate, self draws, baseline self draws, rows))
     batches = distributed.shard(bounds, current)  # this rank's (i, (start, stop))
+    sampler = Sampler(data, seed=seed, pool_size=options.pool, allow_self=options.allow_self)  # draws: whole dataset
+    structure = Structure.of(model)
     for i, (start, stop) in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
+        ids = torch.arange(start, stop)  # [batch] the examples scored in this batch
+        drawn = [assign(t, sampler, ids, options=options, structure=structure) for t in (tree, base_tree)]
+        every, (scrub_data, base_data) = localize(drawn, ids, data.shape[0])  # common random numbers
+        clean = clean_run(model, data[every].to(device))  # the batch, then every datum drawn from outside it
         tokens = data[start:stop].to(device)  # [batch, seq]
-        clean = clean_run(model, tokens)
         mask = masks[i]  # [batch, seq-1]
-        salt = f"batch{i}"
-        scrub_data = assign_data(tree, tokens, seed=seed, salt=salt, options=options)
-        base_data = assign_data(base_tree, tokens, seed=seed, salt=salt, options=options)  # common random numbers
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
-        losses = score_batch(metric, tokens, mask, clean.logits, baselined, scrubbed)
+        losses = score_batch(metric, tokens, mask, clean.logits[: stop - start], baselined, scrubbed)
         done.append((i, (losses, scrub_data.self_sample_rate(), scrub_data.self_draws(), base_data.self_draws(),
                          stop - start)))
     check = None if current is None else (

@@ -23,7 +23,8 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   with a suggestion.
 - ``qk_mask`` is a ``scrub.masks.QKMask`` (a plain function is rejected, with ``QKMask(name, fn)`` as the
   fix), only on edges into a head (MLPs and logits have no keys), not together with ``positions`` on one
-  edge, and applies to every input the edge names (``via="kv"``: k and v). All masked edges into one input
+  edge, and applies to every input the edge names (``via="kv"``: k and v), or is a dict naming the inputs it
+  masks (``via="qkv", qk_mask={"k": m, "v": m}``: q claimed at every pair). All masked edges into one input
   of one node carry the same (equal) mask: an input is split once, into the pairs that read the claimed
   input and the pairs that read one resampled input. Unmasked edges into that input stay claimed at every
   pair. ``check_on`` builds every mask once for the batch's sequence length.
@@ -417,14 +418,37 @@ def _check_edge(s: ClaimNode, d: ClaimNode, attrs: dict, structure: Structure, w
         if not structure.feeds(s.component, d.component):
             raise HypothesisError(f"{where}{label}: {structure.why_not(s.component, d.component)}")
         channels = {Channel.IN}
-    qk_mask = _qk_mask(attrs, d, positions, where, label)
+    masks = _qk_masks(attrs, d, channels, positions, where, label)
     order = {c: i for i, c in enumerate((*HEAD_CHANNELS, Channel.IN))}
-    return [ClaimEdge(s.id, d.id, c, positions, qk_mask) for c in sorted(channels, key=order.__getitem__)]
+    return [ClaimEdge(s.id, d.id, c, positions, masks.get(c)) for c in sorted(channels, key=order.__getitem__)]
 
 
-def _qk_mask(attrs: dict, d: ClaimNode, positions: PositionFn | None, where: str, label: str) -> QKMask | None:
-    """The edge's ``qk_mask``: a ``QKMask``, on an edge into a head, without ``positions``."""
+def _qk_masks(attrs: dict, d: ClaimNode, channels: set[Channel], positions: PositionFn | None, where: str,
+              label: str) -> dict[Channel, QKMask]:
+    """The edge's ``qk_mask`` per channel: one ``QKMask`` for every channel of the edge, or a dict naming the
+    channels it masks (``{"k": m, "v": m}``; the others are claimed at every pair)."""
     mask = attrs.get("qk_mask")
+    if not isinstance(mask, dict):
+        one = _qk_mask(mask, d, positions, where, label)
+        return {} if one is None else {c: one for c in channels}
+    out = {}
+    for key, value in mask.items():
+        try:
+            channel = parse_channel(key) if isinstance(key, str) else key
+        except SiteError:
+            channel = None
+        if channel not in channels:
+            names = "".join(sorted(c.value for c in channels))
+            raise HypothesisError(f"{where}{label}: qk_mask names input {key!r}, but the edge enters through "
+                                  f"via={names!r}; key the dict by those inputs, e.g. {{'k': mask}}")
+        one = _qk_mask(value, d, positions, where, label)
+        if one is not None:
+            out[channel] = one
+    return out
+
+
+def _qk_mask(mask: object, d: ClaimNode, positions: PositionFn | None, where: str, label: str) -> QKMask | None:
+    """One ``qk_mask`` value: a ``QKMask``, on an edge into a head, without ``positions``."""
     if mask is None:
         return None
     if not isinstance(d.component, Head):

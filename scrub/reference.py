@@ -59,10 +59,12 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
             runs[key] = model.run_with_cache(tokens[rows])[1]
         return _source_out(model, runs[key], source)  # [batch, seq, d_model]
 
-    def input_of(node: TreeNode, channel: Channel) -> Tensor:
+    def input_of(node: TreeNode, channel: Channel, masked: bool = False) -> Tensor:
+        """The node's input on ``channel``; ``masked``: with its query-key masked claims left unclaimed."""
         rows = data[node].datum.shape[0]
         total = _biases(model, node.component).expand(rows, tokens.shape[1], -1).clone()
-        claimed = {i.child.component: i for i in node.inputs if i.channel == channel}
+        claimed = {i.child.component: i for i in node.inputs
+                   if i.channel == channel and not (masked and i.qk_mask is not None)}
         for source in Structure.of(model).residual_senders(node.component):
             other = data.unclaimed(node, channel, str(source))
             unclaimed = clean_out(other, source)
@@ -77,6 +79,58 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
             total += value
         return total
 
+    def run_head(comp: Head, rows: Tensor, inputs: dict[Channel, Tensor], scores: Tensor | None = None):
+        """One run of the model with the head's q/k/v inputs overwritten (and, given ``scores``, its attention
+        scores): its attention scores, pattern, values and z, all for that head."""
+        captured: dict[str, Tensor] = {}
+
+        def put(c):
+            def hook(act, hook):
+                act[:, :, comp.head] = inputs[c]
+                return act
+            return hook
+
+        def keep(name: str, head_axis: int):  # scores, pattern: [batch, head, q, k]; v, z: [batch, pos, head, d]
+            return lambda act, hook: captured.update({name: act.select(head_axis, comp.head).clone()})
+
+        def set_scores(act, hook):
+            act[:, comp.head] = scores
+            return act
+
+        hooks: list[FwdHook] = [(hook_name(comp, f"{c.value}_input"), put(c)) for c in inputs]
+        if scores is not None:
+            hooks.append((hook_name(comp, "attn_scores"), set_scores))
+        hooks += [(hook_name(comp, "attn_scores"), keep("scores", 1)), (hook_name(comp, "pattern"), keep("pattern", 1)),
+                  (hook_name(comp, "v"), keep("v", 2)), (hook_name(comp), keep("z", 2))]
+        patched.run_with_hooks(rows, fwd_hooks=hooks)
+        return captured
+
+    def head_out(node: TreeNode, comp: Head, rows: Tensor) -> Tensor:
+        """The head's z [rows, seq, d_head]. With query-key masks, literally: attention scores from every
+        combination of main and resampled q/k inputs, each pair taking the combination its masks say; then the
+        pattern, and each key's value from the main or the resampled v input as the v mask says."""
+        inputs = {c: input_of(node, c) for c in (Channel.Q, Channel.K, Channel.V)}
+        masks = {i.channel: i.qk_mask.matrix(tokens.shape[1]) for i in node.inputs if i.qk_mask is not None}
+        if not masks:
+            return run_head(comp, rows, inputs)["z"]
+        alt = {c: input_of(node, c, masked=True) for c in masks}
+        scores = torch.zeros(rows.shape[0], tokens.shape[1], tokens.shape[1], dtype=inputs[Channel.V].dtype)
+        for q_alt in ([False, True] if Channel.Q in masks else [False]):
+            for k_alt in ([False, True] if Channel.K in masks else [False]):
+                pick = {Channel.Q: alt[Channel.Q] if q_alt else inputs[Channel.Q],
+                        Channel.K: alt[Channel.K] if k_alt else inputs[Channel.K], Channel.V: inputs[Channel.V]}
+                chosen = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool)  # [q, k]
+                for c, use_alt in ((Channel.Q, q_alt), (Channel.K, k_alt)):
+                    if c in masks:
+                        chosen &= ~masks[c] if use_alt else masks[c]
+                scores = torch.where(chosen, run_head(comp, rows, pick)["scores"], scores)  # [rows, q, k]
+        main = run_head(comp, rows, inputs, scores)
+        if Channel.V not in masks:
+            return main["z"]
+        v_alt = run_head(comp, rows, {**inputs, Channel.V: alt[Channel.V]})["v"]  # [rows, seq, d_head]
+        p, m = main["pattern"], masks[Channel.V].to(main["pattern"].dtype)  # [rows, q, k], [q, k]
+        return torch.einsum("bqk,bkh->bqh", p * m, main["v"]) + torch.einsum("bqk,bkh->bqh", p * (1 - m), v_alt)
+
     def value_of(node: TreeNode) -> Tensor:
         if node.pieces:  # a per-position node: position s is position s of its own copy
             return torch.stack([value_of(piece)[:, s] for s, piece in enumerate(node.pieces)], 1)
@@ -90,22 +144,10 @@ def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, to
         if isinstance(comp, (Embed, Pos)):
             return clean_out(datum, comp)
         if isinstance(comp, Head):
-            inputs = {c: input_of(node, c) for c in (Channel.Q, Channel.K, Channel.V)}
-            captured: dict[str, Tensor] = {}
-
-            def put(c):
-                def hook(act, hook):
-                    act[:, :, comp.head] = inputs[c]
-                    return act
-                return hook
-
-            hooks: list[FwdHook] = [(hook_name(comp, f"{c.value}_input"), put(c)) for c in inputs]
-            hooks.append((hook_name(comp), lambda act, hook: captured.update(z=act[:, :, comp.head].clone())))
-            patched.run_with_hooks(tokens[datum], fwd_hooks=hooks)
-            return captured["z"] @ model.blocks[comp.layer].attn.W_O[comp.head]
+            return head_out(node, comp, tokens[datum]) @ model.blocks[comp.layer].attn.W_O[comp.head]
         if isinstance(comp, Mlp):
             x = input_of(node, Channel.IN)
-            captured = {}
+            captured: dict[str, Tensor] = {}
             patched.run_with_hooks(tokens[datum], fwd_hooks=[
                 (hook_name(comp, "mlp_in"), lambda act, hook: x),
                 (hook_name(comp), lambda act, hook: captured.update(out=act.clone())),

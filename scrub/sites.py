@@ -160,7 +160,8 @@ def hook_name(component: Component, kind: str = "out") -> str:
     """The TransformerLens hook that carries ``component``'s activation of ``kind``.
 
     kinds: ``"out"`` (the component's output: hook_embed, hook_pos_embed, blocks.L.attn.hook_z for a head,
-    blocks.L.hook_mlp_out), ``"pattern"`` (a head's attention pattern), ``"q"``/``"k"``/``"v"`` (a head's
+    blocks.L.hook_mlp_out), ``"pattern"`` (a head's attention pattern), ``"attn_scores"`` (its scores before
+    the softmax), ``"q"``/``"k"``/``"v"`` (a head's
     projected query, key, value), ``"q_input"``/``"k_input"``/``"v_input"`` (the per-head split inputs, only
     with ``use_split_qkv_input``), ``"mlp_in"`` (only with ``use_hook_mlp_in``), ``"resid_pre"`` and
     ``"resid_post"`` of the component's block.
@@ -172,7 +173,7 @@ def hook_name(component: Component, kind: str = "out") -> str:
             return "hook_pos_embed"
         case Head(layer=layer), "out":
             return f"blocks.{layer}.attn.hook_z"
-        case Head(layer=layer), ("pattern" | "q" | "k" | "v"):
+        case Head(layer=layer), ("pattern" | "attn_scores" | "q" | "k" | "v"):
             return f"blocks.{layer}.attn.hook_{kind}"
         case Head(layer=layer), ("q_input" | "k_input" | "v_input"):
             return f"blocks.{layer}.hook_{kind}"

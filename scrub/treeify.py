@@ -34,6 +34,7 @@ from torch import Tensor
 
 from scrub.features import Feature
 from scrub.hypothesis import Claim, ClaimEdge, PositionFn
+from scrub.masks import QKMask
 from scrub.sampling import Sampler
 from scrub.sites import Channel, Component, Embed, Logits, Pos
 from scrub.structure import Structure
@@ -54,11 +55,13 @@ class Unit(str, Enum):
 
 @dataclass(frozen=True, eq=False)
 class TreeInput:
-    """A claimed input of a tree node: ``child``'s output enters through ``channel`` at ``positions``."""
+    """A claimed input of a tree node: ``child``'s output enters through ``channel`` at ``positions`` (receiver
+    positions), or, into a head, through the (query, key) pairs of ``qk_mask`` (``scrub.masks``)."""
 
     channel: Channel
     child: "TreeNode"
     positions: PositionFn | None
+    qk_mask: QKMask | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +114,8 @@ def treeify(claim: Claim, unit: Unit = Unit.NODE) -> TreeNode:
             )
         node = claim.node(node_id)
         inputs = tuple(
-            TreeInput(e.channel, build(e.source, path + (_step(e),)), e.positions) for e in claim.inputs_of(node_id)
+            TreeInput(e.channel, build(e.source, path + (_step(e),)), e.positions, e.qk_mask)
+            for e in claim.inputs_of(node_id)
         )
         return TreeNode(node.component, path, node.feature, inputs)
 
@@ -129,7 +133,8 @@ def _node_graph(claim: Claim) -> TreeNode:
     def build(node_id: str) -> TreeNode:
         if node_id not in built:
             node = claim.node(node_id)
-            inputs = tuple(TreeInput(e.channel, build(e.source), e.positions) for e in claim.inputs_of(node_id))
+            inputs = tuple(TreeInput(e.channel, build(e.source), e.positions, e.qk_mask)
+                           for e in claim.inputs_of(node_id))
             built[node_id] = TreeNode(node.component, ("node", node_id), node.feature, inputs, shared=True)
         return built[node_id]
 
@@ -332,7 +337,7 @@ def unroll(root: TreeNode, data: Assignments) -> tuple[TreeNode, Assignments]:
                                        unclaimed=None if a.unclaimed is None
                                        else {k: v[rows] for k, v in a.unclaimed.items()})
         inputs = tuple(TreeInput(i.channel, visit(i.child, path + (f"{i.child.path[-1]}:{i.channel.value}",), datum),
-                                 i.positions) for i in node.inputs)
+                                 i.positions, i.qk_mask) for i in node.inputs)
         return TreeNode(node.component, path, node.feature, inputs)
 
     tree = visit(root, ("logits",), None)

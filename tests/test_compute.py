@@ -11,7 +11,7 @@ from torch import Tensor
 from transformer_lens.components import RMSNorm
 
 import scrub
-from experiments._context import far_mixed_z
+from tests.test_context import far_mixed_z
 from scrub.compute import UnsupportedModelError, check_supported, clean_run, heads_z_normed, mlp_forward, normalise
 from scrub.masks import within
 from scrub.sites import Channel
@@ -211,7 +211,7 @@ def test_mixed_masks_choose_query_key_and_value_per_pair():
 
 def test_within_window_on_k_and_v_is_the_context_sensitivity_maths():
     """On the shipped model (float64), keys more than W back reading another example's k and v input is
-    ``experiments._context.far_mixed_z`` (the hook-based REMIX split) for every head of every layer."""
+    ``tests.test_context.far_mixed_z`` (the hook-based REMIX split) for every head of every layer."""
     model = scrub.load_model().double()
     model.cfg.dtype = torch.float64
     tokens = scrub.natural_batch(4, seq_len=24)  # [batch, seq]
