@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments._figures import grouped_intervals
+from experiments._remix import cross_remix_lines
 from experiments._report import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
@@ -114,7 +115,8 @@ def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
     header = "| hypothesis | " + " | ".join(f"`{m}` natural | `{m}` RRT" for m, _ in results) + " |"
     L = ["Loss recovered against Redwood's induction baseline (every input of the induction heads resampled) at "
          "induction-candidate positions, 95% bootstrap intervals; gain = change against the minimal mechanism. "
-         "\"All refinements\" is `hypotheses/induction_refined.py`; the rows after it are claims the study builds "
+         "The refinements (marked *ours*) are this project's own, not Redwood's (Redwood's rung-by-rung ladder is in "
+         "section 5). \"All refinements\" is `hypotheses/induction_refined.py`; the rows after it are claims the study builds "
          "for models with MLPs only (the other choice of token embedding; the previous token reaching K through "
          "mlp.0), not part of it.", "",
          header, "|---|" + "---|---|" * len(results)]
@@ -328,6 +330,7 @@ def write_cross_report(root: Path, folders: list[Path], *, command: str) -> Path
         L += ["", "### 2. Behavioral induction heads and context-sensitive heads", ""] + q2
         L += ["", "### 3. Do later heads compose with the induction heads?", ""] + _q3(results)
         L += ["", "### 4. Where each behavioral induction head's effect falls on natural text", ""] + q4
+        L += ["", "### 5. Redwood's REMIX ladder, rung by rung", ""] + cross_remix_lines(results)
         L += ["", "## Conclusion", ""] + _conclusion(results)
     elif results:
         L += ["", "Only one model: the cross-model section needs two (`scrub study` runs every shipped model)."]

@@ -41,6 +41,7 @@ class Recovery:
     n_tokens: int
     per_example: tuple[float, ...]  # loss recovered of each example alone
     data: str = ""  # which dataset ("natural", "rrt")
+    metric: str = "loss"  # the per-token quantity ("loss", or "kl": KL from the clean run's predictions)
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,54 @@ class ManyLosses:
 def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor, masks: tuple[tuple[str, MaskFn], ...], *,
                seed: int, batch_size: int, step: Callable[[], None] | None = None) -> ManyLosses:
     """Evaluate every claim on ``data`` [n, seq]; ``masks`` name the scored prediction positions."""
+    return scrub_metrics(model, claims, data, masks, seed=seed, batch_size=batch_size, step=step)["loss"]
+
+
+def _token_metric(metric: str, logits: Tensor, clean_logits: Tensor, tokens: Tensor) -> Tensor:
+    """Per-token ``metric`` of ``logits`` [batch, seq, d_vocab]: [batch, seq-1]. "loss": cross-entropy against
+    ``tokens``; "kl": KL(clean ‖ logits) (``scrub.metrics.token_kl``), 0 for the clean run itself."""
+    if metric == "loss":
+        return token_losses(logits, tokens)
+    if metric == "kl":
+        from scrub.metrics import token_kl  # noqa: PLC0415 (the KL metric of scrub.run)
+
+        return token_kl(clean_logits, logits)
+    raise ValueError(f"metric must be 'loss' or 'kl', got {metric!r}")
+
+
+@torch.no_grad()
+def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor,
+                  masks: tuple[tuple[str, MaskFn], ...], *, seed: int, batch_size: int,
+                  metrics: tuple[str, ...] = ("loss",), step: Callable[[], None] | None = None) -> dict[str, ManyLosses]:
+    """``scrub_many`` for several per-token metrics ("loss", "kl") from one evaluation of every claim: the same
+    draws, per-example sums and position modes, one ``ManyLosses`` per metric. With "kl" the clean sums are
+    zeros, so ``ManyLosses.recovery`` gives KL recovered = (KL_baseline - KL_scrubbed) / KL_baseline, as
+    ``scrub.run(..., metric="kl")`` does."""
     trees = [treeify(c) for c in claims]
-    totals, cleans, counts = [], [], []
+    parts: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in metrics}
     for i, start in enumerate(range(0, data.shape[0], batch_size)):
         tokens = data[start : start + batch_size]  # [batch, seq]
         clean = clean_run(model, tokens)
         datas = [assign_data(t, tokens, seed=seed, salt=f"batch{i}") for t in trees]
-        logits, _ = evaluate_many(model, trees, datas, clean, reduce=lambda lg: token_losses(lg, tokens))
-        loss = torch.stack(logits)  # [tree, batch, seq-1]
-        clean_loss = token_losses(clean.logits, tokens)  # [batch, seq-1]
+
+        def reduce(lg: Tensor) -> Tensor:  # [metric, batch, seq-1]
+            return torch.stack([_token_metric(m, lg, clean.logits, tokens) for m in metrics])
+
+        values, _ = evaluate_many(model, trees, datas, clean, reduce=reduce)
+        stacked = torch.stack(values)  # [tree, metric, batch, seq-1]
         mask = torch.stack([fn(tokens)[:, :-1] for _, fn in masks]).float()  # [mode, batch, seq-1]
-        totals.append(torch.einsum("tbs,mbs->tmb", loss, mask))
-        cleans.append(torch.einsum("bs,mbs->mb", clean_loss, mask))
-        counts.append(mask.sum(-1))  # [mode, batch]
+        for k, m in enumerate(metrics):
+            totals, cleans, counts = parts[m]
+            clean_value = _token_metric(m, clean.logits, clean.logits, tokens) if m == "loss" else \
+                torch.zeros_like(stacked[0, k])  # [batch, seq-1]
+            totals.append(torch.einsum("tbs,mbs->tmb", stacked[:, k], mask))
+            cleans.append(torch.einsum("bs,mbs->mb", clean_value, mask))
+            counts.append(mask.sum(-1))  # [mode, batch]
         if step:
             step()
-    return ManyLosses(tuple(c.name for c in claims), tuple(n for n, _ in masks), torch.cat(totals, -1),
-                      torch.cat(cleans, -1), torch.cat(counts, -1))
+    names, modes = tuple(c.name for c in claims), tuple(n for n, _ in masks)
+    return {m: ManyLosses(names, modes, torch.cat(t, -1), torch.cat(c, -1), torch.cat(n, -1))
+            for m, (t, c, n) in parts.items()}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The induction study (issues 4 and 12): how far the mechanistic definition of induction heads falls short
 of the behavioral one, on every shipped model (or the ones named). Owns the study's configuration and
 orchestration; scoring lives in ``scrub.scores``, hypotheses in ``hypotheses/``, batched scrubbing in
-``experiments/_evaluate.py``, the context-sensitivity hooks in ``experiments/_context.py``, path patching
+``experiments/_evaluate.py``, Redwood's REMIX day-3 ladder rung by rung in ``experiments/_remix.py``, the
+context-sensitivity hooks in ``experiments/_context.py``, path patching
 from the induction heads in ``experiments/_composition.py``, the per-model report in
 ``experiments/_report.py`` and the cross-model report in ``experiments/_cross.py``.
 
@@ -45,6 +46,7 @@ from experiments._composition import composition, k_paths, natural_metric, rrt_m
 from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
 from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
+from experiments._remix import run_remix  # noqa: E402
 from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, write_figures, write_report  # noqa: E402
 from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
@@ -59,13 +61,13 @@ HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
     ("induction_q_only", "Q only"),
     ("induction_k_only", "K only"),
     ("induction_minimal", "minimal mechanism (Q+K+V)"),
-    ("induction_prev_heads", "+ prev-token-like heads into K"),
-    ("induction_positions", "+ positions into Q/K"),
-    ("induction_long_prefix", "+ longer-prefix heads into K"),
-    ("induction_layer0_qv", "+ other earlier heads/MLPs into Q/V"),
-    ("induction_direct_k", "+ embedding into K"),
-    ("induction_restricted", "+ all K/V at no-match keys"),
-    ("induction_refined", "all refinements"),
+    ("induction_prev_heads", "+ prev-token-like heads into K (ours)"),  # refinements: this project's, not Redwood's
+    ("induction_positions", "+ positions into Q/K (ours)"),
+    ("induction_long_prefix", "+ longer-prefix heads into K (ours)"),
+    ("induction_layer0_qv", "+ other earlier heads/MLPs into Q/V (ours)"),
+    ("induction_direct_k", "+ embedding into K (ours)"),
+    ("induction_restricted", "+ all K/V at no-match keys (ours)"),
+    ("induction_refined", "all refinements (ours)"),
     ("induction_behavioral", "behavioral heads only"),
     ("induction_baseline", "Redwood induction baseline"),
     ("empty", "empty"),
@@ -133,7 +135,7 @@ def other_embedding_claim(model: HookedTransformer, roles) -> tuple[Claim, Hypot
     graph = mechanism_graph(model, flipped)
     claim = validate(graph, model)
     what = "embedding and mlp.0 (reading the embedding only)" if "mlp.0" in other else "embedding alone, mlp.0 not claimed"
-    label = "minimal, token embedding " + ("+ mlp.0" if "mlp.0" in other else "without mlp.0")
+    label = "minimal, token embedding " + ("+ mlp.0" if "mlp.0" in other else "without mlp.0") + " (ours)"
     doc = (f"The minimal mechanism with the other choice of token embedding than the roles made: wherever it "
            f"claims the token embedding, this one claims the {what}. Built by the study "
            f"(experiments/induction_study.py), not a hypothesis file.")
@@ -162,7 +164,7 @@ def k_via_mlp0_claim(model: HookedTransformer, roles) -> tuple[Claim, Hypothesis
            "previous-token-like heads (each as the mechanism's copy: V the token embedding, Q/K positions): the "
            "previous token can reach K through the first MLP. Built by the study "
            "(hypotheses._build.claim_k_via_mlp0), not a hypothesis file.")
-    return claim, HypothesisInfo(K_VIA_MLP0, "+ prev-token heads through mlp.0 into K", doc, claim.n_paths(), "",
+    return claim, HypothesisInfo(K_VIA_MLP0, "+ prev-token heads through mlp.0 into K (ours)", doc, claim.n_paths(), "",
                                  graph, claimed_inputs(graph, roles, model))
 
 
@@ -194,7 +196,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
     chunks = -(-cfg.n_patch // cfg.patch_chunk)
-    total = 6 + batches(cfg.n_natural) + batches(cfg.n_rrt) + model.cfg.n_layers * model.cfg.n_heads + 4 * chunks
+    total = 6 + 2 * (batches(cfg.n_natural) + batches(cfg.n_rrt)) + model.cfg.n_layers * model.cfg.n_heads + 4 * chunks
     bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
 
     timings: dict[str, float] = {}
@@ -245,6 +247,11 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     begin("repeated random tokens")
     rep = scrub_many(model, tuple(claims), rrt, position_masks()[:2], seed=cfg.seed, batch_size=cfg.batch_size,
                      step=tick)
+    begin("REMIX ladder")
+    baseline = next(c for c in claims if c.name == "induction_baseline")
+    remix = run_remix(model, roles, baseline, {"natural": natural, "rrt": rrt},
+                      lambda stem: (lambda ci: (ci[0], ci[1].description))(load_claim(stem, model, roles)),
+                      seed=cfg.seed, batch_size=cfg.batch_size, n_bootstrap=cfg.n_bootstrap, step=tick)
     begin("loss recovered")
     names = [c.name for c in claims]
     rows = recoveries(nat, names, "natural", cfg) + recoveries(rep, names, "rrt", cfg)
@@ -273,7 +280,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
-                           splits=splits, composition=comps, k_paths=kpaths)
+                           splits=splits, composition=comps, k_paths=kpaths, remix=remix)
     results.model["torch_threads"] = "-".join(str(t) for t in sorted(threads))
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)

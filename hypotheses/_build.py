@@ -13,6 +13,10 @@ token). mlp.0 then enters as an alias node ``mlp.0~token`` that reads the embedd
 the layer-0 heads is resampled). The previous-token head of each induction head is the one the roles name
 for it (``HeadRoles.previous_for``: any earlier layer); its K path is the direct one through the residual
 stream. Every role is filtered to the components computed before the receiver.
+
+REMIX ladder (``Remix``, ``remix_graph``): Redwood's REMIX day-3 rungs in the same convention: each rung
+resamples one part of the induction heads' inputs and claims every other input in full (the ``hypotheses/remix_*.py``
+files; the previous-token head on K keeps all its own inputs, as REMIX's ``a0.prev`` does).
 """
 
 from __future__ import annotations
@@ -52,17 +56,21 @@ def _via(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str, ch
 
 
 def add_edge(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str, channels: str,
-             positions=None) -> None:
+             positions=None, qk_mask=None) -> None:
     """Claim ``sender`` -> ``receiver`` through ``channels`` (ignored for MLP and logits receivers), merged
     with an existing unrestricted edge. A position-restricted edge where the pair already has an edge goes
-    through a full copy of ``sender`` (a graph has one edge per pair, and one edge has one ``positions``)."""
+    through a full copy of ``sender`` (a graph has one edge per pair, and one edge has one ``positions``).
+    ``qk_mask`` (a ``scrub.masks.QKMask``, heads only): the edge is claimed through the masked (query, key)
+    pairs only; it merges with an existing edge of the same mask and goes through a full copy otherwise."""
     via = _via(g, model, sender, receiver, channels)
     if not via:
         return
     attrs = {} if via == "in" else {"via": via}
+    if qk_mask is not None:
+        attrs["qk_mask"] = qk_mask
     if g.has_edge(sender, receiver):
         old = g.edges[sender, receiver]
-        if positions is None and old.get("positions") is None:
+        if positions is None and old.get("positions") is None and old.get("qk_mask") == qk_mask:
             if via != "in":
                 g.edges[sender, receiver]["via"] = "".join(sorted(set(old["via"]) | set(via)))
             return
@@ -226,4 +234,78 @@ def claim_k_via_mlp0(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles) 
         for head in (h for h in roles.previous_like if parse_component(h, model.cfg).layer == 0):
             add_edge(g, model, mechanism_alias(g, model, head, node, roles.embedding), node, "in")
         add_edge(g, model, node, receiver, "k")
+    return g
+
+
+# --- Redwood's REMIX day-3 induction ladder ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Remix:
+    """One rung of Redwood's REMIX day-3 induction ladder (``remix_d3_instructions.md`` of
+    redwoodresearch/remix_public): starting from the induction baseline (every input of the induction heads
+    resampled), the inputs not under test are claimed in full and each input under test reads only:
+
+    - ``v``: the token embedding (REMIX "ev": the paths into V through the layer-0 attention resampled);
+    - ``q``: the token embedding (REMIX "eq"), and the positions (never resampled in REMIX);
+    - ``k``: the previous-token head of the receiver with all its own inputs (REMIX "pth-k": the direct
+      embedding path and the other layer-0 heads into K resampled), and the positions.
+
+    ``prev_mask`` (a ``scrub.masks.QKMask``, with ``k``): the previous-token head as it feeds K is a copy whose
+    V input reads its claimed inputs only through the masked (query, key) pairs, e.g. the previous position
+    only (REMIX's bonus "fancy k", the ``attn_probs * mask`` split); its Q and K keep all their inputs.
+    ``local`` (a ``QKMask``): this project's "second role" refinement, not REMIX's: through the masked pairs
+    (e.g. ``within(4)``, the last few keys) each input under test named in ``local_channels`` also reads all
+    the other inputs of the head, so the head is claimed as an induction head beyond the mask and as an
+    unrestricted local head inside it."""
+
+    v: bool = False
+    q: bool = False
+    k: bool = False
+    prev_mask: object | None = None  # scrub.masks.QKMask
+    local: object | None = None  # scrub.masks.QKMask
+    local_channels: str = "qkv"  # the inputs under test that take the ``local`` second role
+
+
+def masked_previous(g: nx.DiGraph, model: HookedTransformer, head: str, receiver: str, mask) -> str:
+    """A copy of the previous-token ``head`` for ``receiver``'s K: Q and K read all its inputs; V reads all its
+    inputs through the (query, key) pairs of ``mask`` and resampled ones through the others."""
+    node = f"{head}~{receiver}@{mask}"
+    g.add_node(node, component=head)
+    for sender in senders_before(model, head):
+        add_edge(g, model, sender, node, "qk")
+        add_edge(g, model, sender, node, "v", qk_mask=mask)
+    return node
+
+
+def claim_remix(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, receiver: str, rung: Remix) -> None:
+    """Add the claimed inputs of ``receiver`` (whose inputs were removed) as ``rung`` says."""
+    for channel, on in (("q", rung.q), ("k", rung.k), ("v", rung.v)):
+        if not on:
+            for sender in senders_before(model, receiver):
+                add_edge(g, model, sender, receiver, channel)
+            continue
+        claimed: set[str] = set()
+        if channel in "qv":
+            claimed |= add_token_embedding(g, model, roles.embedding, receiver, channel)
+        if channel in "qk":
+            add_edge(g, model, "pos", receiver, channel)
+            claimed.add("pos")
+        if channel == "k":
+            prev = roles.previous_for(receiver)
+            node = prev if rung.prev_mask is None else masked_previous(g, model, prev, receiver, rung.prev_mask)
+            add_edge(g, model, node, receiver, "k")
+            claimed.add(prev)
+        if rung.local is not None and channel in rung.local_channels:
+            for sender in senders_before(model, receiver):
+                if sender not in claimed:
+                    add_edge(g, model, sender, receiver, channel, qk_mask=rung.local)
+
+
+def remix_graph(model: HookedTransformer, roles: HeadRoles, rung: Remix,
+                receivers: tuple[str, ...] | None = None) -> nx.DiGraph:
+    """The induction baseline plus the claimed inputs of ``rung`` into each receiver (the induction heads)."""
+    receivers = receivers or roles.induction
+    g = induction_baseline(model, roles, receivers)
+    for receiver in receivers:
+        claim_remix(g, model, roles, receiver, rung)
     return g

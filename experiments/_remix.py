@@ -1,0 +1,282 @@
+"""The REMIX ladder of the induction study (issue #11): Redwood's REMIX day-3 induction rungs, one by one, on the
+model at hand, beside Redwood's numbers, and the refinements the query-key masks allow (this project's own).
+
+Each rung resamples one part of the induction heads' inputs and claims every other input of the model in full
+(``hypotheses._build.Remix``); loss recovered is measured against Redwood's induction baseline (every input of
+the induction heads resampled, ``hypotheses/induction_baseline.py``), with two metrics (the next-token loss, and
+the KL divergence from the clean run's predictions) and two scorings: the study's induction candidates (the current
+token occurred earlier in the sequence) and REMIX-comparable scoring (the current token is a good induction
+candidate, ``scrub.candidates.good_candidates``). All rungs of one dataset are evaluated together with the
+baseline (``experiments._evaluate.scrub_metrics``: the draws of ``scrub.run``, common random numbers, both metrics
+from one evaluation; 96 separate ``scrub.run`` calls per model would take about half an hour here).
+
+Rungs whose claims the engine cannot evaluate yet (query-key masks before ``scrub.masks`` and the engine support
+land) are listed as skipped with the reason, not silently dropped. Results are plain dicts (``results.json``);
+the per-model and cross-model reports render them with ``remix_lines`` and ``cross_remix_lines``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Callable
+
+import torch
+from transformer_lens import HookedTransformer
+
+from experiments._evaluate import scrub_metrics
+from hypotheses._build import Remix, remix_graph
+from scrub.data import induction_candidates
+from scrub.hypothesis import Claim, validate
+
+REMIX_SOURCE = ("Redwood Research, REMIX day 3, \"Replicating Results on Induction Heads\" (github.com/redwoodresearch/"
+                "remix_public, remix_d3_instructions.md; Chan et al. 2022, \"Causal scrubbing: results on induction "
+                "heads\"): loss recovered on Redwood's own 2-layer attention-only model (OpenWebText, GPT-2 tokenizer, "
+                "induction heads 1.5 and 1.6, previous-token head 0.0), scored at the positions whose current token is "
+                "in their list of ~10,000 good induction candidates, against the baseline that resamples every input "
+                "of the induction heads")
+BASELINE = "induction_baseline"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One row of the ladder: ``redwood`` is REMIX's loss recovered (None for this project's own rows); a rung
+    with a file is ``hypotheses/<name>.py``, the others are built here from ``build``."""
+
+    name: str
+    label: str
+    redwood: float | None
+    file: bool = True
+    build: Callable[[], Remix] | None = None  # called at build time (masks are imported only then)
+
+
+def _masks():
+    from scrub import masks  # noqa: PLC0415 (query-key masks: optional until the engine accepts them)
+
+    return masks
+
+
+LADDER = (
+    Rung("remix_v", "V reads only the token embedding", 0.90),
+    Rung("remix_q", "Q reads only the token embedding", 0.51),
+    Rung("remix_k", "K reads only the previous-token head (its own inputs intact)", 0.83),
+    Rung("remix_k_prev_only", "K as above, the previous-token head's V through the previous position only", 0.82),
+    Rung("remix_all", "V + Q + K at once", 0.37),
+    Rung("remix_all_prev_only", "V + Q + K, the previous-token head's V through the previous position only", 0.37,
+         file=False, build=lambda: Remix(v=True, q=True, k=True, prev_mask=_masks().previous_position())),
+)
+OWN = (  # this project's refinements (Goldowsky-Dill et al. 2023: a longer query-key window, a second role)
+    Rung("remix_k_within2", "K: the previous-token head's V through keys t-2..t (within(2))", None, file=False,
+         build=lambda: Remix(k=True, prev_mask=_masks().within(2))),
+    Rung("remix_k_within4", "K: the previous-token head's V through keys t-4..t (within(4))", None, file=False,
+         build=lambda: Remix(k=True, prev_mask=_masks().within(4))),
+    Rung("remix_all_within4", "V + Q + K, the previous-token head's V through keys t-4..t", None, file=False,
+         build=lambda: Remix(v=True, q=True, k=True, prev_mask=_masks().within(4))),
+    Rung("remix_all_local4_v", "V + Q + K, second role in V: keys t-4..t pass values from every input", None,
+         file=False, build=lambda: Remix(v=True, q=True, k=True, local=_masks().within(4), local_channels="v")),
+    Rung("remix_all_local4", "V + Q + K, second role in Q, K and V: pairs within 4 keys read every input", None,
+         file=False, build=lambda: Remix(v=True, q=True, k=True, local=_masks().within(4))),
+)
+RUNGS = LADDER + OWN
+MODES = ("candidates", "good")  # the study's induction candidates; REMIX-comparable good candidates
+METRICS = ("loss", "kl")
+
+
+def _good(tokens: torch.Tensor) -> torch.Tensor:
+    from scrub.candidates import good_candidates  # noqa: PLC0415
+
+    return good_candidates(tokens)
+
+
+def position_masks():
+    return (("candidates", induction_candidates), ("good", _good))
+
+
+@dataclass(frozen=True)
+class Built:
+    rung: Rung
+    claim: Claim
+    description: str
+
+
+@torch.no_grad()
+def engine_applies_masks() -> bool:
+    """Whether the evaluation path of the study (``scrub_metrics``) applies query-key masks: on a small random
+    model, an edge that reads its input through no (query, key) pair must differ from the same edge unmasked.
+    (A scrub whose hypotheses accept ``qk_mask`` before its engine evaluates it would silently ignore the
+    masks; the masked rungs are then skipped, not reported with wrong numbers.)"""
+    try:
+        masks = _masks()
+    except ImportError:
+        return False
+    from transformer_lens import HookedTransformerConfig  # noqa: PLC0415
+
+    from scrub.hypothesis import full_graph  # noqa: PLC0415
+
+    cfg = HookedTransformerConfig(n_layers=2, n_heads=2, d_model=16, d_head=4, n_ctx=8, d_vocab=16, act_fn="gelu",
+                                  attn_only=True, positional_embedding_type="shortformer", normalization_type="LN",
+                                  seed=0, default_prepend_bos=False)
+    model = HookedTransformer(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    plain = full_graph(model)
+    masked = full_graph(model)
+    masked.edges["embed", "1.0"]["qk_mask"] = masks.no_keys()  # (embed enters 1.0 through q, k and v)
+    claims = tuple(replace(validate(g, model), name=n) for n, g in (("plain", plain), ("masked", masked)))
+    tokens = torch.randint(0, 16, (6, 8), generator=gen)  # [6, 8]
+    losses = scrub_metrics(model, claims, tokens, (("all", lambda t: torch.ones_like(t, dtype=torch.bool)),),
+                           seed=0, batch_size=6)["loss"]
+    return not torch.allclose(losses.total[0], losses.total[1])
+
+
+def _uses_masks(claim: Claim) -> bool:
+    return any(getattr(e, "qk_mask", None) is not None for e in claim.edges)
+
+
+def build_rungs(model: HookedTransformer, roles, load: Callable[[str], tuple[Claim, str]]
+                ) -> tuple[list[Built], list[dict]]:
+    """The claims of every rung the engine accepts, and the skipped ones with the reason. ``load(stem)`` loads
+    ``hypotheses/<stem>.py`` with the study's roles and returns (claim, docstring)."""
+    built, skipped = [], []
+    masks_work: bool | None = None
+    for rung in RUNGS:
+        try:
+            if rung.file:
+                claim, doc = load(rung.name)
+            else:
+                spec = rung.build()
+                claim = validate(remix_graph(model, roles, spec), model)
+                args = ", ".join(f"{f.name}={getattr(spec, f.name)}" for f in fields(spec) if getattr(spec, f.name))
+                doc = f"{rung.label}. Built by the study (experiments/_remix.py): hypotheses._build.Remix({args})."
+        except (ImportError, ValueError, TypeError, AttributeError) as err:  # masks not there or not accepted yet
+            skipped.append({"name": rung.name, "label": rung.label, "reason": " ".join(str(err).split())[:300]})
+            continue
+        if _uses_masks(claim):
+            masks_work = engine_applies_masks() if masks_work is None else masks_work
+            if not masks_work:
+                skipped.append({"name": rung.name, "label": rung.label, "reason": "this scrub's engine accepts "
+                                "query-key masks but does not apply them yet (a probe gave the same losses with and "
+                                "without a mask)"})
+                continue
+        built.append(Built(rung, replace(claim, name=rung.name), " ".join(doc.split())))
+    return built, skipped
+
+
+def available_metrics() -> tuple[str, ...]:
+    try:
+        from scrub.metrics import token_kl  # noqa: F401, PLC0415
+    except ImportError:
+        return ("loss",)
+    return METRICS
+
+
+def run_remix(model: HookedTransformer, roles, baseline: Claim, datasets: dict[str, torch.Tensor],
+              load: Callable[[str], tuple[Claim, str]], *, seed: int, batch_size: int, n_bootstrap: int,
+              step: Callable[[], None] | None = None) -> dict:
+    """Every rung on every dataset (``{"natural": tokens, "rrt": tokens}``), both metrics, both scorings, against
+    ``baseline`` (the induction baseline claim). Returns the JSON-ready section of ``results.json``."""
+    built, skipped = build_rungs(model, roles, load)
+    metrics = available_metrics()
+    claims = (replace(baseline, name=BASELINE),) + tuple(b.claim for b in built)
+    rows = []
+    for data, tokens in datasets.items():
+        losses = scrub_metrics(model, claims, tokens, position_masks(), seed=seed, batch_size=batch_size,
+                               metrics=metrics, step=step)
+        for metric, many in losses.items():
+            for b in built:
+                for mode in MODES:
+                    r = many.recovery(b.rung.name, BASELINE, mode, n_bootstrap=n_bootstrap, seed=seed)
+                    row = {k: v for k, v in asdict(r).items() if k != "per_example"}
+                    rows.append({**row, "data": data, "metric": metric})
+    return {"rungs": [{"name": b.rung.name, "label": b.rung.label, "redwood": b.rung.redwood, "own": b.rung in OWN,
+                       "file": f"hypotheses/{b.rung.name}.py" if b.rung.file else "", "n_paths": b.claim.n_paths(),
+                       "description": b.description} for b in built],
+            "rows": rows, "skipped": skipped, "metrics": list(metrics), "modes": list(MODES), "source": REMIX_SOURCE}
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+def remix_row(remix: dict, name: str, data: str, mode: str, metric: str) -> dict | None:
+    return next((r for r in remix.get("rows", []) if (r["hypothesis"], r["data"], r["positions"], r["metric"])
+                 == (name, data, mode, metric)), None)
+
+
+def _fmt(r: dict | None) -> str:
+    return "—" if r is None else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def _redwood(rung: dict) -> str:
+    return f"{rung['redwood']:.2f}" if rung.get("redwood") is not None else "— (ours)"
+
+
+def remix_lines(remix: dict | None) -> list[str]:
+    """The per-model report's REMIX section (Markdown lines) from ``results.json``'s ``remix`` entry."""
+    if not remix or not remix.get("rungs"):
+        return ["Not computed."] + _skipped(remix or {})
+    metrics = remix.get("metrics", ["loss"])
+    L = [f"Redwood's numbers: {remix.get('source', REMIX_SOURCE)}. **Their model is not this one**: the column is "
+         "context, not a target. Every row here is claimed against the induction baseline (0) and the full model "
+         "(1). *Candidates*: the study's induction candidates (the current token occurred earlier in the sequence); "
+         "*good*: REMIX-comparable scoring, the current token is a good induction candidate "
+         "(`scrub.candidates.good_candidates`: a list chosen on the shipped validation stream with the scored text "
+         "left out, see its docstring; about 17% of this tokenizer's tokens against REMIX's ~20% of GPT-2's). KL: "
+         "KL divergence from the clean run's predictions, recovered = (KL_baseline - KL_scrubbed) / KL_baseline. "
+         "Rows marked *ours* are this project's refinements, not Redwood's.", ""]
+    for metric in metrics:
+        name = "loss" if metric == "loss" else "KL"
+        L += [f"**{name} recovered** (95% bootstrap intervals over sequences):", "",
+              "| rung | Redwood (their model, loss) | natural, candidates | natural, good | RRT, candidates | "
+              "RRT, good |",
+              "|---|---:|---|---|---|---|"]
+        for rung in remix["rungs"]:
+            cells = [_fmt(remix_row(remix, rung["name"], d, m, metric))
+                     for d in ("natural", "rrt") for m in ("candidates", "good")]
+            where = f"`{rung['file']}`" if rung["file"] else f"`{rung['name']}` (built by the study)"
+            L.append(f"| {rung['label']} ({where}) | {_redwood(rung)} | " + " | ".join(cells) + " |")
+        L.append("")
+    if "kl" not in metrics:
+        L += ["KL columns: not computed (this run's scrub has no `scrub.metrics.token_kl`); rerun the study once it "
+              "does.", ""]
+    first = remix["rungs"][0]["name"]
+    gaps = [f"{d}, {m}: {r['loss_baseline'] - r['loss_clean']:.4f} nats over {r['n_tokens']} tokens"
+            for d in ("natural", "rrt") for m in ("candidates", "good")
+            if (r := remix_row(remix, first, d, m, "loss")) is not None]
+    L += ["Induction baseline - clean loss at the scored positions (the denominator of every loss row): "
+          + "; ".join(gaps) + ".", ""]
+    L += ["What each rung claims on this model:", ""]
+    L += [f"- `{r['name']}` ({r['n_paths']} paths){' — ours' if r['own'] else ''}: {r['description']}"
+          for r in remix["rungs"]]
+    return L + _skipped(remix)
+
+
+def _skipped(remix: dict) -> list[str]:
+    if not remix.get("skipped"):
+        return []
+    return ["", "Not run (the engine did not accept the claim in this run): " + "; ".join(
+        f"`{s['name']}` ({s['reason']})" for s in remix["skipped"]) + "."]
+
+
+def cross_remix_lines(results: list[tuple[str, dict]]) -> list[str]:
+    """The cross-model REMIX table: natural text at both scorings and RRT at induction candidates, per model."""
+    have = [(m, r["remix"]) for m, r in results if r.get("remix") and r["remix"].get("rungs")]
+    if not have:
+        return ["No model's results have the REMIX ladder yet (rerun `scrub study`)."]
+    names = list(dict.fromkeys(rung["name"] for _, x in have for rung in x["rungs"]))
+    rungs = {rung["name"]: rung for _, x in have for rung in x["rungs"]}
+    L = ["Redwood's REMIX day-3 rungs on each model, against the induction baseline (Redwood's numbers: their own "
+         "model, scored at their good induction candidates; see each model's report for the sources, the KL columns "
+         "and the claims). *Good*: REMIX-comparable scoring (`scrub.candidates.good_candidates`); *candidates*: the "
+         "study's induction candidates. Rows marked *ours* are this project's refinements.", ""]
+    for metric in ("loss", "kl"):
+        if not any(metric in x.get("metrics", []) for _, x in have):
+            continue
+        L += [f"**{'loss' if metric == 'loss' else 'KL'} recovered**:", "",
+              "| rung | Redwood | " + " | ".join(
+                  f"`{m}` natural, good | `{m}` natural, candidates | `{m}` RRT, candidates" for m, _ in have) + " |",
+              "|---|---:|" + "---|---|---|" * len(have)]
+        for n in names:
+            cells = [_fmt(remix_row(x, n, d, mode, metric)) for _, x in have
+                     for d, mode in (("natural", "good"), ("natural", "candidates"), ("rrt", "candidates"))]
+            L.append(f"| {rungs[n]['label']} | {_redwood(rungs[n])} | " + " | ".join(cells) + " |")
+        L.append("")
+    return L
