@@ -343,7 +343,11 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", choices=("all", "candidates"), default="all",
                         help="score all positions or only induction candidates (current token seen before)")
     parser.add_argument("--batch-size", type=int, default=32,
-                        help="examples per batch; resampling draws within a batch")
+                        help="examples per batch (default 32); draws never depend on it: they come from the whole "
+                             "dataset, or the --pool")
+    parser.add_argument("--pool", type=int, default=None,
+                        help="draw resampled inputs from this many examples, chosen by the seed (default: all --n); "
+                             "a small pool bounds how many extra sequences each batch must run")
     parser.add_argument("--independent", action="store_true", help="one random draw per unclaimed input, not per node")
     parser.add_argument("--allow-self", action="store_true", help="let a draw return the datum it is drawn for")
     parser.add_argument("--unit", choices=("node", "copy"), default="node",
@@ -382,6 +386,8 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     check_number(args.n, "--n", 2, "resampling draws inputs from the other examples")
     check_number(args.seq_len, "--seq-len", 3, "position 0 is BOS in every example, so at least two tokens must follow")
     check_batch_size(args.batch_size, "--batch-size")
+    if args.pool is not None:
+        check_number(args.pool, "--pool", 2, "a draw needs at least one other example to come from")
     check_seed(args.seed)
     for flag, path in (("hypothesis", args.hypothesis), ("--baseline", args.baseline)):
         if path is not None and not path.is_file():
@@ -410,7 +416,7 @@ def run_command(args: argparse.Namespace) -> int:
     n_bootstrap = 1000
     result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
                  batch_size=args.batch_size,
-                 options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit)),
+                 options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit), args.pool),
                  n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main(), metric=args.metric)
     if not distributed.is_main():
         return 0
@@ -428,7 +434,7 @@ def run_command(args: argparse.Namespace) -> int:
             "n": args.n, "seq_len": args.seq_len, "tokens_per_example": int(data.shape[1]),
             "exclude_common": model.cfg.d_vocab // 20 if args.data == "rrt" else None,
             "unit": args.unit, "batch_size": args.batch_size, "independent": args.independent,
-            "allow_self": args.allow_self, "n_bootstrap": n_bootstrap,
+            "allow_self": args.allow_self, "pool": args.pool, "n_bootstrap": n_bootstrap,
             "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles, strict=False)),
             "share_examples_worse_than_baseline": worse,
         })

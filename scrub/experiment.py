@@ -274,6 +274,10 @@ def _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstra
     check_batch_size(batch_size)
     if not isinstance(options, SamplingOptions):
         raise RunInputError(f"options must be a scrub.SamplingOptions, got {type(options).__name__}")
+    pool = options.pool
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 2):
+        raise RunInputError(f"SamplingOptions.pool must be None (the whole dataset) or a whole number ≥ 2, got "
+                            f"{pool!r}: a draw needs at least one other example to come from")
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
         raise RunInputError(f"n_bootstrap must be a whole number ≥ 1, got {n_bootstrap!r}")
     if baseline is not None and (baseline is hypothesis or (
@@ -388,11 +392,13 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
                          (f"baseline {base.name!r}", _weighted([part[3] for part in evaluated], rows))):
         for node, rate in draws.items():
             if rate > self_draw_warning:
-                why = ("allow_self lets a draw return it, and few examples of the batch agree on the feature"
-                       if options.allow_self else "no other example of the batch agrees on the feature")
+                where = "the dataset" if options.pool is None else f"the pool of {options.pool}"
+                why = (f"allow_self lets a draw return it, and few examples of {where} agree on the feature"
+                       if options.allow_self else f"no other example of {where} agrees on the feature")
                 warnings.append(f"{label} node {node!r}: {rate:.0%} of its feature draws returned the datum itself "
-                                f"({why}), so the claim is barely tested there; use larger batches (--batch-size) "
-                                f"or a coarser feature")
+                                f"({why}), so the claim is barely tested there; use more examples (--n), a larger "
+                                f"pool, or a coarser feature (a per-position one, e.g. is_repeat(per_position=True), "
+                                f"agrees at far more positions than a whole-sequence one)")
     ci = bootstrap_recovered(joined["clean"], joined["baseline"], joined["scrubbed"], n_resamples=n_bootstrap,
                              seed=seed)
     return ScrubResult(
