@@ -2,8 +2,9 @@
 evaluated together by ``scrub.engine.evaluate_many``, per-example losses kept for several position modes,
 so loss recovered against any baseline is a cheap function of the stored losses.
 
-Draws follow ``scrub.experiment.run``: seed, batch salt ``batch{i}``, and the tree path (so trees that
-share a path also share its draw: common random numbers between a hypothesis and its baselines).
+Draws follow ``scrub.experiment.run``: from the whole dataset, seeded by the seed, the tree path and the
+datum (so trees that share a path also share its draws: common random numbers between a hypothesis and its
+baselines), whatever the batch size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from scrub.compute import clean_run
 from scrub.engine import evaluate_many
 from scrub.hypothesis import Claim
 from scrub.metrics import ExampleLosses, bootstrap_recovered, recovered, token_losses
-from scrub.treeify import assign_data, treeify
+from scrub.sampling import Sampler
+from scrub.treeify import assign, localize, treeify
 
 MaskFn = Callable[[Tensor], Tensor]
 
@@ -95,20 +97,22 @@ def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Ten
     ``scrub.run(..., metric="kl")`` does."""
     trees = [treeify(c) for c in claims]
     parts: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in metrics}
-    for i, start in enumerate(range(0, data.shape[0], batch_size)):
-        tokens = data[start : start + batch_size]  # [batch, seq]
-        clean = clean_run(model, tokens)
-        datas = [assign_data(t, tokens, seed=seed, salt=f"batch{i}") for t in trees]
+    sampler = Sampler(data, seed=seed)
+    for start in range(0, data.shape[0], batch_size):
+        ids = torch.arange(start, min(start + batch_size, data.shape[0]))  # [batch]
+        tokens = data[ids]  # [batch, seq]
+        every, datas = localize([assign(t, sampler, ids) for t in trees], ids, data.shape[0])
+        clean = clean_run(model, data[every])  # the batch, then every datum drawn from outside it
 
         def reduce(lg: Tensor) -> Tensor:  # [metric, batch, seq-1]
-            return torch.stack([_token_metric(m, lg, clean.logits, tokens) for m in metrics])
+            return torch.stack([_token_metric(m, lg, clean.logits[: len(ids)], tokens) for m in metrics])
 
         values, _ = evaluate_many(model, trees, datas, clean, reduce=reduce)
         stacked = torch.stack(values)  # [tree, metric, batch, seq-1]
         mask = torch.stack([fn(tokens)[:, :-1] for _, fn in masks]).float()  # [mode, batch, seq-1]
         for k, m in enumerate(metrics):
             totals, cleans, counts = parts[m]
-            clean_value = _token_metric(m, clean.logits, clean.logits, tokens) if m == "loss" else \
+            clean_value = _token_metric(m, clean.logits[: len(ids)], clean.logits[: len(ids)], tokens) if m == "loss" else \
                 torch.zeros_like(stacked[0, k])  # [batch, seq-1]
             totals.append(torch.einsum("tbs,mbs->tmb", stacked[:, k], mask))
             cleans.append(torch.einsum("bs,mbs->mb", clean_value, mask))
