@@ -280,3 +280,23 @@ def cross_remix_lines(results: list[tuple[str, dict]]) -> list[str]:
             L.append(f"| {rungs[n]['label']} | {_redwood(rungs[n])} | " + " | ".join(cells) + " |")
         L.append("")
     return L
+
+
+def remix_figure(remix: dict | None, path, *, title: str):
+    """Loss recovered of every rung (natural text at good candidates and at the study's candidates, RRT at
+    candidates) with Redwood's numbers as marks; values and intervals cut at [-1, 2] (said in the title).
+    None when there is nothing to draw."""
+    from scrub.plots import recovery_ladder  # noqa: PLC0415
+
+    if not remix or not remix.get("rungs") or not remix.get("rows"):
+        return None
+    series = (("natural", "good"), ("natural", "candidates"), ("rrt", "candidates"))
+    names = [r["name"] for r in remix["rungs"]]
+    nan = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    rows = [[remix_row(remix, n, d, m, "loss") or nan for n in names] for d, m in series]
+    t = lambda key: torch.tensor([[r[key] for r in rs] for rs in rows]).clamp(-1.0, 2.0)  # noqa: E731
+    labels = [r["label"] + (" (ours)" if r["own"] else "") for r in remix["rungs"]]
+    return recovery_ladder(labels, t("value"), t("ci_low"), t("ci_high"),
+                           ["natural text, good candidates", "natural text, study candidates", "RRT, study candidates"],
+                           path, title=title + " (cut at [-1, 2])", reference=[r["redwood"] for r in remix["rungs"]],
+                           reference_label="Redwood REMIX (their model)")

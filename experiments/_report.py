@@ -13,7 +13,7 @@ import networkx as nx
 import torch
 
 from experiments._figures import claim_graph, composition_heatmap, grouped_intervals
-from experiments._remix import remix_lines
+from experiments._remix import remix_figure, remix_lines
 from scrub.plots import context_scatter, head_heatmap, per_example_distribution, recovery_ladder
 from scrub.sites import parse_component
 
@@ -234,6 +234,10 @@ def write_figures(res: StudyResults, out: Path, model) -> list[str]:
         figs.append(claim_graph(h.graph, out / f"graph_{h.name}.png", depth=depth(h.graph), focus=tuple(roles.induction),
                                 title=f"{h.name}: {h.label}\nclaimed inputs of {', '.join(roles.induction)} and of "
                                       f"the mechanism's copies; the rest of the claim is not drawn"))
+    remix = remix_figure(res.remix, out / "remix_ladder.png", title=f"{Path(str(res.config.model)).name}: Redwood's "
+                         "REMIX ladder, loss recovered vs the induction baseline")
+    if remix is not None:
+        figs.append(remix)
     comps = [c.to_dict() for c in res.composition]
     if any(c["receivers"] for c in comps):  # (with nothing after the induction heads, the table says it all)
         figs.append(composition_heatmap(comps, out / "composition.png",
@@ -567,7 +571,7 @@ def write_report(res: StudyResults, out: Path) -> Path:
           "heads' inputs at a time, everything else of the model claimed in full. The V/Q/K-only rows above are this "
           "study's mechanism thirds (K through a copy of the previous-token head that reads only the embedding and the "
           "positions); the REMIX rungs below keep the previous-token head's own inputs, as REMIX does.", ""]
-    L += remix_lines(res.remix) + [""]
+    L += (["![REMIX ladder](remix_ladder.png)", ""] if "remix_ladder.png" in res.figures else []) + remix_lines(res.remix) + [""]
     L += ["## 4. What the numbers say", ""] + _findings(res) + ["", "Sanity checks:", ""] + _sanity(res)
     L += ["", "## 5. Per-example distribution (candidate positions)", "",
           "Per-example loss recovered is noisy where an example's baseline and clean losses are close; the point is "
