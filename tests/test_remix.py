@@ -189,3 +189,14 @@ def test_remix_section_builds_every_rung_or_says_why(shipped):
     assert all(s["reason"] for s in skipped)
     assert {"remix_v", "remix_q", "remix_k", "remix_all"} <= {b.rung.name for b in built}
     assert any("Not computed" in line for line in remix_lines(None))
+
+
+def test_good_candidates_is_a_positions_function_of_scrub_run(shipped):
+    from scrub.data import natural_batch
+    from scrub.experiment import run
+
+    model, roles = shipped
+    tokens = natural_batch(4, 48, seed=2)  # [4, 48]
+    result = run(model, remix_graph(model, roles, Remix(k=True)), tokens, baseline=induction_baseline(model, roles),
+                 positions=good_candidates, n_bootstrap=20, progress=False)
+    assert result.n_tokens == int(good_candidates(tokens)[:, :-1].sum())
