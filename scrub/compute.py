@@ -10,7 +10,7 @@ this does not cover.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, TypeGuard, cast
 
 import einops
@@ -123,6 +123,23 @@ class CleanRun:
             total = total + (out.sum(2) if len(heads) == out.shape[2] else out[:, :, heads].sum(2))
         return total
 
+    def rows(self, index: Tensor) -> CleanRun:
+        """The clean run of the data ``index`` [m] (rows of this run), without recomputing anything."""
+        return replace(self, tokens=self.tokens[index], embed=self.embed[index], pos=self.pos[index],
+                       heads=tuple(h[index] for h in self.heads), z=tuple(z[index] for z in self.z),
+                       mlps=tuple(m[index] for m in self.mlps), logits=self.logits[index], _resid={})
+
+    @staticmethod
+    def cat(parts: list[CleanRun]) -> CleanRun:
+        """One clean run of the data of ``parts``, in order."""
+        first = parts[0]
+        return replace(first, tokens=torch.cat([p.tokens for p in parts]), embed=torch.cat([p.embed for p in parts]),
+                       pos=torch.cat([p.pos for p in parts]),
+                       heads=tuple(torch.cat(h) for h in zip(*(p.heads for p in parts), strict=True)),
+                       z=tuple(torch.cat(z) for z in zip(*(p.z for p in parts), strict=True)),
+                       mlps=tuple(torch.cat(m) for m in zip(*(p.mlps for p in parts), strict=True)),
+                       logits=torch.cat([p.logits for p in parts]), _resid={})
+
     def out(self, component: Component) -> Tensor:
         """The clean output of a source component, [batch, seq, d_model]."""
         match component:
@@ -169,6 +186,21 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
         shortformer=cfg.positional_embedding_type == "shortformer",
         structure=Structure.of(model),
     )
+
+
+def clean_run_bytes(cfg, n: int, seq: int) -> int:
+    """About how many bytes a ``CleanRun`` of n sequences of ``seq`` tokens keeps (every source's output, z,
+    logits): for deciding whether a whole dataset's clean run may be kept."""
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    mlps = 0 if cfg.attn_only else cfg.n_layers * cfg.d_model
+    per_position = 2 * cfg.d_model + cfg.n_layers * cfg.n_heads * (cfg.d_model + cfg.d_head) + mlps + cfg.d_vocab
+    return n * seq * per_position * itemsize
+
+
+@torch.no_grad()
+def clean_run_batched(model: HookedTransformer, tokens: Tensor, batch_size: int) -> CleanRun:
+    """``clean_run`` of many sequences, ``batch_size`` at a time (bounding the forward pass's own memory)."""
+    return CleanRun.cat([clean_run(model, tokens[i : i + batch_size]) for i in range(0, tokens.shape[0], batch_size)])
 
 
 def residual_slot(receiver: Component) -> tuple[bool, float]:

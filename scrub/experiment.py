@@ -39,8 +39,8 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from scrub import distributed
-from scrub.compute import check_supported, clean_run
-from scrub.data import all_positions, check_memory, induction_candidates
+from scrub.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
+from scrub.data import all_positions, available_memory, check_memory, induction_candidates
 from scrub.engine import evaluate
 from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load_hypothesis, validate
 from scrub.metrics import (
@@ -63,6 +63,7 @@ Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -
 
 MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch generators take 64 bits, and -1 would alias 2**64 - 1
 SELF_DRAW_WARNING = 0.1  # warn when a node's feature draws return the datum itself for more than this share
+WHOLE_RUN_SHARE = 0.25  # keep the whole dataset's clean run when it needs less than this share of free memory
 
 
 class RunInputError(ValueError):
@@ -345,11 +346,16 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     batches = distributed.shard(bounds, current)  # this rank's (i, (start, stop))
     sampler = Sampler(data, seed=seed, pool_size=options.pool, allow_self=options.allow_self)  # draws: whole dataset
     structure = Structure.of(model)
+    budget = available_memory(device)
+    whole = None  # the clean run of every example, kept when it fits: each batch then only gathers its rows
+    if budget is not None and clean_run_bytes(model.cfg, data.shape[0], data.shape[1]) < WHOLE_RUN_SHARE * budget:
+        whole = clean_run_batched(model, data.to(device), batch_size)
     for i, (start, stop) in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
         ids = torch.arange(start, stop)  # [batch] the examples scored in this batch
         drawn = [assign(t, sampler, ids, options=options, structure=structure) for t in (tree, base_tree)]
         every, (scrub_data, base_data) = localize(drawn, ids, data.shape[0])  # common random numbers
-        clean = clean_run(model, data[every].to(device))  # the batch, then every datum drawn from outside it
+        # the batch, then every datum drawn from outside it
+        clean = whole.rows(every.to(device)) if whole is not None else clean_run(model, data[every].to(device))
         tokens = data[start:stop].to(device)  # [batch, seq]
         mask = masks[i]  # [batch, seq-1]
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
