@@ -1,7 +1,7 @@
 """scrub: causal scrubbing and path patching on TransformerLens models. Public API re-exports only.
 
 Re-exported here: model loading, component names, tokenizer, data batches, behavioral head scores,
-the scrubbing entry points (``run``, hypothesis helpers) and path patching.
+the scrubbing entry points (``run``, hypothesis helpers, features and query-key masks) and path patching.
 """
 
 from scrub.data import (
@@ -15,6 +15,7 @@ from scrub.data import (
 from scrub.experiment import ScrubResult, run
 from scrub.features import Feature
 from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
+from scrub.masks import QKMask
 from scrub.model import ModelLoadError, load_model, save_checkpoint
 from scrub.patching import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits
 from scrub.scores import (
@@ -31,9 +32,9 @@ from scrub.tokenizer import Tokenizer, check_compatible, load_tokenizer
 from scrub.treeify import SamplingOptions, Unit
 
 __all__ = [
-    "run", "ScrubResult", "SamplingOptions", "Unit", "Feature", "Claim", "HypothesisError", "add_path", "empty_graph",
-    "full_graph", "load_hypothesis", "validate", "PatchPath", "PatchMatrix", "parse_path", "patched_logits",
-    "patch_effects", "patch_matrix",
+    "run", "ScrubResult", "SamplingOptions", "Unit", "Feature", "QKMask", "Claim", "HypothesisError", "add_path",
+    "empty_graph", "full_graph", "load_hypothesis", "validate", "PatchPath", "PatchMatrix", "parse_path",
+    "patched_logits", "patch_effects", "patch_matrix",
     "load_model", "save_checkpoint", "ModelLoadError", "Head", "SiteError", "parse_component",
     "Tokenizer", "load_tokenizer", "check_compatible", "natural_batch", "repeated_random_tokens",
     "induction_candidates", "all_positions", "loss_mask", "check_length", "head_scores", "in_context_learning",
