@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments._figures import grouped_intervals
-from experiments._remix import cross_remix_lines
+from experiments._remix import cross_remix_lines, remix_sentence
 from experiments._report import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
@@ -282,6 +282,7 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
             text += "Later components that read the induction heads (composition): " + "; ".join(
                 f"{d}: " + (", ".join(f"{p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''}"
                                       for p in ps[:4]) or "none") for d, ps in found.items()) + ". "
+        text += remix_sentence(r.get("remix"))
         if nat and rrt:
             short = lambda x: ("most" if x >= 0.75 else "about half" if x >= 0.4 else "a minority"  # noqa: E731
                                if x >= 0.1 else "almost none")

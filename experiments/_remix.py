@@ -77,6 +77,8 @@ OWN = (  # this project's refinements (Goldowsky-Dill et al. 2023: a longer quer
          file=False, build=lambda: Remix(v=True, q=True, k=True, local=_masks().within(4))),
 )
 RUNGS = LADDER + OWN
+SHORT = {"remix_v": "V", "remix_q": "Q", "remix_k": "K", "remix_k_prev_only": "K with the previous position only",
+         "remix_all": "V + Q + K", "remix_all_prev_only": "V + Q + K with the previous position only"}
 MODES = ("candidates", "good")  # the study's induction candidates; REMIX-comparable good candidates
 METRICS = ("loss", "kl")
 
@@ -300,3 +302,24 @@ def remix_figure(remix: dict | None, path, *, title: str):
                            ["natural text, good candidates", "natural text, study candidates", "RRT, study candidates"],
                            path, title=title + " (cut at [-1, 2])", reference=[r["redwood"] for r in remix["rungs"]],
                            reference_label="Redwood REMIX (their model)")
+
+
+def remix_sentence(remix: dict | None) -> str:
+    """One sentence for the cross-model conclusion: every REMIX rung on natural text at good candidates (loss
+    recovered, Redwood's number beside it), and what this project's refinements changed there."""
+    if not remix or not remix.get("rungs"):
+        return ""
+    rungs = {r["name"]: r for r in remix["rungs"]}
+
+    def value(name: str, data: str = "natural") -> str:
+        r = remix_row(remix, name, data, "good", "loss")
+        return "—" if r is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+    theirs = [f"{SHORT.get(r.name, r.name)} {value(r.name)} (Redwood {r.redwood:.2f})"
+              for r in LADDER if r.name in rungs and r.redwood is not None]
+    text = ("Redwood's REMIX rungs on this model (loss recovered against the induction baseline, natural text at good "
+            "induction candidates): " + "; ".join(theirs) + ". ")
+    ours = [f"{rungs[r.name]['label']}: {value(r.name)}" for r in OWN if r.name in rungs]
+    if ours:
+        text += "This project's refinements there: " + "; ".join(ours) + ". "
+    return text
