@@ -245,10 +245,69 @@ def remix_lines(remix: dict | None) -> list[str]:
             if (r := remix_row(remix, first, d, m, "loss")) is not None]
     L += ["Induction baseline - clean loss at the scored positions (the denominator of every loss row): "
           + "; ".join(gaps) + ".", ""]
-    L += ["What each rung claims on this model:", ""]
+    L += ["What the numbers say (loss, natural text at good candidates unless said otherwise):", ""] + _findings(remix)
+    L += ["", "What differs from REMIX's setting:", ""] + [f"- {d}" for d in DIFFERENCES]
+    L += ["", "What each rung claims on this model:", ""]
     L += [f"- `{r['name']}` ({r['n_paths']} paths){' — ours' if r['own'] else ''}: {r['description']}"
           for r in remix["rungs"]]
     return L + _skipped(remix)
+
+
+DIFFERENCES = (
+    "The model and data: Redwood's 2-layer attention-only model on OpenWebText (GPT-2 tokenizer, 300-token "
+    "sequences, two induction heads and one previous-token head); here a model trained on Shakespeare (2,048 "
+    "tokens, 256-token windows of held-out plays, and repeated random tokens), with the heads its roles name.",
+    "Scoring: REMIX's fixed list of ~10,000 GPT-2 tokens chosen on OpenWebText; here a list chosen on the shipped "
+    "validation stream by the statistic of `scrub.candidates` (about 17% of the vocabulary), with the scored "
+    "batch's own text left out, so it can differ slightly from batch to batch.",
+    "Draws: REMIX runs every scrubbed path on one other sequence (`toks_int_var_other`), shared by both induction "
+    "heads (one node, `a1.ind`) and every rung's paths; here every hypothesis node draws its own other sequence per "
+    "datum (scrub's default unit), so the two induction heads, and the previous-token head's masked copy, read "
+    "different other sequences. REMIX samples 2,048-4,096 sequences from 104,091 and draws the other sequences from "
+    "all of them; here a fixed set of windows, the other sequences drawn from that set.",
+    "The previous-position rung: REMIX splits the previous-token head's output as attn_probs * mask + attn_probs * "
+    "(1 - mask) and runs the second half, attention pattern included, on the other sequence; here the mask is on "
+    "the head's V input only (`scrub.masks`), so the attention pattern stays the clean one and only the values "
+    "passed through the other keys are resampled.",
+    "Both metrics: REMIX reports the loss only; the KL rows are this project's.",
+    "Deeper models: \"the token embedding\" is the model's (with mlp.0 reading the embedding where the roles say "
+    "so), and the previous-token head keeps all its own inputs (earlier heads and MLPs included), as REMIX's "
+    "layer-0 head does trivially.",
+)
+
+
+def _findings(remix: dict) -> list[str]:
+    """Generated bullets: each REMIX rung against Redwood's number, and what the refinements changed."""
+    rungs = {r["name"]: r for r in remix["rungs"]}
+    row = lambda n, d="natural", m="good": remix_row(remix, n, d, m, "loss")  # noqa: E731
+    out = []
+    for r in LADDER:
+        x = row(r.name)
+        if x is None or r.redwood is None:
+            continue
+        inside = x["ci_low"] <= r.redwood <= x["ci_high"]
+        rrt = row(r.name, "rrt", "candidates")
+        out.append(f"- {SHORT.get(r.name, r.name)}: {_fmt(x)} against Redwood's {r.redwood:.2f} "
+                   + ("(inside the interval)" if inside else f"({'above' if x['ci_low'] > r.redwood else 'below'} "
+                                                            "the interval)")
+                   + (f"; on RRT {_fmt(rrt)}" if rrt else "") + ".")
+    k, prev = row("remix_k"), row("remix_k_prev_only")
+    if k and prev:
+        drop = k["value"] - prev["value"]
+        text = (f"- Reading only the previous position {'lowers' if drop >= 0 else 'raises'} the K rung by "
+                f"{abs(drop):.3f} here ({k['value']:.3f} -> {prev['value']:.3f}; Redwood: 0.83 -> 0.82)")
+        for name, keys in (("remix_k_within2", "t-2..t"), ("remix_k_within4", "t-4..t")):
+            w = row(name)
+            if w is not None:
+                text += f"; reading keys {keys} instead (ours), {_fmt(w)}"
+        out.append(text + ".")
+    base = row("remix_all")
+    for name in ("remix_all_within4", "remix_all_local4_v", "remix_all_local4"):
+        w = row(name)
+        if base and w is not None:
+            out.append(f"- {rungs[name]['label']} (ours): {_fmt(w)}, {w['value'] - base['value']:+.3f} against "
+                       f"V + Q + K ({base['value']:.3f}).")
+    return out or ["- No rung was evaluated."]
 
 
 def _skipped(remix: dict) -> list[str]:
