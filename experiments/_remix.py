@@ -288,8 +288,8 @@ def _findings(remix: dict) -> list[str]:
         inside = x["ci_low"] <= r.redwood <= x["ci_high"]
         rrt = row(r.name, "rrt", "candidates")
         out.append(f"- {SHORT.get(r.name, r.name)}: {_fmt(x)} against Redwood's {r.redwood:.2f} "
-                   + ("(inside the interval)" if inside else f"({'above' if x['ci_low'] > r.redwood else 'below'} "
-                                                            "the interval)")
+                   + ("(inside our interval)" if inside else
+                      f"(our interval is {'above' if x['ci_low'] > r.redwood else 'below'} it)")
                    + (f"; on RRT {_fmt(rrt)}" if rrt else "") + ".")
     k, prev = row("remix_k"), row("remix_k_prev_only")
     if k and prev:

@@ -200,3 +200,23 @@ def test_good_candidates_is_a_positions_function_of_scrub_run(shipped):
     result = run(model, remix_graph(model, roles, Remix(k=True)), tokens, baseline=induction_baseline(model, roles),
                  positions=good_candidates, n_bootstrap=20, progress=False)
     assert result.n_tokens == int(good_candidates(tokens)[:, :-1].sum())
+
+
+def test_remix_report_lines_from_a_results_entry():
+    from experiments._remix import LADDER, OWN, cross_remix_lines, remix_lines, remix_sentence
+
+    rungs = [{"name": r.name, "label": r.label, "redwood": r.redwood, "own": r in OWN, "file": "", "n_paths": 3,
+              "description": "d"} for r in (*LADDER, *OWN)]
+    rows = [{"hypothesis": r["name"], "baseline": "induction_baseline", "positions": m, "data": d, "metric": k,
+             "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "loss_clean": 1.0, "loss_baseline": 2.0,
+             "loss_scrubbed": 1.5, "n_examples": 2, "n_tokens": 10}
+            for r in rungs for d in ("natural", "rrt") for m in ("candidates", "good") for k in ("loss", "kl")]
+    remix = {"rungs": rungs, "rows": rows, "skipped": [{"name": "x", "label": "x", "reason": "why"}],
+             "metrics": ["loss", "kl"], "modes": ["candidates", "good"]}
+    text = "\n".join(remix_lines(remix))
+    assert "0.500 [0.400, 0.600]" in text and "— (ours)" in text and "`x` (why)" in text
+    assert "Redwood's 0.90 (our interval is below it)" in text and "Redwood's 0.51 (inside our interval)" in text
+    assert "KL recovered" in text and "What differs from REMIX's setting" in text
+    cross = "\n".join(cross_remix_lines([("m1", {"remix": remix}), ("m2", {})]))
+    assert "`m1` natural, good" in cross and "`m2`" not in cross
+    assert "V 0.50 [0.40, 0.60] (Redwood 0.90)" in remix_sentence(remix) and remix_sentence(None) == ""
