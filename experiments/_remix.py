@@ -75,6 +75,8 @@ OWN = (  # this project's refinements (Goldowsky-Dill et al. 2023: a longer quer
          file=False, build=lambda: Remix(v=True, q=True, k=True, local=_masks().within(4), local_channels="v")),
     Rung("remix_all_local4", "V + Q + K, second role in Q, K and V: pairs within 4 keys read every input", None,
          file=False, build=lambda: Remix(v=True, q=True, k=True, local=_masks().within(4))),
+    Rung("remix_all_k_embed", "V + Q + K, second role in K: K also reads the token embedding (duplicate-token "
+         "matching)", None, file=False, build=lambda: Remix(v=True, q=True, k=True, k_embed=True)),
 )
 RUNGS = LADDER + OWN
 SHORT = {"remix_v": "V", "remix_q": "Q", "remix_k": "K", "remix_k_prev_only": "K with the previous position only",
@@ -302,7 +304,7 @@ def _findings(remix: dict) -> list[str]:
                 text += f"; reading keys {keys} instead (ours), {_fmt(w)}"
         out.append(text + ".")
     base = row("remix_all")
-    for name in ("remix_all_within4", "remix_all_local4_v", "remix_all_local4"):
+    for name in ("remix_all_within4", "remix_all_local4_v", "remix_all_local4", "remix_all_k_embed"):
         w = row(name)
         if base and w is not None:
             out.append(f"- {rungs[name]['label']} (ours): {_fmt(w)}, {w['value'] - base['value']:+.3f} against "

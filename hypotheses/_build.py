@@ -256,7 +256,8 @@ class Remix:
     ``local`` (a ``QKMask``): this project's "second role" refinement, not REMIX's: through the masked pairs
     (e.g. ``within(4)``, the last few keys) each input under test named in ``local_channels`` also reads all
     the other inputs of the head, so the head is claimed as an induction head beyond the mask and as an
-    unrestricted local head inside it."""
+    unrestricted local head inside it. ``k_embed`` (ours): with ``k``, K also reads the token embedding directly,
+    a second, duplicate-token role (keys that match the current token itself)."""
 
     v: bool = False
     q: bool = False
@@ -264,6 +265,7 @@ class Remix:
     prev_mask: object | None = None  # scrub.masks.QKMask
     local: object | None = None  # scrub.masks.QKMask
     local_channels: str = "qkv"  # the inputs under test that take the ``local`` second role
+    k_embed: bool = False  # with ``k``: K also reads the token embedding (a duplicate-token second role; ours)
 
 
 def masked_previous(g: nx.DiGraph, model: HookedTransformer, head: str, receiver: str, mask) -> str:
@@ -295,6 +297,8 @@ def claim_remix(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, recei
             node = prev if rung.prev_mask is None else masked_previous(g, model, prev, receiver, rung.prev_mask)
             add_edge(g, model, node, receiver, "k")
             claimed.add(prev)
+            if rung.k_embed:
+                claimed |= add_token_embedding(g, model, roles.embedding, receiver, "k")
         if rung.local is not None and channel in rung.local_channels:
             for sender in senders_before(model, receiver):
                 if sender not in claimed:
