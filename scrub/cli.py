@@ -340,8 +340,10 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of examples (default 64); --examples is the same option, for torchrun "
                              "command lines, whose own parser takes --n for --nnodes")
     parser.add_argument("--seq-len", type=int, default=128, help="natural-text length; RRT is 1 + 2 x (seq-len // 2)")
-    parser.add_argument("--positions", choices=("all", "candidates"), default="all",
-                        help="score all positions or only induction candidates (current token seen before)")
+    parser.add_argument("--positions", choices=("all", "candidates", "good-candidates"), default="all",
+                        help="score all positions, induction candidates (current token seen before), or REMIX-like "
+                             "good induction candidates (current token in a list chosen on the shipped text, "
+                             "scrub.candidates)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="examples per batch (default 32); draws never depend on it: they come from the whole "
                              "dataset, or the --pool")
@@ -414,8 +416,8 @@ def run_command(args: argparse.Namespace) -> int:
     model = quiet_load(args.model, device=distributed.device())  # the CLI owns its model: it may place it
     data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
     n_bootstrap = 1000
-    result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions, seed=args.seed,
-                 batch_size=args.batch_size,
+    result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions.replace("-", "_"),
+                 seed=args.seed, batch_size=args.batch_size,
                  options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit), args.pool),
                  n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main(), metric=args.metric)
     if not distributed.is_main():

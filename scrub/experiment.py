@@ -39,6 +39,7 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from scrub import distributed
+from scrub.candidates import good_candidates
 from scrub.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
 from scrub.data import all_positions, available_memory, check_memory, induction_candidates
 from scrub.engine import evaluate
@@ -58,7 +59,9 @@ from scrub.sampling import Sampler
 from scrub.structure import Structure
 from scrub.treeify import SamplingOptions, assign, localize, treeify
 
-PositionsMode = Literal["all", "candidates"]  # every prediction position, or induction candidates only
+# every prediction position; induction candidates (the current token occurred before); or REMIX-like "good
+# induction candidate" tokens (``scrub.candidates.good_candidates``)
+PositionsMode = Literal["all", "candidates", "good_candidates"]
 Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -> bool mask, both [batch, seq]
 
 MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED: torch generators take 64 bits, and -1 would alias 2**64 - 1
@@ -180,9 +183,11 @@ def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
         mask = all_positions(tokens)
     elif positions == "candidates":
         mask = induction_candidates(tokens)  # the current token occurred before: induction can help
+    elif positions == "good_candidates":
+        mask = good_candidates(tokens.cpu()).to(tokens.device)  # the current token is a good induction candidate
     else:
-        raise RunInputError(f"positions must be 'all', 'candidates' or a function tokens -> bool mask, "
-                            f"got {positions!r}")
+        raise RunInputError(f"positions must be 'all', 'candidates', 'good_candidates' or a function tokens -> bool "
+                            f"mask, got {positions!r}")
     return mask[:, :-1]
 
 

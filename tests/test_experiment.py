@@ -208,3 +208,16 @@ def test_cli_run_refuses_an_unknown_metric(capsys):
 def test_run_refuses_an_unknown_metric(model):
     with pytest.raises(RunInputError, match="metric must be one of 'loss', 'kl', got 'KL'"):
         run(model, full_graph(model), tokens(), metric="KL", progress=False)  # type: ignore[arg-type]
+
+
+def test_good_candidate_positions_score_the_candidate_tokens(shipped):
+    """positions='good_candidates' (CLI --positions good-candidates) scores exactly the positions whose current
+    token is a good induction candidate (scrub.candidates)."""
+    from scrub.candidates import good_candidates
+
+    model, data = shipped
+    minimal = Path(__file__).resolve().parent.parent / "hypotheses" / "induction_minimal.py"
+    result = run(model, minimal, data, positions="good_candidates", progress=False,
+                 n_bootstrap=20)
+    expected = int(good_candidates(data)[:, :-1].sum())
+    assert 0 < result.n_tokens == expected < int(data[:, :-1].numel())
