@@ -123,12 +123,6 @@ class CleanRun:
             total = total + (out.sum(2) if len(heads) == out.shape[2] else out[:, :, heads].sum(2))
         return total
 
-    def rows(self, index: Tensor) -> CleanRun:
-        """The clean run of the data ``index`` [m] (rows of this run), without recomputing anything."""
-        return replace(self, tokens=self.tokens[index], embed=self.embed[index], pos=self.pos[index],
-                       heads=tuple(h[index] for h in self.heads), z=tuple(z[index] for z in self.z),
-                       mlps=tuple(m[index] for m in self.mlps), logits=self.logits[index], _resid={})
-
     @staticmethod
     def cat(parts: list[CleanRun]) -> CleanRun:
         """One clean run of the data of ``parts``, in order."""
@@ -190,10 +184,13 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
 
 def clean_run_bytes(cfg, n: int, seq: int) -> int:
     """About how many bytes a ``CleanRun`` of n sequences of ``seq`` tokens keeps (every source's output, z,
-    logits): for deciding whether a whole dataset's clean run may be kept."""
+    logits, the cached residuals each receiver reads): for deciding whether a whole dataset's clean run may be
+    kept."""
     itemsize = torch.empty((), dtype=cfg.dtype).element_size()
     mlps = 0 if cfg.attn_only else cfg.n_layers * cfg.d_model
-    per_position = 2 * cfg.d_model + cfg.n_layers * cfg.n_heads * (cfg.d_model + cfg.d_head) + mlps + cfg.d_vocab
+    residuals = (cfg.n_layers * (1 if cfg.attn_only else 2) + 1) * cfg.d_model
+    per_position = (2 * cfg.d_model + cfg.n_layers * cfg.n_heads * (cfg.d_model + cfg.d_head) + mlps + cfg.d_vocab
+                    + residuals)
     return n * seq * per_position * itemsize
 
 

@@ -358,14 +358,16 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     for i, (start, stop) in tqdm(batches, desc=f"scrub {claim.name}", disable=not progress, leave=False):
         ids = torch.arange(start, stop)  # [batch] the examples scored in this batch
         drawn = [assign(t, sampler, ids, options=options, structure=structure) for t in (tree, base_tree)]
-        every, (scrub_data, base_data) = localize(drawn, ids, data.shape[0])  # common random numbers
-        # the batch, then every datum drawn from outside it
-        clean = whole.rows(every.to(device)) if whole is not None else clean_run(model, data[every].to(device))
+        # common random numbers; indices into the whole dataset's clean run, or into the batch's run of its
+        # examples and every datum drawn from outside it
+        every, (scrub_data, base_data) = localize(drawn, ids, data.shape[0], whole=whole is not None)
+        clean = whole if whole is not None else clean_run(model, data[every].to(device))
         tokens = data[start:stop].to(device)  # [batch, seq]
         mask = masks[i]  # [batch, seq-1]
         scrubbed, _ = evaluate(model, tree, scrub_data, clean)
         baselined, _ = evaluate(model, base_tree, base_data, clean)
-        losses = score_batch(metric, tokens, mask, clean.logits[: stop - start], baselined, scrubbed)
+        clean_logits = clean.logits[scrub_data[tree].datum]  # [batch, seq, d_vocab] the examples of this batch
+        losses = score_batch(metric, tokens, mask, clean_logits, baselined, scrubbed)
         done.append((i, (losses, scrub_data.self_sample_rate(), scrub_data.self_draws(), base_data.self_draws(),
                          stop - start)))
     check = None if current is None else (

@@ -269,16 +269,18 @@ def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOp
     return out
 
 
-def localize(datas: list[Assignments], ids: Tensor, n: int) -> tuple[Tensor, list[Assignments]]:
-    """Number every datum the assignments use: the examples ``ids`` [batch] first, then the others. Returns
-    the dataset ids of the run's data [m] and the assignments with indices into them (and ``read`` tables)."""
-    used = [ids] + [t for data in datas for a in data.by_path.values()
-                    for t in (a.datum, a.other, *(a.unclaimed or {}).values())]
-    extra = torch.unique(torch.cat(used))
+def localize(datas: list[Assignments], ids: Tensor, n: int, *, whole: bool = False) -> tuple[Tensor, list[Assignments]]:
+    """Number every datum the assignments use: the examples ``ids`` [batch] first, then the others (``whole``:
+    keep dataset ids, for a clean run of the whole dataset). Returns the dataset ids of the run's data [m] and
+    the assignments with indices into them (and ``read`` tables)."""
     lookup = torch.full((n,), -1, dtype=torch.long)  # dataset id -> index
-    lookup[extra] = 0
-    extra = extra[~torch.isin(extra, ids)]
-    every = torch.cat([ids, extra])  # [m]
+    if whole:
+        every = torch.arange(n)  # [n]
+    else:
+        used = [ids] + [t for data in datas for a in data.by_path.values()
+                        for t in (a.datum, a.other, *(a.unclaimed or {}).values())]
+        extra = torch.unique(torch.cat(used))
+        every = torch.cat([ids, extra[~torch.isin(extra, ids)]])  # [m]
     lookup[every] = torch.arange(every.shape[0])
     out = []
     for data in datas:

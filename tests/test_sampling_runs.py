@@ -47,6 +47,21 @@ def test_draws_do_not_depend_on_the_batch_size(feature, pool):
     assert results[0].loss_scrubbed != results[0].loss_clean  # the claim resamples something
 
 
+def test_the_whole_dataset_clean_run_and_per_batch_runs_agree(monkeypatch):
+    """A run keeps the whole dataset's clean run when it fits; without it every batch runs its own examples and
+    the data it draws: the same numbers either way."""
+    import scrub.experiment
+
+    model = tiny_model(dtype=torch.float64, seed=3)
+    tokens = _tokens(10, seed=4)
+    kept = run(model, _claim(is_repeat(per_position=True)), tokens, batch_size=4, progress=False, n_bootstrap=20)
+    monkeypatch.setattr(scrub.experiment, "WHOLE_RUN_SHARE", 0.0)
+    batched = run(model, _claim(is_repeat(per_position=True)), tokens, batch_size=4, progress=False, n_bootstrap=20)
+    for a, b in ((kept.per_example_scrubbed, batched.per_example_scrubbed),
+                 (kept.per_example_baseline, batched.per_example_baseline)):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-10, rtol=0)
+
+
 def test_a_per_position_feature_unique_to_each_datum_is_no_feature():
     """Codes that only the datum itself has (a hash of its whole sequence, at every position): every draw is
     forced back to the datum, so the claim is the identity-feature claim exactly."""
