@@ -197,7 +197,8 @@ def clean_run_bytes(cfg, n: int, seq: int) -> int:
 @torch.no_grad()
 def clean_run_batched(model: HookedTransformer, tokens: Tensor, batch_size: int) -> CleanRun:
     """``clean_run`` of many sequences, ``batch_size`` at a time (bounding the forward pass's own memory)."""
-    return CleanRun.cat([clean_run(model, tokens[i : i + batch_size]) for i in range(0, tokens.shape[0], batch_size)])
+    parts = [clean_run(model, tokens[i : i + batch_size]) for i in range(0, tokens.shape[0], batch_size)]
+    return parts[0] if len(parts) == 1 else CleanRun.cat(parts)
 
 
 def residual_slot(receiver: Component) -> tuple[bool, float]:

@@ -98,6 +98,7 @@ class _Context:
     values: dict = field(default_factory=dict)
     normed: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)  # (parent job key, child path) -> the child rows the parent reads
 
     def mkey(self, index: Tensor) -> bytes:
         """The shape and bytes of a datum map [rows] or [rows, seq], memoised per tensor object (kept alive
@@ -179,9 +180,15 @@ def _clean_on(value: _Value) -> Tensor:
 
 
 def _rows(ctx: _Context, job: _Job, child: TreeNode) -> Tensor | None:
-    """The child's rows ``job``'s rows read: [rows] or [rows, seq] (node mode), None for the same rows (copy mode)."""
-    read = job.data[child].read
-    return None if read is None else read[job.a.datum]
+    """The child's rows ``job``'s rows read: [rows] or [rows, seq], None for the same rows (copy mode, or a child
+    computed on exactly the parent's data), memoised per (parent, child)."""
+    key = (job.key, child.path)
+    if key not in ctx.rows:
+        read = job.data[child].read
+        rows = None if read is None else read[job.a.datum]  # [rows] or [rows, seq]
+        same = rows is not None and rows.dim() == 1 and torch.equal(rows, torch.arange(rows.shape[0]))
+        ctx.rows[key] = None if same else rows
+    return ctx.rows[key]
 
 
 def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
