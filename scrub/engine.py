@@ -141,7 +141,10 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
             plans = [_plan(ctx, job, c) for c in ctx.structure.channels(job.node.component)]
             alts = _alternatives(ctx, job, plans)
             ons = [p.clean_on() for p in plans]
-            if not alts and ons[0] is not None and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
+            # clean on one datum map: read from the clean run. A per-position map [rows, seq] only qualifies for
+            # an MLP (position by position); a head mixes positions whose inputs come from different data.
+            per_position_ok = ons[0] is not None and (ons[0].dim() == 1 or isinstance(job.node.component, Mlp))
+            if not alts and per_position_ok and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
                 ctx.values[job.key] = _Value(clean_on=ons[0])
             else:
                 todo.append(_Todo(job, plans, alts))
@@ -186,7 +189,8 @@ def _rows(ctx: _Context, job: _Job, child: TreeNode) -> Tensor | None:
     if key not in ctx.rows:
         read = job.data[child].read
         rows = None if read is None else read[job.a.datum]  # [rows] or [rows, seq]
-        same = rows is not None and rows.dim() == 1 and torch.equal(rows, torch.arange(rows.shape[0]))
+        same = (rows is not None and rows.dim() == 1 and job.data[child].datum.shape[0] == rows.shape[0]
+                and torch.equal(rows, torch.arange(rows.shape[0])))
         ctx.rows[key] = None if same else rows
     return ctx.rows[key]
 

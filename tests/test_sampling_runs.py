@@ -118,3 +118,22 @@ def test_bad_pool_is_refused():
     model = tiny_model()
     with pytest.raises(RunInputError, match="pool"):
         run(model, _claim(None), _tokens(4), options=SamplingOptions(pool=1), progress=False)
+
+
+@pytest.mark.parametrize("pos", ["shortformer", "rotary", "standard"])
+def test_a_head_reading_a_per_position_embedding_is_recomputed(pos):
+    """A head whose every input is the clean residual on a per-position datum map is not the clean head on any
+    datum (its attention mixes positions read from different data): the engine must recompute it. Found by the
+    property test on shortformer and rotary models, where the embedding is the head's only residual source."""
+    from scrub.reference import naive_logits
+
+    model = tiny_model(n_layers=2, n_heads=1, pos=pos, dtype=torch.float64)
+    g = nx.DiGraph()
+    add_path(g, "embed", ("0.0", "qkv"), ("1.0", "qv"), "logits")
+    g.add_edge("0.0", "logits")
+    g.nodes["embed"]["feature"] = Feature("token-mod-2", lambda t: t % 2, per_position=True)
+    tokens = _tokens(9, seq=5)
+    tree = treeify(validate(g, model))
+    data = assign_data(tree, tokens, seed=0)
+    logits, _ = evaluate(model, tree, data, clean_run(model, tokens))
+    assert torch.allclose(logits, naive_logits(model, tree, data, tokens), atol=1e-9, rtol=0)
