@@ -143,9 +143,10 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
             ons = [p.clean_on() for p in plans]
             # clean on one datum map: read from the clean run. A per-position map [rows, seq] only qualifies for
             # an MLP (position by position); a head mixes positions whose inputs come from different data.
-            per_position_ok = ons[0] is not None and (ons[0].dim() == 1 or isinstance(job.node.component, Mlp))
-            if not alts and per_position_ok and all(o is not None and torch.equal(o, ons[0]) for o in ons[1:]):
-                ctx.values[job.key] = _Value(clean_on=ons[0])
+            on = ons[0]
+            if (on is not None and not alts and (on.dim() == 1 or isinstance(job.node.component, Mlp))
+                    and all(o is not None and torch.equal(o, on) for o in ons[1:])):
+                ctx.values[job.key] = _Value(clean_on=on)
             else:
                 todo.append(_Todo(job, plans, alts))
         recomputed += len(todo)
