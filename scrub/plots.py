@@ -131,10 +131,18 @@ def _name_depth(graph):
     return depth
 
 
+def _restricted(attrs: dict, channel: str) -> bool:
+    """Whether an edge's ``channel`` is claimed only at some positions or (query, key) pairs."""
+    mask = attrs.get("qk_mask")
+    masked = mask.get(channel) is not None if isinstance(mask, dict) else mask is not None
+    return attrs.get("positions") is not None or masked
+
+
 def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: tuple[str, ...] = ()) -> Path:
     """Draw a hypothesis graph (networkx DiGraph) in columns by ``depth(node) -> float`` (default: from the
     component names; inputs left, logits right); one arrow per claimed input channel, coloured q/k/v;
-    dashed = position-restricted. With ``focus`` nodes, edges into them are strong and the rest faint."""
+    dashed = position-restricted (``positions`` or a ``qk_mask`` on that channel). With ``focus`` nodes, edges
+    into them are strong and the rest faint."""
     import networkx as nx
 
     depth = depth or _name_depth(graph)
@@ -154,7 +162,7 @@ def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: 
         for dashed in (False, True):
             for strong in (False, True):
                 edges = [(s, t) for s, t, a in graph.edges(data=True)
-                         if channel in (a.get("via") or "in") and (a.get("positions") is not None) == dashed
+                         if channel in (a.get("via") or "in") and _restricted(a, channel) == dashed
                          and (not focus or (t in focus)) == strong]
                 if edges:
                     nx.draw_networkx_edges(graph, pos, edgelist=edges, ax=ax, edge_color=color,
@@ -165,7 +173,7 @@ def hypothesis_graph(graph, path: str | Path, *, title: str, depth=None, focus: 
     nx.draw_networkx_labels(graph, pos, ax=ax, font_size=6)
     for channel, color in CHANNEL_COLORS.items():
         ax.plot([], [], color=color, label=channel)
-    ax.plot([], [], color="black", ls="dashed", label="position-restricted")
+    ax.plot([], [], color="black", ls="dashed", label="position-restricted or query-key masked")
     ax.legend(loc="upper left", fontsize=7, frameon=False)
     ax.set_title(title)
     ax.set_axis_off()
