@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import clean_run
+from scrub.compute import clean_run_batched
 from scrub.engine import evaluate_many
 from scrub.hypothesis import Claim
 from scrub.metrics import ExampleLosses, bootstrap_recovered, recovered, token_losses
@@ -98,21 +98,22 @@ def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Ten
     trees = [treeify(c) for c in claims]
     parts: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in metrics}
     sampler = Sampler(data, seed=seed)
+    whole = clean_run_batched(model, data, batch_size)  # every batch draws from (and indexes) the whole dataset
     for start in range(0, data.shape[0], batch_size):
         ids = torch.arange(start, min(start + batch_size, data.shape[0]))  # [batch]
         tokens = data[ids]  # [batch, seq]
-        every, datas = localize([assign(t, sampler, ids) for t in trees], ids, data.shape[0])
-        clean = clean_run(model, data[every])  # the batch, then every datum drawn from outside it
+        _, datas = localize([assign(t, sampler, ids) for t in trees], ids, data.shape[0], whole=True)
+        clean_logits = whole.logits[ids]  # [batch, seq, d_vocab]
 
         def reduce(lg: Tensor) -> Tensor:  # [metric, batch, seq-1]
-            return torch.stack([_token_metric(m, lg, clean.logits[: len(ids)], tokens) for m in metrics])
+            return torch.stack([_token_metric(m, lg, clean_logits, tokens) for m in metrics])
 
-        values, _ = evaluate_many(model, trees, datas, clean, reduce=reduce)
+        values, _ = evaluate_many(model, trees, datas, whole, reduce=reduce)
         stacked = torch.stack(values)  # [tree, metric, batch, seq-1]
         mask = torch.stack([fn(tokens)[:, :-1] for _, fn in masks]).float()  # [mode, batch, seq-1]
         for k, m in enumerate(metrics):
             totals, cleans, counts = parts[m]
-            clean_value = _token_metric(m, clean.logits[: len(ids)], clean.logits[: len(ids)], tokens) if m == "loss" else \
+            clean_value = _token_metric(m, clean_logits, clean_logits, tokens) if m == "loss" else \
                 torch.zeros_like(stacked[0, k])  # [batch, seq-1]
             totals.append(torch.einsum("tbs,mbs->tmb", stacked[:, k], mask))
             cleans.append(torch.einsum("bs,mbs->mb", clean_value, mask))
