@@ -579,8 +579,10 @@ def write_report(res: StudyResults, out: Path) -> Path:
     L += ["", "![natural](per_example_natural.png) ![rrt](per_example_rrt.png)", "",
           "## 6. Context sensitivity", "",
           f"For each head, keys more than W = {res.sensitivity.window} tokens before the query read K and V from another "
-          f"example (exact, per query, with TransformerLens hooks in `experiments/_context.py`: an edge `positions` mask "
-          f"cannot depend on the query); scored at prediction positions >= {res.sensitivity.late_start} on "
+          f"example, written as a hypothesis per head and run by the engine (`experiments/_context.py`: the full graph "
+          f"with the edges into the head's K and V claimed through `qk_mask=within(W)`, checked against the "
+          f"TransformerLens-hook version in `tests/test_context.py`); scored at prediction positions >= "
+          f"{res.sensitivity.late_start} on "
           f"{cfg.n_context} natural-text windows (clean loss there {res.sensitivity.loss_clean:.3f}). Context-sensitive: "
           f"increase >= {SENSITIVE_NATS} nats and > 2 s.e.; intervals: +- 1.96 s.e. over windows.", "",
           "![context](context_vs_prefix.png)", ""] + _context(res)
