@@ -85,14 +85,10 @@ MODES = ("candidates", "good")  # the study's induction candidates; REMIX-compar
 METRICS = ("loss", "kl")
 
 
-def _good(tokens: torch.Tensor) -> torch.Tensor:
-    from scrub.candidates import good_candidates  # noqa: PLC0415
-
-    return good_candidates(tokens)
-
-
 def position_masks():
-    return (("candidates", induction_candidates), ("good", _good))
+    from scrub.candidates import GoodCandidates  # noqa: PLC0415
+
+    return (("candidates", induction_candidates), ("good", GoodCandidates.shipped()))
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,12 @@ statistic (``stream_coverage``). Each batch is thus scored with a list chosen on
 list can differ slightly from batch to batch. Rows not found in the stream (e.g. repeated random tokens) leave
 nothing out.
 
-Pure functions on tensors; the events of the shipped stream are computed once per process (about a second).
+Pure functions on tensors; ``GoodCandidates`` keeps a stream's events (about a second to compute) for reuse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -127,20 +126,34 @@ def stream_coverage(stream: Tensor, rows: Tensor, *, bos_id: int = BOS_ID) -> Te
     return covered
 
 
-@lru_cache(maxsize=1)
-def _shipped() -> tuple[Tensor, RepeatEvents]:
-    from scrub.data import load_val_tokens
+@dataclass(frozen=True)
+class GoodCandidates:
+    """The good-candidate positions function of one token stream, its events computed once: call it on tokens
+    [batch, seq] for a bool mask [batch, seq] (True where the current token is a good induction candidate of the
+    stream with the text of ``tokens`` left out; BOS never). Build it once per run and reuse it."""
 
-    stream = load_val_tokens()  # [n]
-    return stream, repeat_events(stream)
+    stream: Tensor  # [n]
+    events: RepeatEvents
+    __name__ = "good_candidates"  # reads like a positions function in errors
+
+    @classmethod
+    def shipped(cls) -> GoodCandidates:
+        """The list over the shipped validation stream (``scrub.data.load_val_tokens``; about a second)."""
+        from scrub.data import load_val_tokens
+
+        stream = load_val_tokens()  # [n]
+        return cls(stream, repeat_events(stream))
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        stream = self.stream
+        vocab = int(max(int(tokens.max()) + 1, int(stream.max()) + 1)) if tokens.numel() else int(stream.max()) + 1
+        good = good_candidate_tokens(stream, vocab, exclude=stream_coverage(stream, tokens.cpu()), events=self.events)
+        return good.to(tokens.device)[tokens]  # [batch, seq]
 
 
 def good_candidates(tokens: Tensor) -> Tensor:
-    """bool [batch, seq]: True where the current token of ``tokens`` [batch, seq] is a good induction candidate
-    (``good_candidate_tokens`` of the shipped validation stream, with the text of ``tokens`` left out; BOS never).
-    A positions function for ``scrub.run(..., positions=good_candidates)``: the scored prediction positions are
-    those whose current token is in the list, as in REMIX (module docstring)."""
-    stream, events = _shipped()
-    vocab = int(max(int(tokens.max()) + 1, int(stream.max()) + 1)) if tokens.numel() else int(stream.max()) + 1
-    good = good_candidate_tokens(stream, vocab, exclude=stream_coverage(stream, tokens.cpu()), events=events)
-    return good.to(tokens.device)[tokens]  # [batch, seq]
+    """bool [batch, seq]: ``GoodCandidates.shipped()(tokens)``, the positions function for
+    ``scrub.run(..., positions=good_candidates)``: the scored prediction positions are those whose current token
+    is in the list, as in REMIX (module docstring). It reads the shipped stream on every call; for many batches
+    build ``GoodCandidates.shipped()`` once (``positions="good_candidates"`` in ``scrub.run`` does)."""
+    return GoodCandidates.shipped()(tokens)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from scrub import distributed
-from scrub.candidates import good_candidates
+from scrub.candidates import GoodCandidates
 from scrub.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
 from scrub.data import all_positions, available_memory, check_memory, induction_candidates
 from scrub.engine import evaluate
@@ -184,7 +184,7 @@ def score_mask(tokens: Tensor, positions: Positions) -> Tensor:
     elif positions == "candidates":
         mask = induction_candidates(tokens)  # the current token occurred before: induction can help
     elif positions == "good_candidates":
-        mask = good_candidates(tokens.cpu()).to(tokens.device)  # the current token is a good induction candidate
+        mask = GoodCandidates.shipped()(tokens.cpu()).to(tokens.device)  # the current token is a good candidate
     else:
         raise RunInputError(f"positions must be 'all', 'candidates', 'good_candidates' or a function tokens -> bool "
                             f"mask, got {positions!r}")
@@ -334,7 +334,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     check_memory(batch_memory(model.cfg, largest, data.shape[1], metric),
                  f"a batch of {largest} x {data.shape[1]} tokens",
                  "use a smaller batch_size (--batch-size) or shorter sequences (--seq-len)", device)
-    masks = [score_mask(data[start:stop].to(device), positions).cpu() for start, stop in bounds]  # [batch, seq-1] each
+    scoring = GoodCandidates.shipped() if positions == "good_candidates" else positions  # the list built once
+    masks = [score_mask(data[start:stop].to(device), scoring).cpu() for start, stop in bounds]  # [batch, seq-1] each
     scored = torch.cat([m.sum(1) for m in masks])  # [n] scored positions per example
     if int(scored.sum()) == 0:
         how = positions if isinstance(positions, str) else "the positions function"

@@ -144,9 +144,11 @@ def test_good_candidates_leaves_the_scored_text_out():
     mask = good_candidates(tokens)
     assert mask.dtype == torch.bool and mask.shape == tokens.shape and not mask[:, 0].any()
     assert 0.05 < float(mask.float().mean()) < 0.6
-    from scrub.candidates import _shipped
+    from scrub.candidates import GoodCandidates
 
-    stream, events = _shipped()
+    shipped = GoodCandidates.shipped()
+    stream, events = shipped.stream, shipped.events
+    assert torch.equal(shipped(tokens), mask)
     assert stream_coverage(stream, tokens).sum() == 4 * 63
     listed = good_candidate_tokens(stream, 2048, exclude=stream_coverage(stream, tokens), events=events)
     assert torch.equal(mask, listed[tokens])
