@@ -14,7 +14,8 @@ from scrub.data import (
 )
 from scrub.experiment import ScrubResult, run
 from scrub.features import Feature
-from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, load_hypothesis, validate
+from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, validate
+from scrub.hypothesis_file import load_hypothesis
 from scrub.masks import QKMask
 from scrub.model import ModelLoadError, load_model, save_checkpoint
 from scrub.patching import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits

@@ -43,7 +43,8 @@ from scrub.candidates import GoodCandidates
 from scrub.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
 from scrub.data import all_positions, available_memory, check_memory, induction_candidates
 from scrub.engine import evaluate
-from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, load_hypothesis, validate
+from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, validate
+from scrub.hypothesis_file import load_hypothesis
 from scrub.metrics import (
     METRIC_LABELS,
     ExampleLosses,

@@ -1,4 +1,5 @@
-"""Hypothesis graphs: how users write claims, how they are loaded and validated, and built-in graphs.
+"""Hypothesis graphs: how users write claims, how they are validated, and built-in graphs (files are loaded
+by ``scrub.hypothesis_file``).
 
 A hypothesis is a ``networkx.DiGraph`` whose nodes are components (``embed``, ``pos``, ``"L.H"``,
 ``"mlp.L"``, ``logits``) and whose edges say "this component's output enters that one". An edge into a
@@ -30,7 +31,7 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   pair. ``check_on`` builds every mask once for the batch's sequence length.
 - every node lies on a path to ``logits``; no cycles; every edge goes forward in the model and enters an
   input the receiver has (``Structure``).
-- paths start at inputs (``check_paths``; run by ``load_hypothesis`` and ``check_on``, not by
+- paths start at inputs (``check_paths``; run by ``hypothesis_file.load_hypothesis`` and ``check_on``, not by
   ``validate``, which accepts any graph the engine can evaluate). A node with no in-edges is legal: all its
   inputs are unclaimed and read another datum (``full_graph`` minus the edges into a head is how a head's
   inputs are resampled). A node that has in-edges, but none of whose in-paths starts at ``embed`` or
@@ -42,7 +43,7 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   tokens' shape ``[batch, seq]``; 0/1 integer or float masks are rejected (they would weight the claim),
   with ``.bool()`` as the fix. ``check_on(claim, tokens)`` evaluates every feature, positions function and
   query-key mask once on a batch, before any work; positions functions are also checked on every call.
-- hypothesis files: syntax errors and exceptions raised while importing the file or inside
+- hypothesis files (``scrub.hypothesis_file``): syntax errors and exceptions raised while importing the file or inside
   ``hypothesis(model)`` are reported with the file and line; ``print`` inside a file goes to stderr.
 """
 
@@ -50,12 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib.util
 import inspect
 import re
-import sys
-import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
@@ -554,75 +552,3 @@ def check_on(claim: Claim, tokens: Tensor) -> None:
         if not isinstance(fn, CheckedPositions):
             fn = CheckedPositions(fn, f"{where}edge {e.source!r} -> {e.target!r}")
         fn(tokens)
-
-
-# --- hypothesis files ----------------------------------------------------------------------------------
-
-def _where_in(path: Path, err: BaseException) -> str:
-    """``path:line`` of the deepest frame of ``err``'s traceback that is in ``path`` (``path`` if none)."""
-    target = str(path.resolve())
-    line = None
-    for frame in traceback.extract_tb(err.__traceback__):
-        with contextlib.suppress(OSError):
-            if str(Path(frame.filename).resolve()) == target:
-                line = frame.lineno
-    return f"{path}:{line}" if line is not None else str(path)
-
-
-def _raised(path: Path, err: Exception, doing: str) -> HypothesisError:
-    if isinstance(err, SyntaxError):  # also a syntax error in a module the file imports
-        file = err.filename or str(path)
-        text = f"{err.msg}" + (f": {err.text.strip()}" if err.text and err.text.strip() else "")
-        return HypothesisError(f"{file}:{err.lineno}: {type(err).__name__} while {doing}: {text}; fix the file")
-    if isinstance(err, HypothesisError):
-        return HypothesisError(f"{_where_in(path, err)}: {err}")
-    return HypothesisError(f"{_where_in(path, err)}: {doing} raised {one_line(err)}")
-
-
-def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
-    """Import a hypothesis file, call its ``hypothesis(model)`` and validate the graph it returns.
-
-    Errors (syntax, an exception while importing or inside ``hypothesis``, a wrong signature, a bad graph)
-    are one-line ``HypothesisError``s naming the file and, where there is one, the line. Whatever the file
-    prints goes to stderr, so stdout stays the command's output."""
-    path = Path(path)
-    if not path.is_file():
-        raise HypothesisError(f"no hypothesis file at {path}: pass a .py file that defines hypothesis(model)")
-    module_name = f"scrub_hypothesis_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise HypothesisError(f"{path}: not a Python file; a hypothesis file is a .py module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    # the file's folder and its parent are importable while it loads (e.g. `from hypotheses import _heads`)
-    extra = [str(path.resolve().parent), str(path.resolve().parent.parent)]
-    sys.path[:0] = extra
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001 - whatever the file raises becomes one line naming file and line
-        raise _raised(path, err, "importing the file") from None
-    finally:
-        sys.modules.pop(module_name, None)
-        for entry in extra:
-            sys.path.remove(entry)
-    fn = getattr(module, "hypothesis", None)
-    if not callable(fn):
-        raise HypothesisError(f"{path}: defines no function hypothesis(model) -> networkx.DiGraph; add one")
-    try:
-        inspect.signature(fn).bind(model)
-    except TypeError:
-        line = getattr(getattr(fn, "__code__", None), "co_firstlineno", None)
-        raise HypothesisError(f"{path}{f':{line}' if line else ''}: hypothesis{inspect.signature(fn)} cannot be called "
-                              f"with the model; write def hypothesis(model): (scrub calls it with the model as its one "
-                              f"argument)") from None
-    except ValueError:  # no signature to inspect (a builtin): just call it
-        pass
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            graph = fn(model)
-    except Exception as err:  # noqa: BLE001 - as above
-        raise _raised(path, err, "hypothesis(model)") from None
-    claim = validate(graph, model, origin=str(path))
-    check_paths(claim)
-    return replace(claim, description=(module.__doc__ or "").strip())

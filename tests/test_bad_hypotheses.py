@@ -27,9 +27,9 @@ from scrub.hypothesis import (
     check_on,
     check_paths,
     full_graph,
-    load_hypothesis,
     validate,
 )
+from scrub.hypothesis_file import load_hypothesis
 from scrub.masks import QKMask, previous_position, within
 from tests.helpers import save_tiny_checkpoint, tiny_model
 

@@ -11,7 +11,8 @@ from transformer_lens import HookedTransformer
 
 from hypotheses._build import Mechanism, induction_baseline, mechanism_graph
 from hypotheses._heads import HeadRoles, head_roles, roles_from_scores
-from scrub.hypothesis import full_graph, load_hypothesis, validate
+from scrub.hypothesis import full_graph, validate
+from scrub.hypothesis_file import load_hypothesis
 from scrub.model import SHIPPED_DIR, ArchSpec, load_model
 from scrub.scores import HeadScores
 

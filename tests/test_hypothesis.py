@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from scrub.features import current_token
-from scrub.hypothesis import HypothesisError, add_path, check_on, empty_graph, full_graph, load_hypothesis, validate
+from scrub.hypothesis import HypothesisError, add_path, check_on, empty_graph, full_graph, validate
+from scrub.hypothesis_file import load_hypothesis
 from scrub.masks import previous_position, within
 from scrub.sites import Channel
 from scrub.treeify import TreeTooLargeError, Unit, treeify

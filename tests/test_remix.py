@@ -14,7 +14,8 @@ import torch
 from hypotheses._build import Remix, induction_baseline, remix_graph
 from hypotheses._heads import head_roles
 from scrub.candidates import good_candidate_tokens, good_candidates, repeat_events, stream_coverage
-from scrub.hypothesis import full_graph, load_hypothesis, validate
+from scrub.hypothesis import full_graph, validate
+from scrub.hypothesis_file import load_hypothesis
 from scrub.model import ASSETS, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
