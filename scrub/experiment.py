@@ -242,8 +242,8 @@ def check_seed(seed: object, name: str = "seed") -> int:
 
 def check_batch_size(batch_size: object, name: str = "batch_size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise RunInputError(f"{name} must be a whole number ≥ 2, got {batch_size!r}: resampling draws inputs from "
-                            f"the other examples of the same batch (default 32)")
+        raise RunInputError(f"{name} must be a whole number ≥ 2, got {batch_size!r}: a batch holds at least two "
+                            f"examples (default 32; it trades memory for speed, draws come from the whole dataset)")
     return batch_size
 
 

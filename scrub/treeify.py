@@ -6,7 +6,7 @@ data. Two sampling units are offered (``Unit``):
 - ``Unit.NODE`` (default, Redwood's implementation): one draw per hypothesis node per datum. Every path
   through a node shares that node's draws, so a node's value depends only on the datum it is computed
   on: the claim is kept as a graph of ``TreeNode``s (one per hypothesis node, children shared), each
-  computed once on every datum of the batch, and a parent on datum d reads its child on ``read[d]``.
+  computed once on the data its parents read it on, and a parent on datum d reads its child's row ``read[d]``.
   Cost grows with the number of hypothesis nodes, not of paths, so it runs at any depth.
 - ``Unit.COPY`` (strict treeification): the claim graph is unrolled from ``logits`` into a tree with one
   copy per path prefix, and every copy draws its own data, row by row. Exact to the write-up, but the
