@@ -204,12 +204,10 @@ def _child(ctx: _Context, job: _Job, child: TreeNode) -> _Value:
     if rows is None:
         return value
 
-    def gather(t: Tensor | None) -> Tensor | None:
+    def gather(t: Tensor | None) -> Tensor | None:  # a datum map [rows_child] is indexed like any other row table
         if t is None:
             return None
-        if rows.dim() == 1 or t.dim() == 1:
-            return t[rows]  # [rows(, seq), ...]
-        return t[rows, torch.arange(rows.shape[1], device=rows.device)[None, :]]  # [rows, seq, ...]
+        return t[rows] if t.dim() == 1 else _take(t, rows)  # [rows(, seq), ...]
 
     return _Value(clean_on=gather(value.clean_on), z=gather(value.z), tensor=gather(value.tensor))
 

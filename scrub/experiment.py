@@ -2,8 +2,9 @@
 
 Streams the dataset in batches; per batch it draws the data of every node from the whole dataset (or the
 pool of ``SamplingOptions.pool`` sequences; draws depend on the seed and the datum only, never on the
-batching), does one clean forward pass over the batch and every datum drawn from outside it, evaluates
-the hypothesis and the baseline with the engine, and keeps per-example losses at the scored positions.
+batching), reads the clean run of those data (the whole dataset's, computed once when it fits in memory,
+else one forward pass over the batch and every datum drawn from outside it), evaluates the hypothesis and
+the baseline with the engine, and keeps per-example losses at the scored positions.
 Under torchrun the batches are shared out across the processes (``scrub.distributed``) and every process
 returns the one-process result.
 

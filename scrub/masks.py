@@ -24,16 +24,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from scrub.features import one_line
+
 MaskFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class MaskError(ValueError):
     """A query–key mask whose function fails or returns something other than a bool [query, key] matrix."""
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ class QKMask:
             out = self.fn(query, key)
         except Exception as err:  # the user's function: report it in one line, naming the mask
             raise MaskError(f"query-key mask {self.name!r} failed on positions of a sequence of {seq} "
-                            f"(query [{seq}, 1], key [1, {seq}]): {_one_line(err)}") from err
+                            f"(query [{seq}, 1], key [1, {seq}]): {one_line(err)}") from err
         where = f"query-key mask {self.name!r} returned"
         if not isinstance(out, Tensor):
             raise MaskError(f"{where} a {type(out).__name__}, not a torch bool tensor: return a comparison of the "

@@ -25,7 +25,6 @@ nodes see, and the batch size never changes any draw.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -297,12 +296,11 @@ def localize(datas: list[Assignments], ids: Tensor, n: int, *, whole: bool = Fal
     return every, out
 
 
-def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, salt: str = "",
-                options: SamplingOptions = SamplingOptions(), structure: Structure | None = None) -> Assignments:
+def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, options: SamplingOptions = SamplingOptions(),
+                structure: Structure | None = None) -> Assignments:
     """Draws among the rows of ``tokens`` only (the dataset is this batch), as indices into it: for tests,
-    path patching and callers that evaluate one batch alone. ``salt`` makes another batch's draws."""
-    seeded = seed if not salt else int.from_bytes(hashlib.sha256(repr((seed, salt)).encode()).digest()[:8], "little")
-    sampler = Sampler(tokens, seed=seeded, pool_size=options.pool, allow_self=options.allow_self)
+    path patching and callers that evaluate one batch alone."""
+    sampler = Sampler(tokens, seed=seed, pool_size=options.pool, allow_self=options.allow_self)
     ids = torch.arange(tokens.shape[0])
     every, (local,) = localize([assign(root, sampler, ids, options=options, structure=structure)], ids, ids.shape[0])
     assert torch.equal(every, ids)  # every datum is a row of the batch
