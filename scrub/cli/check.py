@@ -19,7 +19,8 @@ from scrub.model.loading import SHIPPED_NAME
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("hypothesis", type=Path, help="a hypothesis file defining hypothesis(model) -> networkx.DiGraph")
+    parser.add_argument("hypothesis", type=Path,
+                        help="a hypothesis file defining hypothesis(model) -> networkx.DiGraph")
     parser.add_argument("--model", default=SHIPPED_NAME,
                         help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
     parser.add_argument("--examples", "--n", dest="n", type=int, default=16,

@@ -22,7 +22,7 @@ from scrub.claims.structure import Structure
 from scrub.engine.compute import clean_run
 from scrub.engine.evaluator import evaluate
 from scrub.engine.sampling import Sampler, pool_ids
-from scrub.engine.treeify import Assignments, SamplingOptions, TreeNode, Unit, assign, assign_data, localize, treeify
+from scrub.engine.treeify import Assignments, SamplingOptions, TreeNode, assign, assign_data, localize, treeify
 from scrub.testing.graphs import as_claim, has_mask, head_inputs, with_mask, without_inputs, without_masked
 from scrub.testing.models import float64_copy
 from scrub.testing.oracles import activation_patch_logits, naive_logits
@@ -75,13 +75,15 @@ def full_claim_is_clean(model: HookedTransformer, tokens: Tensor, *, seed: int =
 
 def empty_claim_is_baseline(model: HookedTransformer, tokens: Tensor, *, seed: int = 0,
                             options: SamplingOptions = SamplingOptions()) -> None:
-    """The empty claim is the model run on resampled inputs: on the logits' one unclaimed draw (bit for bit),
+    """The empty claim is the model run on resampled inputs: each row is the model's logits on the row of the
+    logits' one unclaimed draw (bit for bit),
     or, with independent draws, one draw per source as the naive reference sums them."""
     out = scrub(model, empty_graph(), tokens, seed=seed, options=options)
     if options.independent:
         engine_equals_reference(model, empty_graph(), tokens, seed=seed, options=options)
         return
-    expected = model(tokens[out.data[out.tree].other]).detach()  # [batch, seq, d_vocab]
+    # rows of the model's own run, gathered: float32 matmuls are not bit-stable under a reordering of the batch
+    expected = model(tokens).detach()[out.data[out.tree].other]  # [batch, seq, d_vocab]
     if not torch.equal(out.logits, expected):
         raise fail(f"the empty claim is not the model on its resampled inputs: {_gap(out.logits, expected)}",
                    Reproducer.of(model, out.claim, tokens, seed, options))
@@ -222,12 +224,13 @@ def adding_paths_keeps_other_draws(model: HookedTransformer, small: Claim | nx.D
 
 
 def scrubbing_a_component_is_activation_patching(model: HookedTransformer, component: Head | Mlp, tokens: Tensor,
-                                                 *, seed: int = 0, unit: Unit = Unit.NODE) -> None:
+                                                 *, seed: int = 0) -> None:
     """The full claim with every input of ``component`` unclaimed equals TransformerLens activation patching of
-    its output from the datum its unclaimed inputs read (float64)."""
+    its output from the datum its unclaimed inputs read (float64). Node mode: one draw for the component; in
+    copy mode each path through it draws its own datum, which is path patching, not activation patching."""
     wide = float64_copy(model)
     claim = without_inputs(validate(full_graph(model), model), str(component))
-    options = SamplingOptions(unit=unit)
+    options = SamplingOptions()
     out = scrub(wide, claim, tokens, seed=seed, options=options)
     node = next(n for n in out.tree.walk() if n.component == component)
     source = tokens[out.data[node].other]  # [batch, seq] (node mode: rows are the batch's own data)

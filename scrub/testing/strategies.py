@@ -145,7 +145,9 @@ def _decorate(draw, g: nx.DiGraph, model: HookedTransformer, *, with_features: b
         for n in sorted(g.nodes):
             if n not in ("logits", "pos"):
                 fancy = per_position and n != "embed"
-                g.nodes[n]["feature"] = draw(st.one_of(st.none(), features(per_position=None if fancy else False)))
+                chosen = draw(st.one_of(st.none(), features(per_position=None if fancy else False)))
+                if chosen is not None:
+                    g.nodes[n]["feature"] = chosen
     masks = {(n, c): draw(st.one_of(st.none(), qk_masks())) if with_masks else None
              for n in sorted(heads) for c in "qkv"}
     shortformer = Structure.of(model).pos == "shortformer"
