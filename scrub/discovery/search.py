@@ -1,0 +1,212 @@
+"""ACDC's greedy pruning under scrubbing semantics, decided with a paired bootstrap interval per edge.
+
+Receivers are visited in reverse topological order (logits first). At each receiver its incoming edges are
+tried for removal one at a time, in the order attribution gives (smallest |score| first; for ``acdc``,
+latest sender first); removing an edge means that input reads the counterfactual datum, and the edge's
+effect is metric(claim without it) − metric(claim), the metric being the mean over scored tokens, with a
+percentile bootstrap interval over examples (the same resampled example sets for every edge). Verdicts
+(``Verdict``): ``dropped`` when the interval lies inside [−τ, τ] (the edge is removed for good), ``kept``
+when it lies outside, ``uncertain`` when it straddles ±τ (kept, and listed).
+
+Batching: decisions are sequential, so each batched call evaluates a speculative run of them: a *chain*
+(cumulative removals, right while edges are dropped) or a *fan* (single removals from the current claim,
+right while edges are kept); the first decision that breaks the speculation switches the mode and the
+rest is evaluated again. Edges whose |score| is below ``skip`` x τ are removed together after one exact
+check of their joint removal (if it fails they are tried one by one), and a random sample of them is
+also checked singly (``Search.spot_checked``, ``spot_violations``). A receiver none of whose outputs is
+kept any more has every input dropped without evaluation (its output reaches nothing: effect exactly 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from scrub.claims.sites import Component, Logits
+from scrub.discovery.edges import Edge
+from scrub.discovery.exact import ExactEvaluator
+
+SPECULATION = 16  # decisions evaluated per batched call
+
+
+class Verdict(str, Enum):
+    KEPT = "kept"
+    DROPPED = "dropped"
+    UNCERTAIN = "uncertain"
+
+
+class How(str, Enum):
+    """How an edge's verdict was reached."""
+
+    EXACT = "exact"  # its own exact removal, with an interval
+    SKIPPED = "skipped"  # far below τ by attribution; removed with its group after one joint exact check
+    SPOT = "spot"  # skipped, and also checked singly at random
+    UNREACHABLE = "unreachable"  # its receiver's output reaches nothing kept: effect exactly 0
+    SEARCH_OFF = "not searched"  # outside ``receivers``: kept without a decision
+
+
+@dataclass(frozen=True)
+class Decision:
+    edge: Edge
+    verdict: Verdict
+    how: How
+    effect: float | None  # metric(without the edge) − metric(with it), mean over scored tokens
+    ci: tuple[float, float] | None  # 95% paired bootstrap interval of ``effect``
+
+
+@dataclass(frozen=True)
+class Search:
+    decisions: tuple[Decision, ...]
+    kept: frozenset[Edge]
+    trees: int  # claims evaluated exactly (per draw)
+    skipped: int
+    spot_checked: int
+    spot_violations: int  # spot-checked skipped edges whose single interval was not inside [−τ, τ]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Paired bootstrap of effects over examples: fixed resampled example multisets, shared by every edge."""
+
+    weights: Tensor  # [n_boot, n] how often each example is drawn
+    counts: Tensor  # [n] scored tokens per example
+
+    @classmethod
+    def of(cls, counts: Tensor, n_boot: int, seed: int) -> "Interval":
+        n = counts.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, n, (n_boot, n), generator=gen)  # [n_boot, n]
+        weights = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+        return cls(weights, counts)
+
+    def __call__(self, diffs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-example differences [k, n] -> effects [k], lower [k], upper [k] (token-weighted means)."""
+        effect = diffs.sum(1) / self.counts.sum().clamp(min=1)  # [k]
+        boot = (self.weights @ diffs.T) / (self.weights @ self.counts).clamp(min=1)[:, None]  # [n_boot, k]
+        q = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)  # [2, k]
+        return effect, q[0], q[1]
+
+
+def verdict(low: float, high: float, tau: float) -> Verdict:
+    if -tau <= low and high <= tau:
+        return Verdict.DROPPED
+    if low > tau or high < -tau:
+        return Verdict.KEPT
+    return Verdict.UNCERTAIN
+
+
+@dataclass
+class _State:
+    """The claim being pruned: kept edges and their per-example metric sums [n]."""
+
+    kept: set[Edge]
+    base: Tensor
+
+
+def greedy(ev: ExactEvaluator, edges: Sequence[Edge], tau: float, *, scores: dict[Edge, float] | None,
+           searched: Callable[[Component], bool], skip: float, spot: float, seed: int,
+           n_boot: int = 1000, progress: Callable[[int], None] | None = None) -> Search:
+    """Prune ``edges`` (all of the model's) at threshold ``tau``; only receivers with ``searched(r)`` are
+    searched. ``progress(k)`` is told how many edges were decided."""
+    interval = Interval.of(ev.counts, n_boot, seed)
+    rng = torch.Generator().manual_seed(seed)
+    state = _State(set(edges), ev.totals([frozenset(edges)])[0])
+    decisions: list[Decision] = []
+    skipped = checked = violations = 0
+    receivers = list(dict.fromkeys(e.receiver for e in edges))
+    for receiver in reversed(receivers):
+        into = [e for e in edges if e.receiver == receiver]
+        if not searched(receiver):
+            decisions += [Decision(e, Verdict.KEPT, How.SEARCH_OFF, None, None) for e in into]
+            continue
+        if not isinstance(receiver, Logits) and not any(e.sender == receiver for e in state.kept):
+            state.kept.difference_update(into)
+            decisions += [Decision(e, Verdict.DROPPED, How.UNREACHABLE, 0.0, (0.0, 0.0)) for e in into]
+            _tell(progress, len(into))
+            continue
+        order = _order(into, scores)
+        far = [e for e in order if scores is not None and tau > 0 and abs(scores[e]) < skip * tau]
+        rest = [e for e in order if e not in far]
+        if far:
+            done, group_ok, n_checked, n_bad = _skip_group(ev, state, far, interval, tau, spot, rng)
+            if group_ok:
+                decisions += done
+                skipped, checked, violations = skipped + len(far), checked + n_checked, violations + n_bad
+                _tell(progress, len(far))
+            else:
+                rest = _order(far + rest, scores)
+        decisions += _decide(ev, state, rest, interval, tau, progress)
+    return Search(tuple(decisions), frozenset(state.kept), ev.trees, skipped, checked, violations)
+
+
+def _tell(progress: Callable[[int], None] | None, k: int) -> None:
+    if progress is not None:
+        progress(k)
+
+
+def _order(into: list[Edge], scores: dict[Edge, float] | None) -> list[Edge]:
+    if scores is None:
+        return list(reversed(into))  # ACDC: latest sender first
+    return sorted(into, key=lambda e: abs(scores[e]))
+
+
+def _skip_group(ev: ExactEvaluator, state: _State, far: list[Edge], interval: Interval, tau: float, spot: float,
+                rng: torch.Generator) -> tuple[list[Decision], bool, int, int]:
+    """Remove ``far`` together if the joint removal's interval is inside [−τ, τ]; spot-check a sample singly."""
+    k = min(len(far), max(1, math.ceil(spot * len(far))))
+    sample = [far[int(i)] for i in torch.randperm(len(far), generator=rng)[:k]]
+    claims = [frozenset(state.kept - set(far))] + [frozenset(state.kept - {e}) for e in sample]
+    totals = ev.totals(claims)  # [1 + k, n]
+    effect, low, high = interval(totals - state.base)
+    if verdict(float(low[0]), float(high[0]), tau) != Verdict.DROPPED:
+        return [], False, 0, 0
+    single = {e: i + 1 for i, e in enumerate(sample)}
+    out, bad = [], 0
+    for e in far:
+        if e in single:
+            i = single[e]
+            v = verdict(float(low[i]), float(high[i]), tau)
+            bad += v != Verdict.DROPPED
+            out.append(Decision(e, Verdict.DROPPED, How.SPOT, float(effect[i]), (float(low[i]), float(high[i]))))
+        else:
+            out.append(Decision(e, Verdict.DROPPED, How.SKIPPED, None, None))
+    state.kept.difference_update(far)
+    state.base = totals[0]
+    return out, True, k, bad
+
+
+def _decide(ev: ExactEvaluator, state: _State, pending: list[Edge], interval: Interval, tau: float,
+            progress: Callable[[int], None] | None) -> list[Decision]:
+    """ACDC's sequential decisions on ``pending``, evaluated speculatively (chain or fan) in batched calls."""
+    out: list[Decision] = []
+    chain = True
+    while pending:
+        head = pending[:SPECULATION]
+        if chain:
+            claims = [frozenset(state.kept - set(head[: j + 1])) for j in range(len(head))]
+        else:
+            claims = [frozenset(state.kept - {e}) for e in head]
+        totals = ev.totals(claims)  # [k, n]
+        used = 0
+        for j, e in enumerate(head):
+            effect, low, high = (float(x[0]) for x in interval((totals[j] - state.base)[None]))  # vs the claim now
+            v = verdict(low, high, tau)
+            out.append(Decision(e, v, How.EXACT, effect, (low, high)))
+            used = j + 1
+            if v == Verdict.DROPPED:
+                state.kept.discard(e)
+                state.base = totals[j]
+                if not chain:
+                    chain = True
+                    break
+            elif chain:
+                chain = False
+                break
+        _tell(progress, used)
+        pending = pending[used:]
+    return out
