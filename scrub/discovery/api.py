@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from scrub.claims.sites import Component
 from scrub.claims.structure import Structure
-from scrub.discovery.attribution import Attribution, attribute, check_attributable
+from scrub.discovery.attribution import Attribution, AttributionMethod, attribute, check_attributable
 from scrub.discovery.curve import faithfulness
 from scrub.discovery.edges import Edge, all_edges, graph_of, parse_receivers, runnable
 from scrub.discovery.exact import ExactEvaluator
@@ -80,7 +80,8 @@ def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | No
         corrupted = None if corrupted is None else corrupted[:half]
     mask = score_mask(tokens, positions).cpu()  # [n, seq-1]
     if not bool(mask.any()):
-        raise DiscoveryError("no position is scored on the discovery data: choose positions='all' or longer sequences")
+        raise DiscoveryError("no position is scored on the discovery data: choose positions='all' or longer "
+                             "sequences")
     score_mask(heldout, positions)  # a bad positions function fails here, before any work
     start = time.perf_counter()
     structure = Structure.of(model)
@@ -113,7 +114,8 @@ def _check(model: object, tokens: object, corrupted: object, heldout: object, op
     assert isinstance(tokens, Tensor)
     need = 2 if heldout is not None else 4
     if tokens.shape[0] < need:
-        raise DiscoveryError(f"need at least {need} examples ({'' if heldout is not None else 'half of them held out, '}"
+        held = "" if heldout is not None else "half of them held out, "
+        raise DiscoveryError(f"need at least {need} examples ({held}"
                              f"at least 2 to draw from), got {tokens.shape[0]}")
     if isinstance(corrupted, Tensor) and corrupted.shape != tokens.shape:
         raise DiscoveryError(f"corrupted must have the shape of tokens {list(tokens.shape)}, got "
@@ -142,7 +144,7 @@ def _attribution(model: HookedTransformer, cf: Counterfactuals, clean, mask: Ten
                  opts: Options) -> Attribution | None:
     if opts.method == "acdc":
         return None
-    kind = "eap" if opts.method == "eap" else "eap-ig"
+    kind: AttributionMethod = "eap" if opts.method == "eap" else "eap-ig"
     return attribute(model, cf, clean, mask, opts.metric, kind, steps=opts.steps, batch_size=opts.batch_size)
 
 

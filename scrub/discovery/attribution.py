@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.claims.sites import Channel, Component, Head, Logits, Mlp
+from scrub.claims.sites import Channel, Component, FwdHook, Logits, Mlp
 from scrub.claims.structure import Structure
 from scrub.discovery.edges import Edge
 from scrub.discovery.setup import Counterfactuals, Draw, token_metric
@@ -65,8 +65,9 @@ def check_attributable(model: HookedTransformer) -> None:
     """Attribution reads per-head q/k/v inputs: grouped-query models have shared k/v inputs, refused here."""
     kv = getattr(model.cfg, "n_key_value_heads", None)
     if kv is not None and kv != model.cfg.n_heads:
-        raise ScrubError(f"edge attribution needs one k and v input per head, but this model groups {model.cfg.n_heads} "
-                         f"query heads over {kv} key/value heads; use method='acdc' (exact, no attribution)")
+        raise ScrubError(f"edge attribution needs one k and v input per head, but this model groups "
+                         f"{model.cfg.n_heads} query heads over {kv} key/value heads; use method='acdc' (exact, no "
+                         f"attribution)")
 
 
 def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, mask: Tensor, metric: MetricName,
@@ -110,11 +111,11 @@ def _mean_grads(hooked: HookedTransformer, clean: CleanRun, ids: Tensor, partner
             x = (e_from + alpha * (e_clean - e_from)).detach()  # [b, seq, d_model]
             return x.requires_grad_(True)
 
-        def capture(act: Tensor, hook) -> Tensor:
+        def capture(act: Tensor, hook, store: dict[str, Tensor] = store) -> Tensor:
             store[hook.name] = act
             return act
 
-        hooks = [("hook_embed", embed_hook)] + [(s.hook, capture) for s in slots]
+        hooks: list[FwdHook] = [("hook_embed", embed_hook)] + [(s.hook, capture) for s in slots]
         with torch.enable_grad():
             logits = hooked.run_with_hooks(tokens, fwd_hooks=hooks)  # [b, seq, d_vocab]
             values = token_metric(metric, logits, clean_logits, tokens)  # [b, seq-1]

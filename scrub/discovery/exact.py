@@ -71,7 +71,8 @@ class ExactEvaluator:
             tokens, clean_logits = self.clean.tokens[ids], self.clean.logits[ids]  # [b, seq], [b, seq, d_vocab]
             mask = self.mask[ids]  # [b, seq-1]
 
-            def reduce(logits: Tensor) -> Tensor:  # [b, seq, d_vocab] -> [b]
+            def reduce(logits: Tensor, clean_logits: Tensor = clean_logits, tokens: Tensor = tokens,
+                       mask: Tensor = mask) -> Tensor:  # [b, seq, d_vocab] -> [b]
                 return example_totals(self.metric, logits, clean_logits, tokens, mask)
 
             for datas in self._assignments(roots, ids):

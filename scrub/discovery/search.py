@@ -81,7 +81,8 @@ class Interval:
         n = counts.shape[0]
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, n, (n_boot, n), generator=gen)  # [n_boot, n]
-        weights = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+        ones = torch.ones(n_boot, n, dtype=torch.float64)  # [n_boot, n]
+        weights = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, ones)  # [n_boot, n]
         return cls(weights, counts)
 
     def __call__(self, diffs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
