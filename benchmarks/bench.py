@@ -25,19 +25,24 @@ sys.path.insert(0, str(ROOT))
 
 import networkx as nx  # noqa: E402
 import torch  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from transformer_lens import HookedTransformer  # noqa: E402
 
-from scrub.compute import clean_run  # noqa: E402
-from scrub.data import repeated_random_tokens  # noqa: E402
-from scrub.engine import evaluate  # noqa: E402
-from scrub.hypothesis import add_path, validate  # noqa: E402
-from scrub.model import SHIPPED_DIR, ArchSpec, load_model, save_checkpoint  # noqa: E402
-from scrub.patching import (  # noqa: E402
-    PatchPath, hooked_patch_logits, make_metric, patch_matrix, second_repeat_positions, split_qkv_copy,
+from scrub.claims.hypothesis import add_path, validate  # noqa: E402
+from scrub.claims.sites import HEAD_CHANNELS, Head, all_heads, hook_name, parse_component  # noqa: E402
+from scrub.data.batches import repeated_random_tokens  # noqa: E402
+from scrub.engine.compute import clean_run  # noqa: E402
+from scrub.engine.evaluator import evaluate  # noqa: E402
+from scrub.engine.treeify import assign_data, treeify  # noqa: E402
+from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model, save_checkpoint  # noqa: E402
+from scrub.patching.paths import (  # noqa: E402
+    PatchPath,
+    hooked_patch_logits,
+    make_metric,
+    patch_matrix,
+    second_repeat_positions,
+    split_qkv_copy,
 )
-from scrub.reference import naive_logits  # noqa: E402
-from scrub.sites import HEAD_CHANNELS, Head, all_heads, hook_name, parse_component  # noqa: E402
-from scrub.treeify import assign_data, treeify  # noqa: E402
+from scrub.testing.reference import naive_logits  # noqa: E402
 
 PEER_PYTHON = Path(os.environ.get("AUTOCIRCUIT_PYTHON", "/work/venv-autocircuit/bin/python"))
 
@@ -67,7 +72,7 @@ def batch(model: HookedTransformer, n: int, length: int, seed: int = 0):
 
 def induction_roles(model: HookedTransformer) -> tuple[list[Head], list[Head]]:
     """(induction heads, previous-token heads) from behavioral scores; 1.0 / 0.0 if none pass (random init)."""
-    from scrub.scores import behavioral_induction_heads, head_scores, previous_token_heads
+    from scrub.heads.scores import behavioral_induction_heads, head_scores, previous_token_heads
 
     scores = head_scores(model, data="rrt", n=16, seed=0)
     ind = [h for h in behavioral_induction_heads(scores) if h.layer == 1] or [Head(1, 0)]

@@ -1,4 +1,4 @@
-"""Path patching at scale: the vectorised matrix (``scrub.patching.patch_matrix``) against one plain forward,
+"""Path patching at scale: the vectorised matrix (``scrub.patching.paths.patch_matrix``) against one plain forward,
 one literal TransformerLens hooked forward per path, and the tree engine (``patch_effects``, one tree per path).
 
 Two models: a random-init GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, d_mlp 3072, LN, GELU,
@@ -30,13 +30,18 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from scrub.data import repeated_random_tokens  # noqa: E402
-from scrub.model import SHIPPED_DIR, ArchSpec, load_model  # noqa: E402
-from scrub.patching import (  # noqa: E402
-    PatchPath, hooked_patch_logits, make_metric, patch_effects, patch_matrix, second_repeat_positions,
+from scrub.claims.sites import Head, Mlp, hook_name  # noqa: E402
+from scrub.data.batches import repeated_random_tokens  # noqa: E402
+from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model  # noqa: E402
+from scrub.patching.paths import (  # noqa: E402
+    PatchPath,
+    hooked_patch_logits,
+    make_metric,
+    patch_effects,
+    patch_matrix,
+    second_repeat_positions,
     split_qkv_copy,
 )
-from scrub.sites import Head, Mlp, hook_name  # noqa: E402
 
 
 def seconds(fn) -> float:

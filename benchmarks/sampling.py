@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from bench import timed  # noqa: E402
 
 import scrub  # noqa: E402
-from scrub.features import is_repeat  # noqa: E402
-from scrub.treeify import SamplingOptions  # noqa: E402
+from scrub.claims.features import is_repeat  # noqa: E402
+from scrub.engine.treeify import SamplingOptions  # noqa: E402
 
 
 def main() -> None:

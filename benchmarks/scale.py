@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
+from bench import rss_mb, timed  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from bench import rss_mb, timed  # noqa: E402
-from scrub.experiment import run  # noqa: E402
-from scrub.hypothesis import full_graph  # noqa: E402
+from scrub.claims.hypothesis import full_graph  # noqa: E402
+from scrub.experiment.runner import run  # noqa: E402
 
 STAGES = ("forward", "cache", "full", "ioi")
 

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from scrub.data import repeat_positions, repeated_random_tokens  # noqa: E402
-from scrub.patching import make_metric, patch_matrix, second_repeat_positions  # noqa: E402
-from scrub.scores import attention_patterns, prefix_matching_score, previous_token_score  # noqa: E402
+from scrub.data.batches import repeat_positions, repeated_random_tokens  # noqa: E402
+from scrub.heads.scores import attention_patterns, prefix_matching_score, previous_token_score  # noqa: E402
+from scrub.patching.paths import make_metric, patch_matrix, second_repeat_positions  # noqa: E402
 
 
 def batch(step: int, n: int = 32, seq: int = 41, vocab: int = 128) -> torch.Tensor:

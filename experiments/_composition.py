@@ -1,4 +1,4 @@
-"""Do later components compose with the induction heads? Path patching (``scrub.patching.patch_matrix``) from
+"""Do later components compose with the induction heads? Path patching (``scrub.patching.paths.patch_matrix``) from
 each induction head into every later head's Q, K and V and into every MLP that reads it, and straight into
 the logits: the analogue of looking for IOI's S-inhibition heads (Wang et al. 2022), which read the
 duplicate-token and induction heads through their Q.
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.data import induction_candidates
-from scrub.patching import make_metric, patch_matrix, second_repeat_positions
-from scrub.sites import Head, Mlp, parse_component
-from scrub.structure import Structure
+from scrub.claims.sites import Head, Mlp, parse_component
+from scrub.claims.structure import Structure
+from scrub.data.batches import induction_candidates
+from scrub.patching.paths import make_metric, patch_matrix, second_repeat_positions
 
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086)  # t quantiles for 1..20 degrees of freedom (1.96 beyond)
@@ -34,7 +34,7 @@ CHANNELS = ("q", "k", "v")
 @dataclass(frozen=True)
 class MaskedLoss:
     """Mean next-token loss over the scored tokens of each row (``weights`` [batch, n_pos], 0/1) at sequence
-    positions ``positions`` [n_pos]; the ``Metric`` interface of ``scrub.patching`` (``many`` included)."""
+    positions ``positions`` [n_pos]; the ``Metric`` interface of ``scrub.patching.paths`` (``many`` included)."""
 
     positions: Tensor  # [n_pos]
     labels: Tensor  # [batch, n_pos]
@@ -174,8 +174,8 @@ class KPaths:
 def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str, object]]:
     """(receiver, previous-token head, route name, PatchPath) for the direct route and every route through
     one component between the two: a head (via its V) or an MLP. ``previous_of``: (receiver, head) pairs."""
-    from scrub.patching import PatchPath
-    from scrub.sites import Channel
+    from scrub.claims.sites import Channel
+    from scrub.patching.paths import PatchPath
 
     structure = Structure.of(model)
     out = []
@@ -196,7 +196,7 @@ def k_paths(model: HookedTransformer, previous_of, reference: Tensor, corrupted:
             metric_of: Callable[[Tensor, Tensor], object], *, data: str, chunk: int,
             step: Callable[[], None] | None = None) -> KPaths:
     """Every route of ``k_routes`` patched alone, on chunks of ``chunk`` rows."""
-    from scrub.patching import pair_run, patch_effects
+    from scrub.patching.paths import pair_run, patch_effects
 
     routes = k_routes(model, previous_of)
     values = []

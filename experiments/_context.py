@@ -2,7 +2,7 @@
 input that comes from far-away positions and measure how much the late-position loss goes up.
 
 Written as a hypothesis per head and run by the engine: the full graph, with every edge into the head's
-k and v claimed only for keys within ``window`` positions of the query (``scrub.masks.within``). For query
+k and v claimed only for keys within ``window`` positions of the query (``scrub.claims.masks.within``). For query
 t, keys j with t - j > window read the k and v input of the head's unclaimed draw (another example, same
 positions); nearer keys and the query read the clean input; the head's output flows on through the rest
 of the model. ``tests/test_context.py`` checks it against the same split done with TransformerLens hooks.
@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate
-from scrub.hypothesis import full_graph, validate
-from scrub.masks import within
+from scrub.claims.hypothesis import full_graph, validate
+from scrub.claims.masks import within
+from scrub.claims.sites import Head
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.treeify import assign_data, treeify
 from scrub.metrics import token_losses
-from scrub.sites import Head
-from scrub.treeify import assign_data, treeify
 
 
 def far_context_claim(model: HookedTransformer, head: Head, window: int) -> nx.DiGraph:

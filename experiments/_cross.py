@@ -142,7 +142,7 @@ def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
 
 
 def _q2(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[str]]:
-    L = ["Behavioral: prefix matching >= 0.4 and copying > 0 on RRT (`scrub.scores.Thresholds`). Context-sensitive: "
+    L = ["Behavioral: prefix matching >= 0.4 and copying > 0 on RRT (`scrub.heads.scores.Thresholds`). Context-sensitive: "
          "resampling the keys more than W tokens back raises the late-position loss on natural text by >= "
          f"{results[0][1]['context_sensitivity'].get('threshold_nats', 0.01)} nats and by more than 2 s.e. "
          "(increase [95% interval], nats).", "",
@@ -171,7 +171,7 @@ def _q2(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
 
 def _q3(results: list[tuple[str, dict]]) -> list[str]:
     L = ["Path patching from each induction head into every later head's Q/K/V and every MLP that reads it "
-         "(`scrub.patching.patch_matrix(..., include_mlps=True)`); effect = patched - clean loss, nats; t intervals "
+         "(`scrub.patching.paths.patch_matrix(..., include_mlps=True)`); effect = patched - clean loss, nats; t intervals "
          f"over chunks. A path *composes* when its interval excludes 0 and it is >= {COMPOSES:.0%} of the head's "
          "direct effect.", "",
          "| model | data | induction head: direct effect | paths that compose (largest first) | figure |", "|---|---|---|---|---|"]

@@ -1,8 +1,8 @@
 """Scrub many hypotheses on one dataset at once: one clean run per batch, every hypothesis and baseline
-evaluated together by ``scrub.engine.evaluate_many``, per-example losses kept for several position modes,
+evaluated together by ``scrub.engine.evaluator.evaluate_many``, per-example losses kept for several position modes,
 so loss recovered against any baseline is a cheap function of the stored losses.
 
-Draws follow ``scrub.experiment.run``: from the whole dataset, seeded by the seed, the tree path and the
+Draws follow ``scrub.experiment.runner.run``: from the whole dataset, seeded by the seed, the tree path and the
 datum (so trees that share a path also share its draws: common random numbers between a hypothesis and its
 baselines), whatever the batch size.
 """
@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import clean_run_batched
-from scrub.engine import evaluate_many
-from scrub.hypothesis import Claim
+from scrub.claims.hypothesis import Claim
+from scrub.engine.compute import clean_run_batched
+from scrub.engine.evaluator import evaluate_many
+from scrub.engine.sampling import Sampler
+from scrub.engine.treeify import assign, localize, treeify
 from scrub.metrics import ExampleLosses, bootstrap_recovered, recovered, token_losses
-from scrub.sampling import Sampler
-from scrub.treeify import assign, localize, treeify
 
 MaskFn = Callable[[Tensor], Tensor]
 

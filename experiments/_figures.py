@@ -1,4 +1,4 @@
-"""Figures of the induction study that ``scrub.plots`` does not draw: the claim around the induction heads
+"""Figures of the induction study that ``scrub.views.plots`` does not draw: the claim around the induction heads
 (only the edges into them and into the mechanism's copies: a whole 3-layer claim has thousands of paths,
 and drawing every edge cost most of a quick run), the composition heatmaps, where each head's effect falls,
 and the cross-model ladders. Each function writes one PNG and returns its path.

@@ -6,11 +6,11 @@ Each rung resamples one part of the induction heads' inputs and claims every oth
 the induction heads resampled, ``hypotheses/induction_baseline.py``), with two metrics (the next-token loss, and
 the KL divergence from the clean run's predictions) and two scorings: the study's induction candidates (the current
 token occurred earlier in the sequence) and REMIX-comparable scoring (the current token is a good induction
-candidate, ``scrub.candidates.good_candidates``). All rungs of one dataset are evaluated together with the
+candidate, ``scrub.data.candidates.good_candidates``). All rungs of one dataset are evaluated together with the
 baseline (``experiments._evaluate.scrub_metrics``: the draws of ``scrub.run``, common random numbers, both metrics
 from one evaluation; 96 separate ``scrub.run`` calls per model would take about half an hour here).
 
-Rungs whose claims the engine cannot evaluate yet (query-key masks before ``scrub.masks`` and the engine support
+Rungs whose claims the engine cannot evaluate yet (query-key masks before ``scrub.claims.masks`` and the engine support
 land) are listed as skipped with the reason, not silently dropped. Results are plain dicts (``results.json``);
 the per-model and cross-model reports render them with ``remix_lines`` and ``cross_remix_lines``.
 """
@@ -25,8 +25,8 @@ from transformer_lens import HookedTransformer
 
 from experiments._evaluate import scrub_metrics
 from hypotheses._build import Remix, remix_graph
-from scrub.data import induction_candidates
-from scrub.hypothesis import Claim, validate
+from scrub.claims.hypothesis import Claim, validate
+from scrub.data.batches import induction_candidates
 
 REMIX_SOURCE = ("Redwood Research, REMIX day 3, \"Replicating Results on Induction Heads\" (github.com/redwoodresearch/"
                 "remix_public, remix_d3_instructions.md; Chan et al. 2022, \"Causal scrubbing: results on induction "
@@ -50,7 +50,7 @@ class Rung:
 
 
 def _masks():
-    from scrub import masks  # noqa: PLC0415 (query-key masks: optional until the engine accepts them)
+    from scrub.claims import masks  # noqa: PLC0415 (query-key masks: optional until the engine accepts them)
 
     return masks
 
@@ -86,7 +86,7 @@ METRICS = ("loss", "kl")
 
 
 def position_masks():
-    from scrub.candidates import GoodCandidates  # noqa: PLC0415
+    from scrub.data.candidates import GoodCandidates  # noqa: PLC0415
 
     return (("candidates", induction_candidates), ("good", GoodCandidates.shipped()))
 
@@ -110,7 +110,7 @@ def engine_applies_masks() -> bool:
         return False
     from transformer_lens import HookedTransformerConfig  # noqa: PLC0415
 
-    from scrub.hypothesis import full_graph  # noqa: PLC0415
+    from scrub.claims.hypothesis import full_graph  # noqa: PLC0415
 
     cfg = HookedTransformerConfig(n_layers=2, n_heads=2, d_model=16, d_head=4, n_ctx=8, d_vocab=16, act_fn="gelu",
                                   attn_only=True, positional_embedding_type="shortformer", normalization_type="LN",
@@ -218,7 +218,7 @@ def remix_lines(remix: dict | None) -> list[str]:
          "context, not a target. Every row here is claimed against the induction baseline (0) and the full model "
          "(1). *Candidates*: the study's induction candidates (the current token occurred earlier in the sequence); "
          "*good*: REMIX-comparable scoring, the current token is a good induction candidate "
-         "(`scrub.candidates.good_candidates`: a list chosen on the shipped validation stream with the scored text "
+         "(`scrub.data.candidates.good_candidates`: a list chosen on the shipped validation stream with the scored text "
          "left out, see its docstring; about 17% of this tokenizer's tokens against REMIX's ~20% of GPT-2's). KL: "
          "KL divergence from the clean run's predictions, recovered = (KL_baseline - KL_scrubbed) / KL_baseline. "
          "Rows marked *ours* are this project's refinements, not Redwood's.", ""]
@@ -256,7 +256,7 @@ DIFFERENCES = (
     "sequences, two induction heads and one previous-token head); here a model trained on Shakespeare (2,048 "
     "tokens, 256-token windows of held-out plays, and repeated random tokens), with the heads its roles name.",
     "Scoring: REMIX's fixed list of ~10,000 GPT-2 tokens chosen on OpenWebText; here a list chosen on the shipped "
-    "validation stream by the statistic of `scrub.candidates` (about 17% of the vocabulary), with the scored "
+    "validation stream by the statistic of `scrub.data.candidates` (about 17% of the vocabulary), with the scored "
     "batch's own text left out, so it can differ slightly from batch to batch.",
     "Draws: REMIX runs every scrubbed path on one other sequence (`toks_int_var_other`), shared by both induction "
     "heads (one node, `a1.ind`) and every rung's paths; here every hypothesis node draws its own other sequence per "
@@ -265,7 +265,7 @@ DIFFERENCES = (
     "all of them; here a fixed set of windows, the other sequences drawn from that set.",
     "The previous-position rung: REMIX splits the previous-token head's output as attn_probs * mask + attn_probs * "
     "(1 - mask) and runs the second half, attention pattern included, on the other sequence; here the mask is on "
-    "the head's V input only (`scrub.masks`), so the attention pattern stays the clean one and only the values "
+    "the head's V input only (`scrub.claims.masks`), so the attention pattern stays the clean one and only the values "
     "passed through the other keys are resampled.",
     "Both metrics: REMIX reports the loss only; the KL rows are this project's.",
     "Deeper models: \"the token embedding\" is the model's (with mlp.0 reading the embedding where the roles say "
@@ -324,7 +324,7 @@ def cross_remix_lines(results: list[tuple[str, dict]]) -> list[str]:
     rungs = {rung["name"]: rung for _, x in have for rung in x["rungs"]}
     L = ["Redwood's REMIX day-3 rungs on each model, against the induction baseline (Redwood's numbers: their own "
          "model, scored at their good induction candidates; see each model's report for the sources, the KL columns "
-         "and the claims). *Good*: REMIX-comparable scoring (`scrub.candidates.good_candidates`); *candidates*: the "
+         "and the claims). *Good*: REMIX-comparable scoring (`scrub.data.candidates.good_candidates`); *candidates*: the "
          "study's induction candidates. Rows marked *ours* are this project's refinements.", ""]
     for metric in ("loss", "kl"):
         if not any(metric in x.get("metrics", []) for _, x in have):
@@ -345,7 +345,7 @@ def remix_figure(remix: dict | None, path, *, title: str):
     """Loss recovered of every rung (natural text at good candidates and at the study's candidates, RRT at
     candidates) with Redwood's numbers as marks; values and intervals cut at [-1, 2] (said in the title).
     None when there is nothing to draw."""
-    from scrub.plots import recovery_ladder  # noqa: PLC0415
+    from scrub.views.plots import recovery_ladder  # noqa: PLC0415
 
     if not remix or not remix.get("rungs") or not remix.get("rows"):
         return None

@@ -14,8 +14,8 @@ import torch
 
 from experiments._figures import claim_graph, composition_heatmap, grouped_intervals
 from experiments._remix import remix_figure, remix_lines
-from scrub.plots import context_scatter, head_heatmap, per_example_distribution, recovery_ladder
-from scrub.sites import parse_component
+from scrub.claims.sites import parse_component
+from scrub.views.plots import context_scatter, head_heatmap, per_example_distribution, recovery_ladder
 
 REDWOOD_SOURCE = ("Chan, Garriga-Alonso, Goldowsky-Dill, Greenblatt, Lin, Nitishinskaya, Radhakrishnan, Shlegeris, "
                   "Thomas (Redwood Research), \"Causal scrubbing: results on induction heads\", AI Alignment Forum / "
@@ -112,7 +112,7 @@ def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
     """What ``graph`` claims into each induction head and into the copies (alias nodes) that feed them, in
     words: "1.3: q <- embed; k <- 0.3~1.3; v <- embed. 0.3~1.3 (= 0.3): v <- embed; q, k <- pos". With
     ``model``, a channel that reads every input it has in the full graph says so."""
-    from scrub.hypothesis import full_graph
+    from scrub.claims.hypothesis import full_graph
 
     full = full_graph(model) if model is not None else None
 
@@ -162,7 +162,7 @@ def claimed_inputs(graph: nx.DiGraph, roles, model=None) -> str:
 
 def training_rrt_share(model: str) -> float | None:
     """The share of repeated-random-token rows in the training recipe of a scrub checkpoint (None if unknown)."""
-    from scrub.model import ASSETS
+    from scrub.model.loading import ASSETS
 
     name = str(model)
     config = (ASSETS / name if (ASSETS / name / "config.json").is_file() else Path(name)) / "config.json"
@@ -345,7 +345,7 @@ def _sanity(res: StudyResults) -> list[str]:
             f"- positions into Q/K change loss recovered by at most {pos:.1e} (0 expected: shortformer positions are "
             "identical in every example, so claiming them changes nothing).",
             f"- 95% interval widths of the other hypotheses: median {sorted(widths)[len(widths) // 2]:.3f}, max {max(widths):.3f}.",
-            f"- induction-baseline denominators (baseline - clean loss, nats): "
+            "- induction-baseline denominators (baseline - clean loss, nats): "
             + ", ".join(f"{d:.4f}" for d in denominators) + " (natural/RRT x candidates/all)."]
 
 
@@ -422,7 +422,7 @@ def _composition(res: StudyResults) -> list[str]:
     if not comps:
         return ["Not computed."]
     first = comps[0]
-    L = [f"Path patching (`scrub.patching.patch_matrix`, MLPs included) from each behavioral induction head "
+    L = [f"Path patching (`scrub.patching.paths.patch_matrix`, MLPs included) from each behavioral induction head "
          f"({', '.join(first['senders'])}) into every later head's Q, K and V and every MLP that reads it, and "
          f"straight into the logits. Effect = patched - clean loss (nats; positive: the path lowers the loss). RRT: "
          f"corrupted = a fresh random sequence, loss at the second repeat; natural text: corrupted = another window, "
@@ -534,7 +534,7 @@ def write_report(res: StudyResults, out: Path) -> Path:
               "tokens, so the RRT columns measure how the model generalises its in-context copying to a sequence "
               "unlike anything it was trained on; the natural-text columns are held-out plays.", ""]
     L += ["## 1. Behavioral head scores", "",
-          f"Roles (from `hypotheses/_heads.py`: scores of `scrub.scores` with its fixed seed, the heads every hypothesis file picks): behavioral induction heads "
+          f"Roles (from `hypotheses/_heads.py`: scores of `scrub.heads.scores` with its fixed seed, the heads every hypothesis file picks): behavioral induction heads "
           f"{', '.join(roles.behavioral) or 'none'}; mechanism receivers {', '.join(roles.induction)}; "
           f"previous-token head {roles.previous_token}; previous-token-like heads {', '.join(roles.previous_like)}; "
           f"heads attending further back {', '.join(roles.further_back) or 'none'}.", ""] + _roles_text(res) + ["",

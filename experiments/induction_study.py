@@ -1,6 +1,6 @@
 """The induction study (issues 4 and 12): how far the mechanistic definition of induction heads falls short
 of the behavioral one, on every shipped model (or the ones named). Owns the study's configuration and
-orchestration; scoring lives in ``scrub.scores``, hypotheses in ``hypotheses/``, batched scrubbing in
+orchestration; scoring lives in ``scrub.heads.scores``, hypotheses in ``hypotheses/``, batched scrubbing in
 ``experiments/_evaluate.py``, Redwood's REMIX day-3 ladder rung by rung in ``experiments/_remix.py``, the
 context-sensitivity hooks in ``experiments/_context.py``, path patching
 from the induction heads in ``experiments/_composition.py``, the per-model report in
@@ -10,7 +10,7 @@ from the induction heads in ``experiments/_composition.py``, the per-model repor
     python experiments/induction_study.py ...   (the same, without the CLI)
 
 ``--model`` may be given several times (``--model scrub-attn-2l --model scrub-3l-mlp``); without it every
-shipped model (``scrub.model.shipped_models()``) is studied. Each model's report, ``results.json`` and
+shipped model (``scrub.model.loading.shipped_models()``) is studied. Each model's report, ``results.json`` and
 figures go to ``<out>/<model>/`` (a checkpoint directory is named by its folder name); ``<out>/induction_study.md``
 is the cross-model report, written from those ``results.json`` files (with one model, its summary alone).
 Default out: experiments/results/ (quick mode: experiments/results/quick/). ``--report-only`` rewrites
@@ -50,10 +50,10 @@ from experiments._remix import run_remix  # noqa: E402
 from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, write_figures, write_report  # noqa: E402
 from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
-from scrub.data import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
-from scrub.hypothesis import Claim, validate  # noqa: E402
-from scrub.model import SHIPPED_NAME, shipped_models  # noqa: E402
-from scrub.scores import attention_patterns, previous_token_score  # noqa: E402
+from scrub.claims.hypothesis import Claim, validate  # noqa: E402
+from scrub.data.batches import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
+from scrub.heads.scores import attention_patterns, previous_token_score  # noqa: E402
+from scrub.model.loading import SHIPPED_NAME, shipped_models  # noqa: E402
 
 HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
     ("full", "full graph"),
@@ -148,7 +148,7 @@ class RrtScores:
 
 
 def rrt_previous_token(model: HookedTransformer) -> RrtScores:
-    """Previous-token scores on the repeated random tokens of ``scrub.scores.head_scores(data="rrt")`` (same
+    """Previous-token scores on the repeated random tokens of ``scrub.heads.scores.head_scores(data="rrt")`` (same
     batch and seed), without recomputing the scores that do not depend on that batch."""
     length = min(25, (model.cfg.n_ctx - 1) // 4)
     rrt = repeated_random_tokens(N_SEQUENCES, length, 4, seed=SEED, vocab_size=model.cfg.d_vocab,
@@ -381,7 +381,7 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
     command = command_line(replace(base, seed=args.seed), args.model)
     summaries = []
     if not args.report_only:
-        from scrub.model import load_model
+        from scrub.model.loading import load_model
 
         for name in names:
             cfg = replace(config_from(args, name), out=str(root / model_folder(name)))

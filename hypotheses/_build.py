@@ -27,10 +27,10 @@ import networkx as nx
 from transformer_lens import HookedTransformer
 
 from hypotheses._heads import HeadRoles
-from scrub.features import after_earlier_occurrence
-from scrub.hypothesis import full_graph
-from scrub.sites import Head, parse_channel, parse_component
-from scrub.structure import Structure
+from scrub.claims.features import after_earlier_occurrence
+from scrub.claims.hypothesis import full_graph
+from scrub.claims.sites import Head, parse_channel, parse_component
+from scrub.claims.structure import Structure
 
 
 def senders_before(model: HookedTransformer, receiver: str) -> list[str]:
@@ -60,7 +60,7 @@ def add_edge(g: nx.DiGraph, model: HookedTransformer, sender: str, receiver: str
     """Claim ``sender`` -> ``receiver`` through ``channels`` (ignored for MLP and logits receivers), merged
     with an existing unrestricted edge. A position-restricted edge where the pair already has an edge goes
     through a full copy of ``sender`` (a graph has one edge per pair, and one edge has one ``positions``).
-    ``qk_mask`` (a ``scrub.masks.QKMask``, heads only): the edge is claimed through the masked (query, key)
+    ``qk_mask`` (a ``scrub.claims.masks.QKMask``, heads only): the edge is claimed through the masked (query, key)
     pairs only; it merges with an existing edge of the same mask and goes through a full copy otherwise."""
     via = _via(g, model, sender, receiver, channels)
     if not via:
@@ -250,7 +250,7 @@ class Remix:
     - ``k``: the previous-token head of the receiver with all its own inputs (REMIX "pth-k": the direct
       embedding path and the other layer-0 heads into K resampled), and the positions.
 
-    ``prev_mask`` (a ``scrub.masks.QKMask``, with ``k``): the previous-token head as it feeds K is a copy whose
+    ``prev_mask`` (a ``scrub.claims.masks.QKMask``, with ``k``): the previous-token head as it feeds K is a copy whose
     V input reads its claimed inputs only through the masked (query, key) pairs, e.g. the previous position
     only (REMIX's bonus "fancy k", the ``attn_probs * mask`` split); its Q and K keep all their inputs.
     ``local`` (a ``QKMask``): this project's "second role" refinement, not REMIX's: through the masked pairs
@@ -262,8 +262,8 @@ class Remix:
     v: bool = False
     q: bool = False
     k: bool = False
-    prev_mask: object | None = None  # scrub.masks.QKMask
-    local: object | None = None  # scrub.masks.QKMask
+    prev_mask: object | None = None  # scrub.claims.masks.QKMask
+    local: object | None = None  # scrub.claims.masks.QKMask
     local_channels: str = "qkv"  # the inputs under test that take the ``local`` second role
     k_embed: bool = False  # with ``k``: K also reads the token embedding (a duplicate-token second role; ours)
 

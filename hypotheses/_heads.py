@@ -1,8 +1,8 @@
 """The one marked place where hypothesis files get their head numbers: roles computed from the behavioral
-scores of ``scrub.scores`` on the model at hand, with a fixed seed (never hard-coded head numbers).
+scores of ``scrub.heads.scores`` on the model at hand, with a fixed seed (never hard-coded head numbers).
 
 ``head_roles(model)`` returns a frozen ``HeadRoles``: the behavioral induction heads (prefix-matching and
-copying above ``scrub.scores.Thresholds``), for each of them the strongest previous-token head in an earlier
+copying above ``scrub.heads.scores.Thresholds``), for each of them the strongest previous-token head in an earlier
 layer, the previous-token-like heads and the heads that attend further back (any layer before the last
 induction head, never an induction head itself), and what the mechanism calls "the token embedding": the
 embedding alone, or the embedding and the first MLP when that MLP's output is mostly a function of the
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from scrub.data import default_exclude_common, natural_batch
-from scrub.scores import HeadScores, Thresholds, attention_patterns, behavioral_induction_heads, head_scores
-from scrub.sites import Head
-from scrub.tokenizer import load_tokenizer
+from scrub.claims.sites import Head
+from scrub.data.batches import default_exclude_common, natural_batch
+from scrub.heads.scores import HeadScores, Thresholds, attention_patterns, behavioral_induction_heads, head_scores
+from scrub.model.tokenizer import load_tokenizer
 
 SEED = 0  # the fixed seed of the scores the roles come from
 N_SEQUENCES = 32  # sequences per score batch

@@ -1,7 +1,7 @@
 """No path is claimed: the logits are computed on a random other example, scored against the reference
 labels. This is the default baseline (loss recovered 0)."""
 
-from scrub.hypothesis import empty_graph
+from scrub.claims.hypothesis import empty_graph
 
 
 def hypothesis(model):

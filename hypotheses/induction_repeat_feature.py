@@ -6,8 +6,8 @@ claim is tested at almost every position (the run reports each node's self-draw 
 hypotheses/induction_baseline.py."""
 
 from hypotheses._heads import head_roles
-from scrub.features import is_repeat
-from scrub.hypothesis import full_graph
+from scrub.claims.features import is_repeat
+from scrub.claims.hypothesis import full_graph
 
 
 def hypothesis(model, roles=None):

@@ -9,9 +9,8 @@ of 12 layers x 12 heads (here: a random-init model of that shape) this file is t
 about 150 nodes, 30,000 claimed channel edges and more paths than could ever be unrolled.
 """
 
-from scrub.hypothesis import full_graph
-
 from hypotheses._build import add_edge, remove_inputs
+from scrub.claims.hypothesis import full_graph
 
 PREVIOUS_TOKEN = ("2.2", "4.11")
 DUPLICATE_TOKEN = ("0.1", "0.10", "3.0")

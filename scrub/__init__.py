@@ -4,7 +4,12 @@ Re-exported here: model loading, component names, tokenizer, data batches, behav
 the scrubbing entry points (``run``, hypothesis helpers, features and query-key masks) and path patching.
 """
 
-from scrub.data import (
+from scrub.claims.features import Feature
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, validate
+from scrub.claims.masks import QKMask
+from scrub.claims.sites import Head, SiteError, parse_component
+from scrub.data.batches import (
     all_positions,
     check_length,
     induction_candidates,
@@ -12,14 +17,9 @@ from scrub.data import (
     natural_batch,
     repeated_random_tokens,
 )
-from scrub.experiment import ScrubResult, run
-from scrub.features import Feature
-from scrub.hypothesis import Claim, HypothesisError, add_path, empty_graph, full_graph, validate
-from scrub.hypothesis_file import load_hypothesis
-from scrub.masks import QKMask
-from scrub.model import ModelLoadError, load_model, save_checkpoint
-from scrub.patching import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits
-from scrub.scores import (
+from scrub.engine.treeify import SamplingOptions, Unit
+from scrub.experiment.runner import ScrubResult, run
+from scrub.heads.scores import (
     HeadScores,
     IclScore,
     Thresholds,
@@ -28,9 +28,9 @@ from scrub.scores import (
     in_context_learning,
     previous_token_heads,
 )
-from scrub.sites import Head, SiteError, parse_component
-from scrub.tokenizer import Tokenizer, check_compatible, load_tokenizer
-from scrub.treeify import SamplingOptions, Unit
+from scrub.model.loading import ModelLoadError, load_model, save_checkpoint
+from scrub.model.tokenizer import Tokenizer, check_compatible, load_tokenizer
+from scrub.patching.paths import PatchMatrix, PatchPath, parse_path, patch_effects, patch_matrix, patched_logits
 
 __all__ = [
     "run", "ScrubResult", "SamplingOptions", "Unit", "Feature", "QKMask", "Claim", "HypothesisError", "add_path",

@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from scrub.errors import ScrubError
+
 GAP_STANDARD_ERRORS = 2.0  # warn when baseline − clean is within this many standard errors of zero
 
 MetricName = Literal["loss", "kl"]  # next-token cross-entropy, or KL divergence from the clean run's predictions
@@ -85,7 +87,7 @@ class BatchScores:
 def check_metric(metric: object) -> MetricName:
     """``metric`` if it is a ``MetricName``, else ``ValueError`` naming the choices."""
     if not isinstance(metric, str) or metric not in METRIC_LABELS:
-        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRIC_LABELS)}, got {metric!r}")
+        raise ScrubError(f"metric must be one of {', '.join(repr(m) for m in METRIC_LABELS)}, got {metric!r}")
     return metric  # type: ignore[return-value]
 
 
@@ -246,11 +248,11 @@ BOOTSTRAP_CHUNK = 1 << 24  # resampled indices per chunk (128 MB of int64)
 
 def _check_resampling(n: int, n_resamples: int, level: float) -> int:
     if n < 1:
-        raise ValueError("the bootstrap needs at least one example (no example has a scored position)")
+        raise ScrubError("the bootstrap needs at least one example (no example has a scored position)")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples (n_bootstrap) must be a whole number ≥ 1 (got {n_resamples!r})")
+        raise ScrubError(f"n_resamples (n_bootstrap) must be a whole number ≥ 1 (got {n_resamples!r})")
     if not 0 < level < 1:
-        raise ValueError(f"level must be between 0 and 1 (got {level!r})")
+        raise ScrubError(f"level must be between 0 and 1 (got {level!r})")
     return n
 
 

@@ -6,8 +6,8 @@ import networkx as nx
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.hypothesis import add_path, full_graph
-from scrub.model import save_checkpoint
+from scrub.claims.hypothesis import add_path, full_graph
+from scrub.model.loading import save_checkpoint
 
 
 def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, pos: str = "shortformer",

@@ -19,22 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-import scrub.features as F
-from scrub.features import Feature
-from scrub.hypothesis import (
-    HypothesisError,
-    add_path,
-    check_on,
-    check_paths,
-    full_graph,
-    validate,
-)
-from scrub.hypothesis_file import load_hypothesis
-from scrub.masks import QKMask, previous_position, within
+import scrub.claims.features as F
+from scrub.claims.features import Feature
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import HypothesisError, add_path, check_on, check_paths, full_graph, validate
+from scrub.claims.masks import QKMask, previous_position, within
 from tests.helpers import save_tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "import networkx as nx\nimport torch\nimport scrub.features as F\nfrom scrub.hypothesis import add_path, full_graph\n"
+HEADER = "import networkx as nx\nimport torch\nimport scrub.claims.features as F\nfrom scrub.claims.hypothesis import add_path, full_graph\n"
 
 
 def g_(*paths) -> nx.DiGraph:
@@ -139,7 +132,7 @@ CASES = [
     ("feature factory passed uncalled", "short", lambda m: with_feature(F.previous_token),
      r"node '0\.0': feature=previous_token is a function that makes a feature, not a feature: call it, feature=previous_token\(\)"),
     ("feature is the Feature class", "short", lambda m: with_feature(Feature), r"feature=Feature is the class"),
-    ("feature is a string", "short", lambda m: with_feature("current token"), r"node '0\.0': feature must be a scrub\.features\.Feature"),
+    ("feature is a string", "short", lambda m: with_feature("current token"), r"node '0\.0': feature must be a scrub\.claims\.features\.Feature"),
     ("feature returns an int", "short", lambda m: with_feature(lambda t: 3),
      r"node '0\.0': feature '<lambda>' returned a Python int, not a tensor"),
     ("feature returns a numpy array", "short", lambda m: with_feature(Feature("np", lambda t: t.numpy()[:, -1])),
@@ -173,12 +166,12 @@ CASES = [
     ("qk_mask with positions", "short", lambda m: with_mask(within(2), positions=F.after_earlier_occurrence),
      r"edge 'embed' -> '0\.0' has both 'positions' and 'qk_mask'"),
     ("qk_mask is a plain function", "short", lambda m: with_mask(lambda q, k: k == q - 1),
-     r"edge 'embed' -> '0\.0': qk_mask is a plain function '<lambda>': wrap it with a name, qk_mask=scrub\.masks\.QKMask\('name', fn\)"),
+     r"edge 'embed' -> '0\.0': qk_mask is a plain function '<lambda>': wrap it with a name, qk_mask=scrub\.claims\.masks\.QKMask\('name', fn\)"),
     ("qk_mask factory passed uncalled", "short", lambda m: with_mask(previous_position),
      r"qk_mask is previous_position, a function that makes a mask, not a mask: call it, qk_mask=previous_position\(\)"),
     ("qk_mask is the QKMask class", "short", lambda m: with_mask(QKMask), r"qk_mask is the QKMask class: build a mask"),
     ("qk_mask is a tensor", "short", lambda m: with_mask(torch.ones(12, 12, dtype=torch.bool)),
-     r"qk_mask is a Tensor: it must be a scrub\.masks\.QKMask"),
+     r"qk_mask is a Tensor: it must be a scrub\.claims\.masks\.QKMask"),
     ("two masks into one input", "short", lambda m: two_masks(within(1), previous_position()),
      r"edges 'embed' -> '1\.0' and '0\.0' -> '1\.0' enter 'k' of '1\.0' with different query-key masks 'within\(1\)' and "
      r"'previous_position'.*one input takes one mask"),
@@ -192,7 +185,7 @@ CASES = [
      r"query-key mask '3d' returned a tensor of shape \[12, 12, 1\] for a sequence of 12"),
     ("qk_mask raises", "short", lambda m: with_mask(QKMask("boom", lambda q, k: q[:, 5] > k)),
      r"edge 'embed' -> '0\.0': query-key mask 'boom' failed on positions of a sequence of 12 .*IndexError"),
-    ("QKMask of a non-function", "short", HEADER + "from scrub.masks import QKMask\n\ndef hypothesis(model):\n"
+    ("QKMask of a non-function", "short", HEADER + "from scrub.claims.masks import QKMask\n\ndef hypothesis(model):\n"
      "    g = add_path(nx.DiGraph(), 'embed', ('0.0', 'v'), 'logits')\n"
      "    g.edges['embed', '0.0']['qk_mask'] = QKMask('prev', 3)\n    return g\n",
      r"bad\.py:9: hypothesis\(model\) raised MaskError: QKMask 'prev': fn must be a function"),

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from scrub.claims.features import Feature
+from scrub.claims.hypothesis import HypothesisError, full_graph
 from scrub.cli import main
-from scrub.experiment import RunInputError, ScrubResult, UndefinedRecoveryError, run
-from scrub.features import Feature
-from scrub.hypothesis import HypothesisError, full_graph
+from scrub.experiment.runner import RunInputError, ScrubResult, UndefinedRecoveryError, run
 from tests.helpers import partial_graph, save_tiny_checkpoint, tiny_model
 from tests.helpers import random_tokens as data
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CLAIM = '''"""K of 1.1 reads 0.0."""
 import networkx as nx
-from scrub.hypothesis import add_path
+from scrub.claims.hypothesis import add_path
 
 
 def hypothesis(model):
@@ -40,8 +40,8 @@ def hypothesis(model):
 
 FINE_FEATURE = '''"""0.0 is claimed to depend on the whole sequence: no other example agrees, so every draw is the datum."""
 import networkx as nx
-from scrub.features import Feature
-from scrub.hypothesis import add_path
+from scrub.claims.features import Feature
+from scrub.claims.hypothesis import add_path
 
 
 def hypothesis(model):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scrub.cli import main
-from scrub.scores import SCORE_NAMES
+from scrub.heads.scores import SCORE_NAMES
 from tests.helpers import save_tiny_checkpoint
 
 

@@ -11,11 +11,18 @@ from torch import Tensor
 from transformer_lens.components import RMSNorm
 
 import scrub
-from tests.test_context import far_mixed_z
-from scrub.compute import UnsupportedModelError, check_supported, clean_run, heads_z_normed, mlp_forward, normalise
-from scrub.masks import within
-from scrub.sites import Channel
+from scrub.claims.masks import within
+from scrub.claims.sites import Channel
+from scrub.engine.compute import (
+    UnsupportedModelError,
+    check_supported,
+    clean_run,
+    heads_z_normed,
+    mlp_forward,
+    normalise,
+)
 from tests.helpers import tiny_model
+from tests.test_context import far_mixed_z
 
 # A representative set of the supported architectures (every model has 2 layers, 4 query heads and MLPs).
 ARCHS = {

@@ -9,12 +9,12 @@ import torch
 from transformer_lens import HookedTransformer
 
 from experiments._context import context_sensitivity, far_context_claim
-from scrub.data import natural_batch
-from scrub.hypothesis import validate
+from scrub.claims.hypothesis import validate
+from scrub.claims.sites import Head, hook_name
+from scrub.data.batches import natural_batch
+from scrub.engine.treeify import assign_data, treeify
 from scrub.metrics import token_losses
-from scrub.model import load_model
-from scrub.sites import Head, hook_name
-from scrub.treeify import assign_data, treeify
+from scrub.model.loading import load_model
 
 
 def far_mixed_z(q, k, v, k_far, v_far, window: int, scale: float):

@@ -1,12 +1,19 @@
-"""Tests for scrub.data: batch shapes, BOS, determinism, exclusions and position masks."""
+"""Tests for scrub.data.batches: batch shapes, BOS, determinism, exclusions and position masks."""
 
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.data import (
-    all_positions, allowed_random_tokens, check_length, induction_candidates, load_val_tokens, loss_mask,
-    natural_batch, repeat_positions, repeated_random_tokens,
+from scrub.data.batches import (
+    all_positions,
+    allowed_random_tokens,
+    check_length,
+    induction_candidates,
+    load_val_tokens,
+    loss_mask,
+    natural_batch,
+    repeat_positions,
+    repeated_random_tokens,
 )
 
 
@@ -77,7 +84,7 @@ def test_induction_candidates_and_masks():
 
 
 def test_sizes_that_cannot_fit_are_refused_before_allocating(monkeypatch):
-    import scrub.data as data
+    import scrub.data.batches as data
 
     monkeypatch.setattr(data, "available_memory", lambda device="cpu": 2**20)  # 1 MB
     with pytest.raises(ValueError, match=r"1000000 windows of 128 tokens needs about [\d.]+ GB of memory but 1 MB"):

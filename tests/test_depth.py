@@ -7,12 +7,12 @@ import networkx as nx
 import pytest
 import torch
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate
-from scrub.experiment import run
-from scrub.hypothesis import empty_graph, full_graph, validate
-from scrub.sites import Head, Mlp, hook_name
-from scrub.treeify import assign_data, treeify
+from scrub.claims.hypothesis import empty_graph, full_graph, validate
+from scrub.claims.sites import Head, Mlp, hook_name
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.treeify import assign_data, treeify
+from scrub.experiment.runner import run
 from tests.helpers import tiny_model
 
 ARCHS = {

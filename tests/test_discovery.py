@@ -12,7 +12,7 @@ import scrub
 from scrub.claims.hypothesis import full_graph, validate
 from scrub.claims.sites import Channel, Embed, Head, Logits, Mlp, Pos
 from scrub.claims.structure import Structure
-from scrub.discovery import DiscoveryError, all_edges, discover
+from scrub.discovery import all_edges, discover
 from scrub.discovery.attribution import attribute
 from scrub.discovery.edges import Edge
 from scrub.discovery.exact import ExactEvaluator

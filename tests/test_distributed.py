@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from scrub import distributed
+from scrub.claims.hypothesis import add_path
 from scrub.cli import main
-from scrub.distributed import World
-from scrub.experiment import run
-from scrub.hypothesis import add_path
-from scrub.treeify import SamplingOptions
+from scrub.engine.treeify import SamplingOptions
+from scrub.experiment import distributed
+from scrub.experiment.distributed import World
+from scrub.experiment.runner import run
 from tests.helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scrub.experiment import run
+from scrub.experiment.runner import run
 from tests.helpers import tiny_model
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writing-hypotheses.md"
@@ -34,8 +34,8 @@ def test_tutorial_example_runs(where):
         model = tiny_model(n_layers=6, n_heads=4, attn_only=False, pos="standard", n_ctx=32, d_vocab=50)
         tokens = torch.randint(0, 50, (16, 32), generator=torch.Generator().manual_seed(0))
     else:
-        from scrub.data import natural_batch
-        from scrub.model import load_model
+        from scrub.data.batches import natural_batch
+        from scrub.model.loading import load_model
         model, tokens = load_model(), natural_batch(16, 64, seed=0)
     claim = files["my_induction"]["hypothesis"](model)
     baseline = files["my_baseline"]["hypothesis"](model)

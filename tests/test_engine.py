@@ -10,15 +10,15 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.compute import UnsupportedModelError, check_supported, clean_run
-from scrub.engine import evaluate
-from scrub.features import after_earlier_occurrence, current_token, repeat_count
-from scrub.hypothesis import add_path, empty_graph, full_graph, validate
+from scrub.claims.features import after_earlier_occurrence, current_token, repeat_count
+from scrub.claims.hypothesis import add_path, empty_graph, full_graph, validate
+from scrub.claims.structure import Structure
+from scrub.engine.compute import UnsupportedModelError, check_supported, clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.treeify import SamplingOptions, Unit, assign_data, treeify
 from scrub.metrics import token_losses
-from scrub.structure import Structure
-from scrub.treeify import SamplingOptions, Unit, assign_data, treeify
+from scrub.testing.reference import naive_logits
 from tests.helpers import tiny_model
-from scrub.reference import naive_logits
 
 
 def micro_model() -> HookedTransformer:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
+from scrub.claims.hypothesis import empty_graph, full_graph
 from scrub.cli import main
-from scrub.experiment import RunInputError, UndefinedRecoveryError, batch_bounds, run
-from scrub.hypothesis import empty_graph, full_graph
-from scrub.model import ArchSpec, save_checkpoint
+from scrub.experiment.runner import RunInputError, UndefinedRecoveryError, batch_bounds, run
+from scrub.model.loading import ArchSpec, save_checkpoint
 from tests.helpers import partial_graph, tiny_model
 from tests.helpers import random_tokens as tokens
 
@@ -98,7 +98,7 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_run_json(checkpoint, tmp_path, capsys):
     hyp = tmp_path / "claim.py"
-    hyp.write_text('"""K reads 0.0."""\nfrom scrub.hypothesis import add_path\nimport networkx as nx\n'
+    hyp.write_text('"""K reads 0.0."""\nfrom scrub.claims.hypothesis import add_path\nimport networkx as nx\n'
                    'def hypothesis(model):\n    g = nx.DiGraph()\n'
                    '    add_path(g, "embed", ("0.0", "v"), ("1.1", "k"), "logits")\n    return g\n')
     for data in ("natural", "rrt"):
@@ -212,8 +212,8 @@ def test_run_refuses_an_unknown_metric(model):
 
 def test_good_candidate_positions_score_the_candidate_tokens(shipped):
     """positions='good_candidates' (CLI --positions good-candidates) scores exactly the positions whose current
-    token is a good induction candidate (scrub.candidates)."""
-    from scrub.candidates import good_candidates
+    token is a good induction candidate (scrub.data.candidates)."""
+    from scrub.data.candidates import good_candidates
 
     model, data = shipped
     minimal = Path(__file__).resolve().parent.parent / "hypotheses" / "induction_minimal.py"

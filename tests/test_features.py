@@ -1,14 +1,20 @@
-"""Features and the conditional sampler (``scrub.sampling``): exact small cases."""
+"""Features and the conditional sampler (``scrub.engine.sampling``): exact small cases."""
 
 from __future__ import annotations
 
 import torch
 
-from scrub.features import (
-    Feature, after_earlier_occurrence, as_feature, constant, current_token, is_repeat, previous_token,
+from scrub.claims.features import (
+    Feature,
+    after_earlier_occurrence,
+    as_feature,
+    constant,
+    current_token,
+    is_repeat,
+    previous_token,
     repeat_count,
 )
-from scrub.sampling import Sampler, draw, group_items
+from scrub.engine.sampling import Sampler, draw, group_items
 
 
 def test_library_features_on_a_known_sequence():
@@ -31,7 +37,7 @@ def test_as_feature_accepts_callables_and_rejects_other_things():
     try:
         as_feature(3)
     except TypeError as err:
-        assert "must be a scrub.features.Feature" in str(err)
+        assert "must be a scrub.claims.features.Feature" in str(err)
     else:
         raise AssertionError("as_feature(3) should fail")
 
@@ -92,7 +98,7 @@ def test_feature_row_count_is_checked():
 def test_feature_factories_must_be_called_and_codes_must_be_integers():
     import pytest
 
-    from scrub.features import FeatureError
+    from scrub.claims.features import FeatureError
 
     with pytest.raises(TypeError, match=r"feature=current_token is a function that makes a feature.*current_token\(\)"):
         as_feature(current_token)

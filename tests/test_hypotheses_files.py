@@ -11,10 +11,10 @@ from transformer_lens import HookedTransformer
 
 from hypotheses._build import Mechanism, induction_baseline, mechanism_graph
 from hypotheses._heads import HeadRoles, head_roles, roles_from_scores
-from scrub.hypothesis import full_graph, validate
-from scrub.hypothesis_file import load_hypothesis
-from scrub.model import SHIPPED_DIR, ArchSpec, load_model
-from scrub.scores import HeadScores
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import full_graph, validate
+from scrub.heads.scores import HeadScores
+from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model
 
 HYPOTHESES = Path(__file__).resolve().parents[1] / "hypotheses"
 IOI = HYPOTHESES / "ioi_shape.py"  # names GPT-2 small's heads: tested on a 12 x 12 model below
@@ -101,7 +101,7 @@ def test_ioi_shape_on_a_12_by_12_model(model_and_roles):
     """The IOI-shaped claim loads on any 12 x 12 model, claims exactly the circuit's paths into its heads, runs
     (every other path kept), and refuses a smaller model with one line."""
     from hypotheses import ioi_shape
-    from scrub.experiment import run
+    from scrub.experiment.runner import run
     from tests.helpers import tiny_model
 
     small, _ = model_and_roles

@@ -6,12 +6,12 @@ import networkx as nx
 import pytest
 import torch
 
-from scrub.features import current_token
-from scrub.hypothesis import HypothesisError, add_path, check_on, empty_graph, full_graph, validate
-from scrub.hypothesis_file import load_hypothesis
-from scrub.masks import previous_position, within
-from scrub.sites import Channel
-from scrub.treeify import TreeTooLargeError, Unit, treeify
+from scrub.claims.features import current_token
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import HypothesisError, add_path, check_on, empty_graph, full_graph, validate
+from scrub.claims.masks import previous_position, within
+from scrub.claims.sites import Channel
+from scrub.engine.treeify import TreeTooLargeError, Unit, treeify
 from tests.helpers import tiny_model
 
 
@@ -134,7 +134,7 @@ def test_hypothesis_files(tmp_path, model):
 
 
 def test_tree_size_is_bounded(monkeypatch, model):
-    import scrub.treeify as treeify_module
+    import scrub.engine.treeify as treeify_module
 
     monkeypatch.setattr(treeify_module, "MAX_TREE_NODES", 10)
     claim = validate(full_graph(model), model)

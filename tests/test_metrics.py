@@ -10,8 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scrub.metrics import (
-    ExampleLosses, bootstrap_mean, bootstrap_recovered, example_losses, gap, recovered, recovery_warnings, score_batch,
-    token_kl, token_losses, token_view,
+    ExampleLosses,
+    bootstrap_mean,
+    bootstrap_recovered,
+    example_losses,
+    gap,
+    recovered,
+    recovery_warnings,
+    score_batch,
+    token_kl,
+    token_losses,
+    token_view,
 )
 
 

@@ -9,9 +9,16 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-import scrub.model
-from scrub.model import (CONFIG_FIELDS, SHIPPED_DIR, ArchSpec, ModelLoadError, load_model, save_checkpoint,
-                         shipped_models)
+import scrub.model.loading
+from scrub.model.loading import (
+    CONFIG_FIELDS,
+    SHIPPED_DIR,
+    ArchSpec,
+    ModelLoadError,
+    load_model,
+    save_checkpoint,
+    shipped_models,
+)
 
 BASE = dict(n_layers=2, n_heads=4, d_model=32, d_head=8, n_ctx=16, d_vocab=50, seed=0)
 CONFIGS = {
@@ -99,7 +106,7 @@ def test_shipped_model_loads_as_before():
 
 
 def test_any_assets_folder_is_a_model_name(tmp_path, monkeypatch):
-    monkeypatch.setattr(scrub.model, "ASSETS", tmp_path)
+    monkeypatch.setattr(scrub.model.loading, "ASSETS", tmp_path)
     model = random_model(**CONFIGS["standard positions, gelu MLP, LN"])
     save_checkpoint(model, tmp_path / "scrub-tiny-mlp")
     (tmp_path / "not-a-model").mkdir()

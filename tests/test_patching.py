@@ -5,11 +5,20 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.patching import (
-    PatchPath, every_path_to_logits, hooked_patch_logits, make_metric, parse_path, patch_effects, patch_matrix,
-    patch_tree, patched_logits, second_repeat_positions, split_qkv_copy,
+from scrub.claims.sites import Channel, Head, SiteError
+from scrub.patching.paths import (
+    PatchPath,
+    every_path_to_logits,
+    hooked_patch_logits,
+    make_metric,
+    parse_path,
+    patch_effects,
+    patch_matrix,
+    patch_tree,
+    patched_logits,
+    second_repeat_positions,
+    split_qkv_copy,
 )
-from scrub.sites import Channel, Head, SiteError
 
 
 def micro(pe: str = "shortformer", attn_only: bool = True, n_layers: int = 3, seed: int = 1) -> HookedTransformer:
@@ -107,7 +116,7 @@ def test_cli_patch_json_and_errors(tmp_path, capsys):
     import json
 
     from scrub.cli import main
-    from scrub.model import save_checkpoint
+    from scrub.model.loading import save_checkpoint
 
     cfg = HookedTransformerConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, n_ctx=32, d_vocab=2048, attn_only=True,
                                   act_fn="gelu", seed=0, positional_embedding_type="shortformer")
@@ -127,7 +136,7 @@ def test_cli_patch_json_and_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("pe,attn_only", [("shortformer", True), ("standard", False)])
 def test_edge_paths_are_edge_patching(pe, attn_only):
-    from scrub.patching import edge_paths
+    from scrub.patching.paths import edge_paths
 
     model = micro(pe, attn_only)
     ref, cor = batches(5)
@@ -141,9 +150,9 @@ def test_edge_paths_are_edge_patching(pe, attn_only):
 
 @pytest.mark.slow
 def test_shipped_previous_token_to_induction_k_path_stands_out():
-    from scrub.data import repeated_random_tokens
-    from scrub.model import SHIPPED_DIR, load_model
-    from scrub.scores import behavioral_induction_heads, head_scores, previous_token_heads
+    from scrub.data.batches import repeated_random_tokens
+    from scrub.heads.scores import behavioral_induction_heads, head_scores, previous_token_heads
+    from scrub.model.loading import SHIPPED_DIR, load_model
 
     if not SHIPPED_DIR.exists():
         pytest.skip("the shipped model is not trained yet")

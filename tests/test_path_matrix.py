@@ -1,4 +1,4 @@
-"""The vectorised path-patching matrix (scrub/path_matrix.py) equals the tree engine (``patch_effects``) and
+"""The vectorised path-patching matrix (scrub/patching/matrix.py) equals the tree engine (``patch_effects``) and
 literal TransformerLens hooks (``hooked_patch_logits``) path by path: heads only and with MLPs, every channel,
 both position kinds, with and without a final LayerNorm; and on the shipped model in float32."""
 
@@ -9,12 +9,19 @@ import random
 import pytest
 import torch
 
-from scrub.patching import (
-    PatchPath, hooked_patch_logits, make_metric, pair_run, patch_effects, patch_matrix, patched_logits,
-    second_repeat_positions, split_qkv_copy,
+from scrub.claims.sites import HEAD_CHANNELS, Channel, Head, Mlp, SiteError
+from scrub.claims.structure import Structure
+from scrub.patching.paths import (
+    PatchPath,
+    hooked_patch_logits,
+    make_metric,
+    pair_run,
+    patch_effects,
+    patch_matrix,
+    patched_logits,
+    second_repeat_positions,
+    split_qkv_copy,
 )
-from scrub.sites import HEAD_CHANNELS, Channel, Head, Mlp, SiteError
-from scrub.structure import Structure
 from tests.helpers import tiny_model
 
 
@@ -168,8 +175,8 @@ def test_bad_components_are_named():
 
 
 def test_chunking_does_not_change_the_result():
-    from scrub.path_matrix import matrix_values
-    from scrub.patching import pair_run
+    from scrub.patching.matrix import matrix_values
+    from scrub.patching.paths import pair_run
 
     model = tiny_model(n_layers=3, n_heads=3, attn_only=False, pos="standard", dtype=torch.float64, seed=7)
     ref, cor = batches(4)
@@ -190,7 +197,7 @@ def test_cli_patch_with_mlps(tmp_path, capsys):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from scrub.cli import main
-    from scrub.model import save_checkpoint
+    from scrub.model.loading import save_checkpoint
 
     cfg = HookedTransformerConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, n_ctx=32, d_vocab=2048, d_mlp=32,
                                   act_fn="gelu", seed=0, normalization_type="LN", positional_embedding_type="standard")
@@ -214,8 +221,8 @@ def test_cli_patch_with_mlps(tmp_path, capsys):
 
 
 def test_shipped_model_matches_hooks_in_float32():
-    from scrub.data import repeated_random_tokens
-    from scrub.model import SHIPPED_DIR, load_model
+    from scrub.data.batches import repeated_random_tokens
+    from scrub.model.loading import SHIPPED_DIR, load_model
 
     if not SHIPPED_DIR.exists():
         pytest.skip("the shipped model is not trained yet")
@@ -243,7 +250,7 @@ def test_a_bad_row_constant_is_caught_and_the_chunk_redone(monkeypatch):
     logit overflow against it, the chunk is scored again from plain logits."""
     import sys
 
-    module = sys.modules["scrub.path_matrix"]
+    module = sys.modules["scrub.patching.matrix"]
     model = tiny_model(n_layers=2, attn_only=False, pos="standard", dtype=torch.float64, seed=2)
     ref, cor = batches(6)
     metric = make_metric("loss", ref, cor, torch.arange(2, 9))

@@ -1,11 +1,11 @@
-"""Tests for scrub.plots: a heatmap is written as a PNG without touching pyplot's global state."""
+"""Tests for scrub.views.plots: a heatmap is written as a PNG without touching pyplot's global state."""
 
 import sys
 
 import torch
 
-from scrub.patching import make_metric, patch_matrix
-from scrub.plots import head_heatmap, patch_heatmap
+from scrub.patching.paths import make_metric, patch_matrix
+from scrub.views.plots import head_heatmap, patch_heatmap
 from tests.helpers import tiny_model
 
 

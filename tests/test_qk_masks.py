@@ -8,13 +8,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate
-from scrub.hypothesis import add_path, full_graph, validate
-from scrub.masks import QKMask, all_keys, no_keys, previous_position, within
-from scrub.reference import naive_logits
-from scrub.structure import Structure
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.claims.hypothesis import add_path, validate
+from scrub.claims.masks import QKMask, all_keys, no_keys, previous_position, within
+from scrub.claims.structure import Structure
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.treeify import SamplingOptions, assign_data, treeify
+from scrub.testing.reference import naive_logits
 from tests.helpers import n_channel_edges, subgraph, tiny_model
 from tests.test_engine import micro_model
 
@@ -74,7 +74,7 @@ MASKS = [previous_position(), within(0), within(2), QKMask("even keys", lambda q
 def test_engine_equals_naive_reference_with_query_key_masks(seed, pos, density, mask_pick, per_position):
     """Random claims on random 2-layer models with a query-key mask on about half of the head edges (one mask
     per head input), some nodes with a per-position feature: the engine equals the literal evaluation."""
-    from scrub.features import is_repeat
+    from scrub.claims.features import is_repeat
 
     model = tiny_model(n_layers=2, n_heads=2, pos=pos, seed=seed, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)

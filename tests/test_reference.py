@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scrub.hypothesis import empty_graph, full_graph, validate
-from scrub.reference import naive_logits
-from scrub.treeify import assign_data, treeify
+from scrub.claims.hypothesis import empty_graph, full_graph, validate
+from scrub.engine.treeify import assign_data, treeify
+from scrub.testing.reference import naive_logits
 from tests.helpers import tiny_model
 
 # Small enough that the full claim stays cheap when unrolled into one copy per path.

@@ -1,6 +1,6 @@
 """Redwood's REMIX day-3 ladder (issue #11): the ``hypotheses/remix_*.py`` files load and validate on both shipped
 models, claim what their docstrings say (heads from the roles, never hard-coded), run from the CLI; the good
-induction candidates of ``scrub.candidates``; the study's REMIX section (``experiments/_remix.py``)."""
+induction candidates of ``scrub.data.candidates``; the study's REMIX section (``experiments/_remix.py``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 
 from hypotheses._build import Remix, induction_baseline, remix_graph
 from hypotheses._heads import head_roles
-from scrub.candidates import good_candidate_tokens, good_candidates, repeat_events, stream_coverage
-from scrub.hypothesis import full_graph, validate
-from scrub.hypothesis_file import load_hypothesis
-from scrub.model import ASSETS, load_model
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import full_graph, validate
+from scrub.data.candidates import good_candidate_tokens, good_candidates, repeat_events, stream_coverage
+from scrub.model.loading import ASSETS, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "hypotheses").glob("remix_*.py"))
@@ -84,7 +84,7 @@ def test_previous_token_head_comes_from_the_roles(shipped):
 
 
 def test_prev_only_masks_the_previous_token_heads_value(shipped):
-    masks = pytest.importorskip("scrub.masks")
+    masks = pytest.importorskip("scrub.claims.masks")
     model, roles = shipped
     g = load_hypothesis(ROOT / "hypotheses" / "remix_k_prev_only.py", model)  # validates
     graph = remix_graph(model, roles, Remix(k=True, prev_mask=masks.previous_position()))
@@ -139,13 +139,13 @@ def test_stream_coverage_finds_rows_by_content():
 
 
 def test_good_candidates_leaves_the_scored_text_out():
-    from scrub.data import natural_batch
+    from scrub.data.batches import natural_batch
 
     tokens = natural_batch(4, 64, seed=0)  # [4, 64]
     mask = good_candidates(tokens)
     assert mask.dtype == torch.bool and mask.shape == tokens.shape and not mask[:, 0].any()
     assert 0.05 < float(mask.float().mean()) < 0.6
-    from scrub.candidates import GoodCandidates
+    from scrub.data.candidates import GoodCandidates
 
     shipped = GoodCandidates.shipped()
     stream, events = shipped.stream, shipped.events
@@ -159,7 +159,7 @@ def test_good_candidates_leaves_the_scored_text_out():
 
 def test_scrub_metrics_agrees_with_scrub_many_and_kl_of_the_full_graph_is_one(shipped):
     from experiments._evaluate import scrub_many, scrub_metrics
-    from scrub.data import all_positions, natural_batch
+    from scrub.data.batches import all_positions, natural_batch
 
     model, roles = shipped
     tokens = natural_batch(6, 32, seed=1)  # [6, 32]
@@ -195,8 +195,8 @@ def test_remix_section_builds_every_rung_or_says_why(shipped):
 
 
 def test_good_candidates_is_a_positions_function_of_scrub_run(shipped):
-    from scrub.data import natural_batch
-    from scrub.experiment import run
+    from scrub.data.batches import natural_batch
+    from scrub.experiment.runner import run
 
     model, roles = shipped
     tokens = natural_batch(4, 48, seed=2)  # [4, 48]

@@ -7,12 +7,12 @@ import networkx as nx
 import pytest
 import torch
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate
-from scrub.experiment import RunInputError, run
-from scrub.features import Feature, constant, is_repeat
-from scrub.hypothesis import add_path, validate
-from scrub.treeify import SamplingOptions, assign_data, treeify
+from scrub.claims.features import Feature, constant, is_repeat
+from scrub.claims.hypothesis import add_path, validate
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.treeify import SamplingOptions, assign_data, treeify
+from scrub.experiment.runner import RunInputError, run
 from tests.helpers import tiny_model
 
 
@@ -50,12 +50,12 @@ def test_draws_do_not_depend_on_the_batch_size(feature, pool):
 def test_the_whole_dataset_clean_run_and_per_batch_runs_agree(monkeypatch):
     """A run keeps the whole dataset's clean run when it fits; without it every batch runs its own examples and
     the data it draws: the same numbers either way."""
-    import scrub.experiment
+    import scrub.experiment.runner
 
     model = tiny_model(dtype=torch.float64, seed=3)
     tokens = _tokens(10, seed=4)
     kept = run(model, _claim(is_repeat(per_position=True)), tokens, batch_size=4, progress=False, n_bootstrap=20)
-    monkeypatch.setattr(scrub.experiment, "WHOLE_RUN_SHARE", 0.0)
+    monkeypatch.setattr(scrub.experiment.runner, "WHOLE_RUN_SHARE", 0.0)
     batched = run(model, _claim(is_repeat(per_position=True)), tokens, batch_size=4, progress=False, n_bootstrap=20)
     for a, b in ((kept.per_example_scrubbed, batched.per_example_scrubbed),
                  (kept.per_example_baseline, batched.per_example_baseline)):
@@ -98,8 +98,8 @@ def test_a_per_position_feature_every_datum_shares_is_the_constant_feature_on_tw
 def test_per_position_is_repeat_resamples_where_the_whole_sequence_code_cannot():
     """On natural text, no two sequences share the whole is_repeat row, so that feature never resamples and the
     run warns; the per-position version finds an agreeing datum at almost every position."""
-    from scrub.data import natural_batch
-    from scrub.model import load_model
+    from scrub.data.batches import natural_batch
+    from scrub.model.loading import load_model
 
     shipped_model, tokens = load_model(), natural_batch(24, 48, seed=3)
     results = {}
@@ -125,7 +125,7 @@ def test_a_head_reading_a_per_position_embedding_is_recomputed(pos):
     """A head whose every input is the clean residual on a per-position datum map is not the clean head on any
     datum (its attention mixes positions read from different data): the engine must recompute it. Found by the
     property test on shortformer and rotary models, where the embedding is the head's only residual source."""
-    from scrub.reference import naive_logits
+    from scrub.testing.reference import naive_logits
 
     model = tiny_model(n_layers=2, n_heads=1, pos=pos, dtype=torch.float64)
     g = nx.DiGraph()

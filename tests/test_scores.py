@@ -1,18 +1,32 @@
-"""Tests for scrub.scores: exact answers on hand-built patterns, constructed weights, detect_head cross-checks."""
+"""Tests for scrub.heads.scores: exact answers on hand-built patterns, constructed weights, detect_head cross-checks."""
 
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.head_detector import detect_head
 
-from scrub.data import natural_batch, repeat_positions, repeated_random_tokens
-from scrub.model import SHIPPED_DIR, TOKENIZER_PATH, load_model
-from scrub.scores import (
-    SCORE_NAMES, HeadScores, Thresholds, attention_patterns, attention_to, behavioral_induction_heads,
-    copying_ratio, copying_scores, duplicate_token_score, eigenvalue_positivity, head_scores, icl_from_losses,
-    in_context_learning, ov_eigenvalue_scores, prefix_matching_score, previous_token_heads, previous_token_score,
+from scrub.claims.sites import Head
+from scrub.data.batches import natural_batch, repeat_positions, repeated_random_tokens
+from scrub.heads.scores import (
+    SCORE_NAMES,
+    HeadScores,
+    Thresholds,
+    attention_patterns,
+    attention_to,
+    behavioral_induction_heads,
+    copying_ratio,
+    copying_scores,
+    duplicate_token_score,
+    eigenvalue_positivity,
+    head_scores,
+    icl_from_losses,
+    in_context_learning,
+    ov_eigenvalue_scores,
+    prefix_matching_score,
+    previous_token_heads,
+    previous_token_score,
 )
-from scrub.sites import Head
+from scrub.model.loading import SHIPPED_DIR, TOKENIZER_PATH, load_model
 
 SHIPPED = pytest.mark.skipif(not (SHIPPED_DIR / "config.json").exists(),
                              reason=f"shipped model not trained yet ({SHIPPED_DIR} missing)")
@@ -160,7 +174,7 @@ def check_against_detect_head(model: HookedTransformer, text: str) -> None:
     pattern = attention_patterns(model, tokens)  # [1, layer, head, q, k]
     prev = previous_token_score(pattern) * (seq - 1) / seq
     torch.testing.assert_close(detect_head(model, text, "previous_token_head"), prev, atol=1e-5, rtol=0)
-    from scrub.scores import duplicate_token_target, prefix_matching_target
+    from scrub.heads.scores import duplicate_token_target, prefix_matching_target
 
     rows = prefix_matching_target(tokens).any(-1).sum().item()
     induction = prefix_matching_score(pattern, tokens) * rows / seq

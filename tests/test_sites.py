@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from scrub.sites import Embed, Head, Logits, Mlp, Pos, SiteError, hook_name
+from scrub.claims.sites import Embed, Head, Logits, Mlp, Pos, SiteError, hook_name
 from tests.helpers import tiny_model
 
 

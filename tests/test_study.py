@@ -11,7 +11,7 @@ import pytest
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.cli import build_parser, main
-from scrub.model import save_checkpoint, shipped_models
+from scrub.model.loading import save_checkpoint, shipped_models
 from tests.helpers import save_tiny_checkpoint
 
 SECTIONS = ("## 1. Behavioral head scores", "## 2. Hypotheses", "## 3. Loss recovered", "## 4. What the numbers say",

@@ -1,9 +1,9 @@
-"""Tests for scrub.tokenizer: round trips, BOS, and the vocabulary check against a model."""
+"""Tests for scrub.model.tokenizer: round trips, BOS, and the vocabulary check against a model."""
 
 import pytest
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.tokenizer import check_compatible, load_tokenizer
+from scrub.model.tokenizer import check_compatible, load_tokenizer
 
 
 def tiny_model(d_vocab: int) -> HookedTransformer:

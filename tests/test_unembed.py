@@ -6,12 +6,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate_many
-from scrub.hypothesis import validate
-from scrub.sites import Head
-from scrub.treeify import SamplingOptions, assign_data, treeify
-from scrub.unembed import FactoredUnembed, Term, unembed
+from scrub.claims.hypothesis import validate
+from scrub.claims.sites import Head
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate_many
+from scrub.engine.treeify import SamplingOptions, assign_data, treeify
+from scrub.engine.unembed import FactoredUnembed, Term, unembed
 from tests.helpers import n_channel_edges, subgraph, tiny_model
 
 

@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scrub.data import natural_batch, repeated_random_tokens  # noqa: E402
+from scrub.data.batches import natural_batch, repeated_random_tokens  # noqa: E402
+from scrub.heads.scores import (  # noqa: E402
+    Thresholds,
+    behavioral_induction_heads,
+    head_scores,
+    in_context_learning,
+    previous_token_heads,
+)
 from scrub.metrics import token_losses  # noqa: E402
-from scrub.model import ASSETS, SHIPPED_NAME, load_model  # noqa: E402
-from scrub.scores import (Thresholds, behavioral_induction_heads, head_scores, in_context_learning,  # noqa: E402
-                          previous_token_heads)
+from scrub.model.loading import ASSETS, SHIPPED_NAME, load_model  # noqa: E402
 
 BASELINE_HELDOUT_LOSS = 3.553  # scrub-attn-2l, this script, seed 0, n 64
 

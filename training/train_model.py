@@ -51,10 +51,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from scrub.data import repeated_random_tokens  # noqa: E402
+from scrub.data.batches import repeated_random_tokens  # noqa: E402
+from scrub.heads.scores import copying_scores  # noqa: E402
 from scrub.metrics import token_losses  # noqa: E402
-from scrub.model import ArchSpec, SHIPPED_DIR, save_checkpoint  # noqa: E402
-from scrub.scores import copying_scores  # noqa: E402
+from scrub.model.loading import SHIPPED_DIR, ArchSpec, save_checkpoint  # noqa: E402
 from training.fast_model import FastTransformer, to_hooked  # noqa: E402
 
 CACHE = ROOT / "training" / ".cache"

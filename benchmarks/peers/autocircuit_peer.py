@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
 from auto_circuit.types import AblationType
 from auto_circuit.utils.ablation_activations import src_ablations
 from auto_circuit.utils.graph_utils import patch_mode, patchable_model
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
 def load(directory: Path) -> HookedTransformer:

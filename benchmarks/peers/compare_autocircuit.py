@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
-from scrub.data import repeated_random_tokens  # noqa: E402
-from scrub.model import SHIPPED_DIR, ArchSpec, load_model, save_checkpoint  # noqa: E402
-from scrub.patching import PatchPath, edge_paths, make_metric, patch_effects, second_repeat_positions  # noqa: E402
-from scrub.sites import Channel, Embed, Head, Pos  # noqa: E402
+from scrub.claims.sites import Channel, Embed, Head, Pos  # noqa: E402
+from scrub.data.batches import repeated_random_tokens  # noqa: E402
+from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model, save_checkpoint  # noqa: E402
+from scrub.patching.paths import PatchPath, edge_paths, make_metric, patch_effects, second_repeat_positions  # noqa: E402
 
 PEER_PYTHON = os.environ.get("AUTOCIRCUIT_PYTHON", "/work/venv-autocircuit/bin/python")
 

@@ -22,13 +22,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from scrub.data import induction_candidates
+from scrub.data.batches import induction_candidates
+from scrub.errors import ScrubError
 
 TokenFn = Callable[[Tensor], Tensor]
 
 
-class FeatureError(ValueError):
+class FeatureError(ScrubError):
     """A feature that fails on a batch or returns something other than integer codes, one row per sequence."""
+
+
+class FeatureTypeError(FeatureError, TypeError):
+    """A feature argument of the wrong kind (the class, a factory, a non-callable)."""
 
 
 def one_line(err: BaseException) -> str:
@@ -98,15 +103,15 @@ def as_feature(value: Feature | TokenFn | None, *, where: str = "") -> Feature |
     if value is None or isinstance(value, Feature):
         return value
     if value is Feature:
-        raise TypeError(f"{where}feature=Feature is the class: make a feature, "
+        raise FeatureTypeError(f"{where}feature=Feature is the class: make a feature, "
                         f"e.g. Feature('parity', lambda t: t[:, -1] % 2)")
     if callable(value):
         name = getattr(value, "__name__", "feature")
         if _makes_features(value):
-            raise TypeError(f"{where}feature={name} is a function that makes a feature, not a feature: call it, "
+            raise FeatureTypeError(f"{where}feature={name} is a function that makes a feature, not a feature: call it, "
                             f"feature={name}()")
         return Feature(name, value)
-    raise TypeError(f"{where}feature must be a scrub.features.Feature or a callable tokens -> codes, "
+    raise FeatureTypeError(f"{where}feature must be a scrub.claims.features.Feature or a callable tokens -> codes, "
                     f"got {type(value).__name__}")
 
 

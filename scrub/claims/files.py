@@ -2,7 +2,7 @@
 
 Errors (syntax, an exception while importing or inside ``hypothesis``, a wrong signature, a bad graph) are
 one-line ``HypothesisError``s naming the file and, where there is one, the line; whatever the file prints
-goes to stderr, so stdout stays the command's output. The graph rules are in ``scrub.hypothesis``.
+goes to stderr, so stdout stays the command's output. The graph rules are in ``scrub.claims.hypothesis``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
-from scrub.features import one_line
-from scrub.hypothesis import Claim, HypothesisError, check_paths, validate
+from scrub.claims.features import one_line
+from scrub.claims.hypothesis import Claim, HypothesisError, check_paths, validate
 
 
 def _where_in(path: Path, err: BaseException) -> str:

@@ -1,14 +1,14 @@
 """Hypothesis graphs: how users write claims, how they are validated, and built-in graphs (files are loaded
-by ``scrub.hypothesis_file``).
+by ``scrub.claims.files``).
 
 A hypothesis is a ``networkx.DiGraph`` whose nodes are components (``embed``, ``pos``, ``"L.H"``,
 ``"mlp.L"``, ``logits``) and whose edges say "this component's output enters that one". An edge into a
 head names the input(s) it enters with the edge attribute ``via`` (``"q"``, ``"k"``, ``"v"``, or several
 at once: ``via="kv"`` or ``via=("k", "v")``); edges into MLPs and ``logits`` take no ``via``. Optional
-attributes: node ``feature`` (a ``scrub.features.Feature``), node ``component`` (to give one component
+attributes: node ``feature`` (a ``scrub.claims.features.Feature``), node ``component`` (to give one component
 several graph nodes, i.e. claim it differently on different paths), edge ``positions`` (a function
 tokens -> bool mask [batch, seq]: the receiver positions where the edge is claimed), edge ``qk_mask`` (a
-``scrub.masks.QKMask``, on edges into a head: the (query, key) pairs through which the head reads the
+``scrub.claims.masks.QKMask``, on edges into a head: the (query, key) pairs through which the head reads the
 claimed input; through the other pairs that input is resampled). The claim is the set of input -> logits
 paths of the graph. ``validate`` turns a graph into a frozen ``Claim`` or raises
 ``HypothesisError`` naming the file, the node or edge, and the fix.
@@ -22,7 +22,7 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
 - node attributes are ``feature`` and ``component``; edge attributes are ``via``, ``positions`` and
   ``qk_mask``. Anything else (``features=``, ``position=``, ``mask_qk=``) is a misspelling, and is rejected
   with a suggestion.
-- ``qk_mask`` is a ``scrub.masks.QKMask`` (a plain function is rejected, with ``QKMask(name, fn)`` as the
+- ``qk_mask`` is a ``scrub.claims.masks.QKMask`` (a plain function is rejected, with ``QKMask(name, fn)`` as the
   fix), only on edges into a head (MLPs and logits have no keys), not together with ``positions`` on one
   edge, and applies to every input the edge names (``via="kv"``: k and v), or is a dict naming the inputs it
   masks (``via="qkv", qk_mask={"k": m, "v": m}``: q claimed at every pair). All masked edges into one input
@@ -43,7 +43,7 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   tokens' shape ``[batch, seq]``; 0/1 integer or float masks are rejected (they would weight the claim),
   with ``.bool()`` as the fix. ``check_on(claim, tokens)`` evaluates every feature, positions function and
   query-key mask once on a batch, before any work; positions functions are also checked on every call.
-- hypothesis files (``scrub.hypothesis_file``): syntax errors and exceptions raised while importing the file or inside
+- hypothesis files (``scrub.claims.files``): syntax errors and exceptions raised while importing the file or inside
   ``hypothesis(model)`` are reported with the file and line; ``print`` inside a file goes to stderr.
 """
 
@@ -63,9 +63,9 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.features import Feature, FeatureError, as_feature, one_line
-from scrub.masks import MaskError, QKMask
-from scrub.sites import (
+from scrub.claims.features import Feature, FeatureError, as_feature, one_line
+from scrub.claims.masks import MaskError, QKMask
+from scrub.claims.sites import (
     HEAD_CHANNELS,
     Channel,
     Component,
@@ -78,7 +78,8 @@ from scrub.sites import (
     parse_channel,
     parse_component,
 )
-from scrub.structure import Structure
+from scrub.claims.structure import Structure
+from scrub.errors import ScrubError
 
 PositionFn = Callable[[Tensor], Tensor]
 
@@ -92,7 +93,7 @@ _MASK_FACTORIES = ("previous_position", "within", "all_keys", "no_keys")
 _LOOKS_LIKE_COMPONENT = re.compile(r"^\s*(embed|pos|logits|\d+\s*\.\s*\d+|mlp\s*\.\s*\d+)\s*$", re.IGNORECASE)
 
 
-class HypothesisError(ValueError):
+class HypothesisError(ScrubError):
     """A hypothesis that cannot be run; the message names where and how to fix it."""
 
 
@@ -131,7 +132,7 @@ def _mask_problem(mask: object, tokens: Tensor) -> str | None:
     shape = list(tokens.shape)
     if isinstance(mask, Feature):
         return (f"returned a Feature: 'positions' takes a function tokens -> bool mask {shape} "
-                f"(e.g. scrub.features.after_earlier_occurrence); features go on nodes as feature=...")
+                f"(e.g. scrub.claims.features.after_earlier_occurrence); features go on nodes as feature=...")
     if not isinstance(mask, Tensor):
         module, name = type(mask).__module__, type(mask).__name__
         kind = f"{module}.{name}" if module == "numpy" else name
@@ -461,16 +462,18 @@ def _qk_mask(mask: object, d: ClaimNode, positions: PositionFn | None, where: st
         return mask
     name = getattr(mask, "__name__", None)
     if mask is QKMask:
-        got = "is the QKMask class: build a mask, qk_mask=scrub.masks.QKMask(name, fn)"
-    elif inspect.isfunction(mask) and getattr(mask, "__module__", None) == "scrub.masks" and name in _MASK_FACTORIES:
+        got = "is the QKMask class: build a mask, qk_mask=scrub.claims.masks.QKMask(name, fn)"
+    elif (inspect.isfunction(mask) and getattr(mask, "__module__", None) == "scrub.claims.masks"
+          and name in _MASK_FACTORIES):
         args = "" if not inspect.signature(mask).parameters else "..."
         got = f"is {name}, a function that makes a mask, not a mask: call it, qk_mask={name}({args})"
     elif callable(mask):
         got = (f"is a plain function {name or type(mask).__name__!r}: wrap it with a name, "
-               f"qk_mask=scrub.masks.QKMask('name', fn) (fn(query, key) -> bool)")
+               f"qk_mask=scrub.claims.masks.QKMask('name', fn) (fn(query, key) -> bool)")
     else:
-        got = (f"is a {type(mask).__name__}: it must be a scrub.masks.QKMask, e.g. scrub.masks.previous_position() "
-               f"or scrub.masks.QKMask('name', lambda q, k: ...)")
+        got = (f"is a {type(mask).__name__}: it must be a scrub.claims.masks.QKMask, e.g. "
+               "scrub.claims.masks.previous_position() "
+               f"or scrub.claims.masks.QKMask('name', lambda q, k: ...)")
     raise HypothesisError(f"{where}{label}: qk_mask {got}")
 
 
@@ -528,7 +531,7 @@ def check_on(claim: Claim, tokens: Tensor) -> None:
     codes with one row per example, or a bool mask [batch, seq]. Raises ``HypothesisError`` naming the file,
     the node or edge, and the fix."""
     if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype.is_floating_point:
-        raise ValueError("check_on(claim, tokens): tokens are the integer token ids of a batch, [batch, seq]")
+        raise ScrubError("check_on(claim, tokens): tokens are the integer token ids of a batch, [batch, seq]")
     check_paths(claim)
     where = f"{claim.origin}: "
     for node in claim.nodes:

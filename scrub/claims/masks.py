@@ -24,12 +24,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from scrub.features import one_line
+from scrub.claims.features import one_line
+from scrub.errors import ScrubError
 
 MaskFn = Callable[[Tensor, Tensor], Tensor]
 
 
-class MaskError(ValueError):
+class MaskError(ScrubError):
     """A query–key mask whose function fails or returns something other than a bool [query, key] matrix."""
 
 

@@ -14,8 +14,10 @@ from typing import Any, Callable, Union
 
 from transformer_lens import HookedTransformerConfig
 
+from scrub.errors import ScrubError
 
-class SiteError(ValueError):
+
+class SiteError(ScrubError):
     """A component name or input channel that the model does not have; the message says the fix."""
 
 

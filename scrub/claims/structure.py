@@ -15,7 +15,7 @@ from typing import Literal
 
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
+from scrub.claims.sites import HEAD_CHANNELS, Channel, Component, Embed, Head, Logits, Mlp, Pos
 
 PosKind = Literal["standard", "shortformer", "rotary"]
 

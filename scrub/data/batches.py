@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from scrub.model import ASSETS
-from scrub.tokenizer import load_tokenizer
+from scrub.errors import ScrubError
+from scrub.model.loading import ASSETS
+from scrub.model.tokenizer import load_tokenizer
 
 VAL_TOKENS_PATH = ASSETS / "val_tokens.npy"
 
@@ -28,7 +29,7 @@ def load_val_tokens(path: str | Path = VAL_TOKENS_PATH) -> torch.Tensor:
     """The validation stream as a 1-D LongTensor (documents concatenated, each preceded by BOS)."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"no validation tokens at {path}; rebuild them with `python training/prepare_corpus.py`")
+        raise ScrubError(f"no validation tokens at {path}; rebuild them with `python training/prepare_corpus.py`")
     return torch.from_numpy(np.load(path).astype(np.int64))  # [stream]
 
 
@@ -56,7 +57,7 @@ def check_memory(needed: int, what: str, fix: str, device: torch.device | str = 
     that cannot fit (which would otherwise fail deep in torch, or swap for hours), not a measurement."""
     have = available_memory(device)
     if have is not None and needed > have:
-        raise ValueError(f"{what} needs about {_size(needed)} of memory but {_size(have)} is available; {fix}")
+        raise ScrubError(f"{what} needs about {_size(needed)} of memory but {_size(have)} is available; {fix}")
 
 
 def _size(n: int) -> str:
@@ -66,7 +67,7 @@ def _size(n: int) -> str:
 
 def _check_count(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be a whole number ≥ {low} (got {value!r})")
+        raise ScrubError(f"{name} must be a whole number ≥ {low} (got {value!r})")
 
 
 def check_length(tokens: torch.Tensor | int, model: HookedTransformer) -> None:
@@ -74,7 +75,7 @@ def check_length(tokens: torch.Tensor | int, model: HookedTransformer) -> None:
     length = tokens if isinstance(tokens, int) else int(tokens.shape[-1])
     n_ctx = model.cfg.n_ctx
     if length > n_ctx:
-        raise ValueError(
+        raise ScrubError(
             f"sequence of length {length} is longer than the model's n_ctx {n_ctx}; use --seq-len ≤ {n_ctx}"
         )
 
@@ -93,7 +94,7 @@ def natural_batch(n: int, seq_len: int = 128, *, seed: int = 0, tokens: torch.Te
     stream = load_val_tokens() if tokens is None else torch.as_tensor(tokens, dtype=torch.long).flatten()
     body = seq_len - 1
     if body > len(stream):
-        raise ValueError(f"seq_len {seq_len} is longer than the token stream ({len(stream)} tokens)")
+        raise ScrubError(f"seq_len {seq_len} is longer than the token stream ({len(stream)} tokens)")
     gen = torch.Generator().manual_seed(seed)
     n_tiles = len(stream) // body
     starts = torch.randperm(n_tiles, generator=gen)[:n] * body  # [min(n, n_tiles)]
@@ -128,7 +129,7 @@ def allowed_random_tokens(vocab_size: int, *, bos_id: int = 0, exclude_common: i
         keep[order[-exclude_common:]] = False
     allowed = torch.nonzero(keep).flatten()  # [n_allowed]
     if len(allowed) == 0:
-        raise ValueError(f"excluding {exclude_common} most and least common tokens leaves none of {vocab_size}")
+        raise ScrubError(f"excluding {exclude_common} most and least common tokens leaves none of {vocab_size}")
     return allowed
 
 

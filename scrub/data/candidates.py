@@ -20,7 +20,7 @@ quarter of the positions (speaker names, name fragments, rare words; over every 
 
 Scoring (``good_candidates``) is REMIX's: a prediction position is scored when its current token is in the list,
 whether or not it occurred earlier in the sequence (REMIX's mask does not ask; intersect with
-``scrub.data.induction_candidates`` for the stricter set). Unlike REMIX's fixed list, the list is chosen without
+``scrub.data.batches.induction_candidates`` for the stricter set). Unlike REMIX's fixed list, the list is chosen without
 the text it scores: the only shipped text is ``scrub/assets/val_tokens.npy`` (the training split is not shipped),
 and every natural-text batch of scrub and of the study is cut from that stream, so ``good_candidates(tokens)``
 finds the rows of ``tokens`` in the stream (by content) and leaves every event that touches them out of the
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from scrub.errors import ScrubError
 
 BOS_ID = 0
 WINDOW = 255  # an earlier occurrence counts at most this many tokens back (the study's windows: BOS + 255)
@@ -90,7 +92,7 @@ def good_candidate_tokens(stream: Tensor, vocab_size: int, *, exclude: Tensor | 
     if exclude is not None:
         exclude = torch.as_tensor(exclude, dtype=torch.bool).flatten()
         if exclude.shape != stream.shape:
-            raise ValueError(f"exclude has shape {list(exclude.shape)}, the stream {list(stream.shape)}")
+            raise ScrubError(f"exclude has shape {list(exclude.shape)}, the stream {list(stream.shape)}")
         tokens = stream[~exclude]
         keep = ~(exclude[t] | exclude[t + 1] | exclude[j] | exclude[j + 1])
         t, hit = t[keep], hit[keep]
@@ -107,7 +109,7 @@ def good_candidate_tokens(stream: Tensor, vocab_size: int, *, exclude: Tensor | 
 
 def stream_coverage(stream: Tensor, rows: Tensor, *, bos_id: int = BOS_ID) -> Tensor:
     """bool [len(stream)]: the stream positions that some row of ``rows`` [batch, seq] was cut from. A row is
-    found where its tokens (after a leading BOS, which ``scrub.data.natural_batch`` prepends) occur contiguously
+    found where its tokens (after a leading BOS, which ``scrub.data.batches.natural_batch`` prepends) occur contiguously
     in the stream; rows found nowhere (other text, random tokens) mark nothing."""
     stream = torch.as_tensor(stream, dtype=torch.long).flatten()  # [n]
     covered = torch.zeros(len(stream), dtype=torch.bool)
@@ -138,8 +140,8 @@ class GoodCandidates:
 
     @classmethod
     def shipped(cls) -> GoodCandidates:
-        """The list over the shipped validation stream (``scrub.data.load_val_tokens``; about a second)."""
-        from scrub.data import load_val_tokens
+        """The list over the shipped validation stream (``scrub.data.batches.load_val_tokens``; about a second)."""
+        from scrub.data.batches import load_val_tokens
 
         stream = load_val_tokens()  # [n]
         return cls(stream, repeat_events(stream))

@@ -21,13 +21,14 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import AbstractAttention, GroupedQueryAttention, LayerNorm, LayerNormPre
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos, hook_name, parse_channel
-from scrub.structure import Structure
+from scrub.claims.sites import Channel, Component, Embed, Head, Mlp, Pos, hook_name, parse_channel
+from scrub.claims.structure import Structure
+from scrub.errors import ScrubError
 
 _QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")  # q/k norm in attention
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ScrubError):
     """The model uses an architecture feature the engine does not implement."""
 
 
@@ -145,7 +146,7 @@ class CleanRun:
                 return self.heads[layer][:, :, head]
             case Mlp(layer=layer):
                 return self.mlps[layer]
-        raise ValueError(f"{component} is not a source")
+        raise ScrubError(f"{component} is not a source")
 
 
 @torch.no_grad()
@@ -245,7 +246,7 @@ def heads_z_normed(model: HookedTransformer, layer: int, head_index: Tensor, xq:
     shortformer models (added to the normalised q and k inputs), else None. With grouped-query attention
     each copy projects its own k and v input through its query head's key/value head.
 
-    ``alt`` splits inputs by (query, key) pair (query–key masks, ``scrub.masks``): ``alt[c] = (x_alt, mask)``
+    ``alt`` splits inputs by (query, key) pair (query–key masks, ``scrub.claims.masks``): ``alt[c] = (x_alt, mask)``
     for a channel c in q, k, v (a ``Channel`` or its letter), x_alt an alternative normalised input of the
     same form as xq/xk/xv, mask bool [copy or 1, batch or 1, q, k] (True: the pair reads the main input).
     Every transform of the main input (projection, shortformer positions, clip_qkv, rotary) is applied to
@@ -312,12 +313,12 @@ def _check_alt(alt: Mapping[Channel, tuple[Tensor, Tensor]] | None) -> dict[Chan
     for key, value in (alt or {}).items():
         channel = parse_channel(key)
         if channel == Channel.IN:
-            raise ValueError("heads_z_normed alt: keys are the head inputs 'q', 'k', 'v', not 'in'")
+            raise ScrubError("heads_z_normed alt: keys are the head inputs 'q', 'k', 'v', not 'in'")
         if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(t, Tensor) for t in value)):
-            raise ValueError(f"heads_z_normed alt[{channel.value!r}] is (x_alt, mask), two tensors")
+            raise ScrubError(f"heads_z_normed alt[{channel.value!r}] is (x_alt, mask), two tensors")
         x_alt, mask = value
         if mask.dtype != torch.bool or mask.dim() > 4:
-            raise ValueError(f"heads_z_normed alt[{channel.value!r}]: the mask is bool [copy or 1, batch or 1, q, k], "
+            raise ScrubError(f"heads_z_normed alt[{channel.value!r}]: the mask is bool [copy or 1, batch or 1, q, k], "
                              f"got {mask.dtype} {list(mask.shape)}")
         out[channel] = (x_alt, mask)
     return out

@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise, residual_slot
-from scrub.masks import QKMask
-from scrub.sites import Channel, Component, Embed, Head, Mlp, Pos
-from scrub.structure import Structure
-from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
-from scrub.unembed import FactoredUnembed, Term, unembed
+from scrub.claims.masks import QKMask
+from scrub.claims.sites import Channel, Component, Embed, Head, Mlp, Pos
+from scrub.claims.structure import Structure
+from scrub.engine.compute import CleanRun, heads_z_normed, mlp_forward, normalise, residual_slot
+from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
+from scrub.engine.unembed import FactoredUnembed, Term, unembed
 
 COPY_BUDGET = 120_000_000  # floats per stacked input tensor; bounds memory of one batched call
 

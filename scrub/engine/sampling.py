@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from scrub.features import Feature
+from scrub.claims.features import Feature
 
 
 @dataclass(frozen=True)

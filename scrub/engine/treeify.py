@@ -31,17 +31,18 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from scrub.features import Feature
-from scrub.hypothesis import Claim, ClaimEdge, PositionFn
-from scrub.masks import QKMask
-from scrub.sampling import Sampler
-from scrub.sites import Channel, Component, Embed, Logits, Pos
-from scrub.structure import Structure
+from scrub.claims.features import Feature
+from scrub.claims.hypothesis import Claim, ClaimEdge, PositionFn
+from scrub.claims.masks import QKMask
+from scrub.claims.sites import Channel, Component, Embed, Logits, Pos
+from scrub.claims.structure import Structure
+from scrub.engine.sampling import Sampler
+from scrub.errors import ScrubError
 
 MAX_TREE_NODES = 20_000
 
 
-class TreeTooLargeError(ValueError):
+class TreeTooLargeError(ScrubError):
     """The unrolled claim has more copies than the engine will evaluate."""
 
 
@@ -55,7 +56,7 @@ class Unit(str, Enum):
 @dataclass(frozen=True, eq=False)
 class TreeInput:
     """A claimed input of a tree node: ``child``'s output enters through ``channel`` at ``positions`` (receiver
-    positions), or, into a head, through the (query, key) pairs of ``qk_mask`` (``scrub.masks``)."""
+    positions), or, into a head, through the (query, key) pairs of ``qk_mask`` (``scrub.claims.masks``)."""
 
     channel: Channel
     child: "TreeNode"
@@ -214,10 +215,10 @@ def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOp
     """Draw, as dataset ids, the data of every node of ``root`` evaluated on the examples ``ids`` [batch].
     Independent draws need the model's ``structure`` (which unclaimed inputs each node has)."""
     if root.shared != (Unit(options.unit) == Unit.NODE):
-        raise ValueError(f"the tree was built for unit {'node' if root.shared else 'copy'!r} but the sampling options "
+        raise ScrubError(f"the tree was built for unit {'node' if root.shared else 'copy'!r} but the sampling options "
                          f"say {Unit(options.unit).value!r}: build it with treeify(claim, options.unit)")
     if options.independent and structure is None:
-        raise ValueError("independent draws need the model's structure: assign(..., structure=Structure.of(model))")
+        raise ScrubError("independent draws need the model's structure: assign(..., structure=Structure.of(model))")
     out = Assignments(options=options)
     empty = torch.zeros(0, dtype=torch.bool)
 
@@ -254,7 +255,7 @@ def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOp
             datum, forced = parent, empty
         else:
             if node.feature.per_position:
-                raise ValueError(f"per-position feature {node.feature.name!r} needs the default unit 'node' (in unit "
+                raise ScrubError(f"per-position feature {node.feature.name!r} needs the default unit 'node' (in unit "
                                  f"'copy' a copy would need one datum per position for each of its own copies)")
             d = sampler.agreeing(node.feature, parent, node.path, "feature", by=ids)
             datum, forced = d.datum, d.is_self if options.allow_self else d.forced_self

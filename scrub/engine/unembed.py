@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import norm_linear
-from scrub.sites import Head
+from scrub.claims.sites import Head
+from scrub.engine.compute import norm_linear
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ from typing import Mapping, Sequence, TypeVar
 
 import torch
 
+from scrub.errors import ScrubError
+
 T = TypeVar("T")
 
 
@@ -134,6 +136,6 @@ def gather(mine: list[tuple[int, T]], current: World | None, *, check: object = 
     dist.all_gather_object(gathered, (check, mine))
     differ = [rank for rank, (c, _) in enumerate(gathered) if c != gathered[0][0]]
     if differ:
-        raise ValueError(f"ranks {differ} were given other arguments than rank 0: under torchrun every rank must "
+        raise ScrubError(f"ranks {differ} were given other arguments than rank 0: under torchrun every rank must "
                          f"run the same hypothesis, baseline, data and options")
     return reassemble([pairs for _, pairs in gathered])

@@ -5,7 +5,7 @@ pool of ``SamplingOptions.pool`` sequences; draws depend on the seed and the dat
 batching), reads the clean run of those data (the whole dataset's, computed once when it fits in memory,
 else one forward pass over the batch and every datum drawn from outside it), evaluates the hypothesis and
 the baseline with the engine, and keeps per-example losses at the scored positions.
-Under torchrun the batches are shared out across the processes (``scrub.distributed``) and every process
+Under torchrun the batches are shared out across the processes (``scrub.experiment.distributed``) and every process
 returns the one-process result.
 
 Every argument is checked before any work (``RunInputError``, a ``ValueError``: one line naming the problem
@@ -39,13 +39,17 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
-from scrub import distributed
-from scrub.candidates import GoodCandidates
-from scrub.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
-from scrub.data import all_positions, available_memory, check_memory, induction_candidates
-from scrub.engine import evaluate
-from scrub.hypothesis import Claim, HypothesisError, check_on, empty_graph, validate
-from scrub.hypothesis_file import load_hypothesis
+from scrub.claims.files import load_hypothesis
+from scrub.claims.hypothesis import Claim, HypothesisError, check_on, empty_graph, validate
+from scrub.claims.structure import Structure
+from scrub.data.batches import all_positions, available_memory, check_memory, induction_candidates
+from scrub.data.candidates import GoodCandidates
+from scrub.engine.compute import check_supported, clean_run, clean_run_batched, clean_run_bytes
+from scrub.engine.evaluator import evaluate
+from scrub.engine.sampling import Sampler
+from scrub.engine.treeify import SamplingOptions, assign, localize, treeify
+from scrub.errors import ScrubError
+from scrub.experiment import distributed
 from scrub.metrics import (
     METRIC_LABELS,
     ExampleLosses,
@@ -57,12 +61,9 @@ from scrub.metrics import (
     score_batch,
     token_view,
 )
-from scrub.sampling import Sampler
-from scrub.structure import Structure
-from scrub.treeify import SamplingOptions, assign, localize, treeify
 
 # every prediction position; induction candidates (the current token occurred before); or REMIX-like "good
-# induction candidate" tokens (``scrub.candidates.good_candidates``)
+# induction candidate" tokens (``scrub.data.candidates.good_candidates``)
 PositionsMode = Literal["all", "candidates", "good_candidates"]
 Positions = PositionsMode | Callable[[Tensor], Tensor]  # or a function tokens -> bool mask, both [batch, seq]
 
@@ -71,11 +72,11 @@ SELF_DRAW_WARNING = 0.1  # warn when a node's feature draws return the datum its
 WHOLE_RUN_SHARE = 0.25  # keep the whole dataset's clean run when it needs less than this share of free memory
 
 
-class RunInputError(ValueError):
+class RunInputError(ScrubError):
     """An argument of ``run`` that cannot give a meaningful result; the message names the fix."""
 
 
-class UndefinedRecoveryError(ValueError):
+class UndefinedRecoveryError(ScrubError):
     """The baseline loss equals the clean loss (with ``metric="kl"``: the baseline's KL from the clean run is 0),
     so loss recovered (a ratio over their difference) is undefined."""
 

@@ -2,7 +2,7 @@
 
 Owns the score definitions as pure functions on attention patterns / logit tensors (exact, testable on
 hand-built inputs), thin wrappers that run a model to get those tensors, ``HeadScores``/``Thresholds``
-and the head classifications built on them. Heads are ``scrub.sites.Head`` and print as ``"L.H"``.
+and the head classifications built on them. Heads are ``scrub.claims.sites.Head`` and print as ``"L.H"``.
 
 Pattern tensors are ``[batch, ..., q, k]`` (``...`` is e.g. ``head`` or ``layer, head``); query masks are
 ``[batch, q]``. Every score averages over the batch and the selected query positions.
@@ -16,10 +16,11 @@ from typing import Callable, Iterable
 import torch
 from transformer_lens import HookedTransformer
 
-from scrub.compute import norm_linear
-from scrub.data import check_length, natural_batch, repeat_positions, repeated_random_tokens
+from scrub.claims.sites import Head, hook_name
+from scrub.data.batches import check_length, natural_batch, repeat_positions, repeated_random_tokens
+from scrub.engine.compute import norm_linear
+from scrub.errors import ScrubError
 from scrub.metrics import token_losses
-from scrub.sites import Head, hook_name
 
 SCORE_NAMES = ("previous_token", "prefix_matching", "duplicate_token", "copying", "ov_eigenvalue")
 
@@ -37,7 +38,7 @@ def attention_to(pattern: torch.Tensor, target: torch.Tensor, query_mask: torch.
     weights = query_mask[:, None, :].to(flat.dtype)  # [batch, 1, q]
     count = query_mask.sum()
     if count == 0:
-        raise ValueError("no query positions selected: the mask is empty (is the sequence too short?)")
+        raise ScrubError("no query positions selected: the mask is empty (is the sequence too short?)")
     score = (on_target * weights).sum((0, 2)) / count  # [heads]
     return score.reshape(pattern.shape[1:-2])  # [...]
 
@@ -140,7 +141,7 @@ class HeadScores:
 
     def score(self, name: str) -> torch.Tensor:
         if name not in SCORE_NAMES:
-            raise ValueError(f"unknown score {name!r}; scores are {', '.join(SCORE_NAMES)}")
+            raise ScrubError(f"unknown score {name!r}; scores are {', '.join(SCORE_NAMES)}")
         return getattr(self, name)
 
     def heads(self) -> list[Head]:
@@ -263,7 +264,7 @@ def in_context_learning(model: HookedTransformer, tokens: torch.Tensor, *, early
     late = min(200, last) if late is None else late
     early = min(50, late // 4) if early is None else early
     if not 0 <= early < late <= last:
-        raise ValueError(f"ICL positions need 0 ≤ early < late ≤ {last} (got early={early}, late={late})")
+        raise ScrubError(f"ICL positions need 0 ≤ early < late ≤ {last} (got early={early}, late={late})")
     losses = token_losses(model(tokens), tokens)  # [batch, seq-1]
     loss_early, loss_late = icl_from_losses(losses, early, late)
     return IclScore(early=early, late=late, loss_early=loss_early, loss_late=loss_late)
@@ -282,7 +283,7 @@ def head_scores(model: HookedTransformer, *, data: str = "natural", n: int = 32,
     ``progress`` wraps the list of step names (e.g. ``tqdm``) to report progress.
     """
     if data not in ("natural", "rrt"):
-        raise ValueError(f"unknown data {data!r}: use 'natural' (validation text) or 'rrt' (repeated random tokens)")
+        raise ScrubError(f"unknown data {data!r}: use 'natural' (validation text) or 'rrt' (repeated random tokens)")
     cfg = model.cfg
     seq_len = min(128, cfg.n_ctx) if seq_len is None else seq_len
     repeat_length = min(repeat_length, (cfg.n_ctx - 1) // 4)

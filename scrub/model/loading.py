@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+from scrub.errors import ScrubError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_NAME = "scrub-attn-2l"
 SHIPPED_DIR = ASSETS / SHIPPED_NAME
 TOKENIZER_PATH = ASSETS / "tokenizer.json"
@@ -41,7 +43,7 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(HookedTransformerConfig
                       if f.init and f.name not in RUNTIME_FIELDS)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ScrubError):
     """A model could not be loaded; the message says why and what to do."""
 
 
@@ -86,11 +88,11 @@ def _plain(name: str, value):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"config field {name}={value!r} is not finite; it cannot be written to config.json")
+            raise ScrubError(f"config field {name}={value!r} is not finite; it cannot be written to config.json")
         return value
     if isinstance(value, (list, tuple)):
         return [_plain(name, v) for v in value]
-    raise ValueError(f"config field {name}={value!r} ({type(value).__name__}) is not a plain JSON value; "
+    raise ScrubError(f"config field {name}={value!r} ({type(value).__name__}) is not a plain JSON value; "
                      f"save_checkpoint cannot record it")
 
 

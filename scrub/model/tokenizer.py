@@ -13,7 +13,8 @@ from typing import Iterable
 import tokenizers
 from transformer_lens import HookedTransformer
 
-from scrub.model import TOKENIZER_PATH
+from scrub.errors import ScrubError
+from scrub.model.loading import TOKENIZER_PATH
 
 BOS_TOKEN = "<|bos|>"
 
@@ -47,12 +48,12 @@ def load_tokenizer(path: str | Path = TOKENIZER_PATH) -> Tokenizer:
     """Load a ``tokenizers`` JSON file that has the ``<|bos|>`` special token (the shipped one by default)."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"no tokenizer file at {path}; the shipped one is {TOKENIZER_PATH} "
+        raise ScrubError(f"no tokenizer file at {path}; the shipped one is {TOKENIZER_PATH} "
                          f"(rebuild it with `python training/prepare_corpus.py`)")
     inner = tokenizers.Tokenizer.from_file(str(path))
     bos_id = inner.token_to_id(BOS_TOKEN)
     if bos_id is None:
-        raise ValueError(f"tokenizer {path} has no {BOS_TOKEN!r} token; scrub prepends it to every sequence")
+        raise ScrubError(f"tokenizer {path} has no {BOS_TOKEN!r} token; scrub prepends it to every sequence")
     return Tokenizer(inner=inner, bos_id=bos_id, path=path)
 
 
@@ -60,7 +61,7 @@ def check_compatible(tokenizer: Tokenizer, model: HookedTransformer) -> None:
     """Raise ``ValueError`` unless the tokenizer's vocabulary size equals the model's ``d_vocab``."""
     d_vocab = model.cfg.d_vocab
     if tokenizer.vocab_size != d_vocab:
-        raise ValueError(
+        raise ScrubError(
             f"tokenizer {tokenizer.path or ''} has {tokenizer.vocab_size} tokens but the model has d_vocab="
             f"{d_vocab}; they do not belong together. Use the scrub tokenizer only with scrub checkpoints "
             f"(d_vocab={tokenizer.vocab_size}), or use repeated random tokens (--data rrt) with this model"

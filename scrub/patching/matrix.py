@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, heads_z_normed, mlp_forward, normalise
-from scrub.sites import Channel, Component, Head, Mlp
-from scrub.structure import Structure
-from scrub.unembed import FactoredUnembed, unembed
+from scrub.claims.sites import Channel, Component, Head, Mlp
+from scrub.claims.structure import Structure
+from scrub.engine.compute import CleanRun, heads_z_normed, mlp_forward, normalise
+from scrub.engine.unembed import FactoredUnembed, unembed
 
 MATRIX_BUDGET = 1 << 22  # floats in one stacked receiver input (or attention scores) of a chunk of copies
 UNEMBED_BUDGET = 1 << 21  # floats of logits per metric call: small chunks stay in cache (~3x faster than 20 MB)

@@ -2,7 +2,7 @@
 
 Owns ``PatchPath`` (a sender's route to the logits through named receiver inputs), the tree and data
 assignments that patch a set of paths, the sender x receiver effect matrix (``patch_matrix``, computed by
-the vectorised single-edge code in ``scrub/path_matrix.py``), the metrics it reports and
+the vectorised single-edge code in ``scrub/patching/matrix.py``), the metrics it reports and
 ``hooked_patch_logits``, a literal TransformerLens-hook implementation used by the tests and benchmarks.
 Any set of paths goes through the tree engine: it becomes a ``TreeNode`` tree in which every copy on a
 patched path claims the next copy towards the sender, the sender's copy reads the corrupted datum and
@@ -26,10 +26,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.compute import CleanRun, check_supported, clean_run
-from scrub.engine import evaluate_many
-from scrub.path_matrix import matrix_values
-from scrub.sites import (
+from scrub.claims.sites import (
     HEAD_CHANNELS,
     Channel,
     Component,
@@ -42,8 +39,12 @@ from scrub.sites import (
     parse_channel,
     parse_component,
 )
-from scrub.structure import Structure
-from scrub.treeify import Assignment, Assignments, TreeInput, TreeNode
+from scrub.claims.structure import Structure
+from scrub.engine.compute import CleanRun, check_supported, clean_run
+from scrub.engine.evaluator import evaluate_many
+from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
+from scrub.errors import ScrubError
+from scrub.patching.matrix import matrix_values
 
 MetricKind = Literal["loss", "logit_diff"]  # what a ``Metric`` measures (see ``Metric``)
 METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
@@ -167,7 +168,7 @@ class Metric:
             return -logprobs.gather(-1, self.labels[..., None]).mean()
         if self.kind == "logit_diff":
             return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
-        raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
+        raise ScrubError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
 
     def many(self, logits: Tensor, *, overwrite: bool = False, centred: bool = False) -> Tensor:
         """The metric of many patched runs at once: logits [paths, batch, n_pos, d_vocab] -> [paths].
@@ -189,15 +190,15 @@ class Metric:
         if self.kind == "logit_diff":
             foils = self.foils.expand(logits.shape[0], *self.foils.shape)[..., None]  # [paths, batch, n_pos, 1]
             return (logits.gather(-1, labels) - logits.gather(-1, foils)).flatten(1).mean(1)
-        raise ValueError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
+        raise ScrubError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
 
 
 def make_metric(kind: MetricKind, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
     """``positions`` [n_pos]: prediction positions (each < seq - 1)."""
     if kind not in METRIC_KINDS:  # a plain string from the command line or an untyped caller
-        raise ValueError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
+        raise ScrubError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
     if positions.numel() == 0 or int(positions.max()) >= reference.shape[1] - 1:
-        raise ValueError("metric positions must be non-empty prediction positions below seq - 1")
+        raise ScrubError("metric positions must be non-empty prediction positions below seq - 1")
     return Metric(kind, positions, reference[:, positions + 1], corrupted[:, positions + 1])
 
 
@@ -212,7 +213,7 @@ def second_repeat_positions(length: int) -> Tensor:
 def _check_pair(model: HookedTransformer, reference: Tensor, corrupted: Tensor) -> None:
     check_supported(model)
     if reference.shape != corrupted.shape or reference.dim() != 2:
-        raise ValueError(f"reference and corrupted must be token batches of one shape [n, seq]; got "
+        raise ScrubError(f"reference and corrupted must be token batches of one shape [n, seq]; got "
                          f"{tuple(reference.shape)} and {tuple(corrupted.shape)}")
 
 
@@ -351,7 +352,7 @@ def edge_paths(model: HookedTransformer, sender: Component, receiver: Component,
 
     def extend(via: tuple[tuple[Component, Channel], ...]) -> None:
         if len(out) >= limit:
-            raise ValueError(f"more than {limit} paths continue from {sender} -> {receiver}:{channel.value}")
+            raise ScrubError(f"more than {limit} paths continue from {sender} -> {receiver}:{channel.value}")
         out.append(PatchPath(sender, via))
         for comp, chan in later:
             if structure.feeds(via[-1][0], comp, chan):
@@ -384,7 +385,7 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
     cfg = hooked.cfg
     if (len(path.via) > 1 or not isinstance(path.sender, (Head, Mlp))
             or any(not isinstance(r, (Head, Mlp)) for r, _ in path.via)):
-        raise ValueError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
+        raise ScrubError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
                          "for heads and MLPs only")
     outs = [hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)]
     outs += [] if cfg.attn_only else [hook_name(Mlp(layer)) for layer in range(cfg.n_layers)]

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
-from scrub.sites import Channel, Component, Embed, FwdHook, Head, Mlp, Pos, hook_name
-from scrub.structure import Structure
-from scrub.treeify import Assignments, TreeNode, unroll
+from scrub.claims.sites import Channel, Component, Embed, FwdHook, Head, Mlp, Pos, hook_name
+from scrub.claims.structure import Structure
+from scrub.engine.treeify import Assignments, TreeNode, unroll
 
 
 def _biases(model: HookedTransformer, receiver: Component) -> Tensor:

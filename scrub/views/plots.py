@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from scrub.patching import PatchMatrix
+    from scrub.patching.paths import PatchMatrix
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -15,16 +15,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scrub.compute import clean_run
-from scrub.engine import evaluate
-from scrub.experiment import run
-from scrub.features import Feature
-from scrub.sampling import Sampler, draw, group_items
-from scrub.hypothesis import empty_graph, full_graph, validate
-from scrub.structure import Structure
-from scrub.treeify import SamplingOptions, Unit, assign, assign_data, localize, treeify
+from scrub.claims.features import Feature
+from scrub.claims.hypothesis import empty_graph, full_graph, validate
+from scrub.claims.structure import Structure
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate
+from scrub.engine.sampling import Sampler, draw, group_items
+from scrub.engine.treeify import SamplingOptions, Unit, assign, assign_data, localize, treeify
+from scrub.experiment.runner import run
+from scrub.testing.reference import naive_logits
 from tests.helpers import n_channel_edges, subgraph, tiny_model
-from scrub.reference import naive_logits
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

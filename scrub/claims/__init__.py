@@ -1,0 +1,3 @@
+"""The claim layer: what a hypothesis says. Components and their channels (``sites``), what feeds what
+(``structure``, the one source), hypothesis graphs and their validation (``hypothesis``), hypothesis files
+(``files``), features (``features``) and query-key masks (``masks``). Imports nothing from the engine."""

@@ -1,0 +1,101 @@
+"""What every subcommand shares: the ``Command`` record, argument helpers, checks of numbers before the
+model loads, model loading with TransformerLens' prints sent to stderr, progress bars and the JSON writer."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from scrub.errors import ScrubError
+from scrub.model.loading import SHIPPED_NAME
+
+LOCK = ".scrub-lock"  # the file that marks an --out folder in use (``output.OutputFolder``)
+
+if TYPE_CHECKING:
+    import torch
+
+
+class UsageError(ScrubError):
+    """A command-line value out of range or inconsistent with another: names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def quiet_load(name: str, device: str | torch.device = "cpu"):
+    """``load_model`` onto ``device`` with TransformerLens' "Moving model to device" print sent to stderr."""
+    from scrub.model.loading import load_model
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_model(name, device=str(device))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, out: str, locked: bool = False) -> None:
+    """--model, --seed, --out and --json; ``locked``: the command writes --out through ``OutputFolder``
+    (and takes --overwrite)."""
+    parser.add_argument("--model", default=SHIPPED_NAME,
+                        help=f"{SHIPPED_NAME!r} (default), a checkpoint directory, or a TransformerLens name")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**63 - 1 (default 0)")
+    if locked:
+        command = parser.prog.split()[-1]
+        parser.add_argument("--out", type=Path, default=Path(out), help=(
+            f"figure folder (default {out}). Created if missing and checked for writing before any work; locked "
+            f"while the run writes ({LOCK}); the files an earlier `scrub {command}` wrote there are "
+            f"replaced; a folder holding any other file (e.g. another command's figures) is refused unless "
+            f"--overwrite"))
+        parser.add_argument("--overwrite", action="store_true",
+                            help="write into an --out folder that holds other files (they stay; scrub replaces only "
+                                 "files of the names it writes)")
+    else:
+        parser.add_argument("--out", type=Path, default=Path(out), help=f"figure directory (default {out})")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def dump_json(obj: dict) -> None:
+    """Print ``obj`` as one line of strict JSON: NaN and infinities become null."""
+    def plain(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    print(json.dumps(plain(obj), allow_nan=False))
+
+
+def check_number(value: int, name: str, low: int, why: str = "", high: int | None = None) -> int:
+    """``value`` if ``low`` ≤ value (≤ ``high``), else ``UsageError`` naming the option and the range."""
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise UsageError(f"{name} must be {bound} (got {value}){': ' + why if why else ''}")
+    return value
+
+
+def check_seed(seed: int) -> int:
+    from scrub.experiment.runner import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be between 0 and 2**63 - 1 (got {seed})")
+    return seed
+
+
+def check_data_memory(n: int, seq_len: int) -> None:
+    """Refuse, before the model loads, ``n`` examples of ``seq_len`` tokens that cannot fit in memory (the
+    batch is built in a few int64 copies)."""
+    from scrub.data.batches import check_memory
+
+    check_memory(n * seq_len * 8 * 4 + n * 256, f"--n {n} examples of {seq_len} tokens",
+                 "use a smaller --n or --seq-len")

@@ -1,0 +1,1 @@
+"""Tools to test scrub and its extensions: the naive literal evaluator (``reference``)."""
