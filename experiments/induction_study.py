@@ -51,6 +51,7 @@ from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, wr
 from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.claims.hypothesis import Claim, validate  # noqa: E402
+from scrub.cli.output import OutputFolder  # noqa: E402
 from scrub.data.batches import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.heads.scores import attention_patterns, previous_token_score  # noqa: E402
 from scrub.model.loading import SHIPPED_NAME, shipped_models  # noqa: E402
@@ -187,9 +188,11 @@ def model_info(model: HookedTransformer, name: str) -> dict:
             "rrt_frac": training_rrt_share(name)}
 
 
-def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True) -> StudyResults:
+def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True,
+              out: Path | None = None) -> StudyResults:
     """One model: every hypothesis on natural text and RRT, per-head claims and effects, context sensitivity,
-    composition with the induction heads; writes the model's report, results.json and figures to ``cfg.out``."""
+    composition with the induction heads; writes the model's report, results.json and figures to ``out``
+    (default ``cfg.out``, which the results record: ``out`` is where a transactional run stages them)."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
@@ -282,7 +285,8 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
                            splits=splits, composition=comps, k_paths=kpaths, remix=remix)
     results.model["torch_threads"] = "-".join(str(t) for t in sorted(threads))
-    out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
+    if out is None:
+        out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     figures = write_figures(results, out, model)
     stage("report")
     results = replace(results, figures=tuple(figures), elapsed=time.time() - start, timings=timings)
@@ -379,27 +383,16 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
     if len(set(folders)) != len(folders):
         raise ValueError(f"two models would share one folder under {root}: {', '.join(names)}")
     command = command_line(replace(base, seed=args.seed), args.model)
-    summaries = []
-    if not args.report_only:
-        from scrub.model.loading import load_model
-
-        for name in names:
-            cfg = replace(config_from(args, name), out=str(root / model_folder(name)))
-            if model is None:
-                with contextlib.redirect_stdout(sys.stderr):
-                    loaded = load_model(name)
-            else:
-                loaded = model
-            results = run_study(loaded, cfg, command=command)
-            summaries.append(results.summary())
-            print(f"wrote {Path(cfg.out) / 'induction_study.md'} and {len(results.figures)} figures "
-                  f"in {results.elapsed:.0f} s", file=sys.stderr)
-    else:
-        missing = [str(f) for f in folders if not (f / "results.json").is_file()]
-        if missing:
-            raise OSError(f"--report-only: no results.json in {', '.join(missing)}; run the study first")
+    if args.report_only and (missing := [str(f) for f in folders if not (f / "results.json").is_file()]):
+        raise OSError(f"--report-only: no results.json in {', '.join(missing)}; run the study first")
     others = [f for f in sorted(root.iterdir()) if f not in folders and compatible(f, base, args.seed)] if root.is_dir() else []
-    cross = write_cross_report(root, folders + others, command=command + (" --report-only" if args.report_only else ""))
+    summaries = []
+    with OutputFolder(root, "study") as staging:  # locked; replaced only when every model and the report are done
+        for name in [] if args.report_only else names:
+            summaries.append(_study_one(args, name, root, staging.work, command, model))
+        cross = write_cross_report(staging.work, [staging.work / f.name for f in folders + others],
+                                   command=command + (" --report-only" if args.report_only else ""))
+    cross = root / cross.name
     print(f"wrote {cross}", file=sys.stderr)
     if args.json:
         if not summaries:
@@ -407,6 +400,21 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
         out = summaries[0] if len(summaries) == 1 else {"models": summaries}  # one model: its summary itself
         print(json.dumps({**out, "cross_report": str(cross)}))
     return 0
+
+
+def _study_one(args: argparse.Namespace, name: str, root: Path, work: Path, command: str,
+               model: HookedTransformer | None) -> dict:
+    """One model's study, written under ``work`` (the staged --out) and recorded as under ``root``."""
+    from scrub.model.loading import load_model
+
+    cfg = replace(config_from(args, name), out=str(root / model_folder(name)))
+    if model is None:
+        with contextlib.redirect_stdout(sys.stderr):
+            model = load_model(name)
+    results = run_study(model, cfg, command=command, out=work / model_folder(name))
+    print(f"wrote {Path(cfg.out) / 'induction_study.md'} and {len(results.figures)} figures "
+          f"in {results.elapsed:.0f} s", file=sys.stderr)
+    return results.summary()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 Owns the error policy: bad input (a ``ScrubError``, an ``OSError`` such as a missing file, and argparse's
 own errors) prints one line to stderr and exits 2; numbers are checked before the model loads wherever
 they can be. Anything else is a bug in scrub: its traceback is shown with a line asking to report it, and
-the exit code is 1. Progress bars go to stderr only, so ``--json`` stdout is exactly one JSON object
+the exit code is 1. Ctrl-C prints "interrupted; nothing written" (output folders are written whole or not at
+all) and exits 130. Progress bars go to stderr only, so ``--json`` stdout is exactly one JSON object
 (non-finite numbers as ``null``). A reader that closes the pipe early (``scrub heads | head``) ends the
 command quietly.
 
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _stdout_closed()
+    except KeyboardInterrupt:  # Ctrl-C: every output folder is written whole or not at all (``OutputFolder``)
+        print(f"scrub {args.command}{where}: interrupted; nothing written", file=sys.stderr)
+        return 130
     except (ScrubError, OSError) as err:
         print(f"scrub {args.command}{where}: error: {err}", file=sys.stderr)
         return 2

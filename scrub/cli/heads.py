@@ -62,8 +62,8 @@ def command(args: argparse.Namespace) -> int:
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{flag} must be a finite number (got {value})")
     check_data_memory(args.n, max(args.seq_len or 128, 101))  # the natural and the repeated-random batches
-    with OutputFolder(args.out, "heads", [f"{name}.png" for name in SCORE_NAMES], overwrite=args.overwrite):
-        return _heads(args)
+    with OutputFolder(args.out, "heads", [f"{name}.png" for name in SCORE_NAMES], overwrite=args.overwrite) as folder:
+        return _heads(args, folder)
 
 
 def head_memory(cfg, n: int, seq_len: int) -> int:
@@ -76,7 +76,7 @@ def head_memory(cfg, n: int, seq_len: int) -> int:
     return patterns + 2 * n * cfg.n_ctx * cfg.d_vocab * itemsize
 
 
-def _heads(args: argparse.Namespace) -> int:
+def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
     from tqdm import tqdm
 
     from scrub.data.batches import check_length, check_memory, default_exclude_common, natural_batch
@@ -126,8 +126,9 @@ def _heads(args: argparse.Namespace) -> int:
     figures = []
     for name in SCORE_NAMES:
         vmin, vmax, cmap = HEATMAP_RANGES[name]
-        figures.append(str(head_heatmap(scores.score(name), args.out / f"{name}.png", vmin=vmin, vmax=vmax,
-                                        cmap=cmap, title=f"{name.replace('_', '-')} score ({args.model})")))
+        head_heatmap(scores.score(name), folder.work / f"{name}.png", vmin=vmin, vmax=vmax, cmap=cmap,
+                     title=f"{name.replace('_', '-')} score ({args.model})")
+        figures.append(str(folder.final(f"{name}.png")))
     bar.update(1)
     bar.close()
     if args.json:

@@ -6,10 +6,13 @@ import argparse
 import json
 
 from scrub.cli.common import UsageError, add_common_arguments, quiet_load
+from scrub.cli.output import OutputFolder
+
+FIGURE = "path_patching.png"
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, out="scrub-output/patch")
+    add_common_arguments(parser, out="scrub-output/patch", locked=True)
     parser.add_argument("--senders", nargs="+", default=None, metavar="COMPONENT",
                         help="sender heads (e.g. 0.0 0.3) or MLPs (mlp.0) (default all heads, and MLPs with --mlps)")
     parser.add_argument("--receivers", nargs="+", default=None, metavar="COMPONENT",
@@ -25,24 +28,28 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Effects of every sender -> receiver:channel -> logits and sender -> logits path, table and heatmap."""
-    from scrub.claims.sites import Head, Mlp
-    from scrub.data.batches import check_length, default_exclude_common, repeated_random_tokens
-    from scrub.patching.paths import (
-        head_channels,
-        make_metric,
-        matrix_components,
-        patch_matrix,
-        second_repeat_positions,
-    )
-    from scrub.views.plots import patch_heatmap
+    from scrub.patching.paths import head_channels
 
     if args.n < 1 or args.length < 2:
         raise UsageError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
     channels = head_channels(args.input)  # checked before the model loads
+    with OutputFolder(args.out, "patch", [FIGURE], overwrite=args.overwrite) as folder:
+        return _patch(args, channels, folder)
+
+
+def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
+    """The matrix, its table and heatmap (written under ``folder.work``), once --out is locked."""
+    from scrub.claims.sites import Head, Mlp
+    from scrub.data.batches import check_length, default_exclude_common, repeated_random_tokens
+    from scrub.patching.checks import check_connects
+    from scrub.patching.paths import make_metric, matrix_components, patch_matrix, second_repeat_positions
+    from scrub.views.plots import patch_heatmap
+
     model = quiet_load(args.model)
     cfg = model.cfg
     senders = matrix_components(model, args.senders, args.mlps, "senders")
     receivers = matrix_components(model, args.receivers, args.mlps, "receivers")
+    check_connects(model, senders, receivers)
     check_length(1 + 2 * args.length, model)
     exclude = default_exclude_common(model)
     reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab,
@@ -51,8 +58,8 @@ def command(args: argparse.Namespace) -> int:
                                        exclude_common=exclude)  # a fresh random sequence, same shape
     metric = make_metric(args.metric, reference, corrupted, second_repeat_positions(args.length))
     matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, receivers=receivers, channels=channels)
-    figure = patch_heatmap(matrix, args.out / "path_patching.png",
-                           title=f"path patching ({args.model}, {args.metric}, n={args.n})")
+    patch_heatmap(matrix, folder.work / FIGURE, title=f"path patching ({args.model}, {args.metric}, n={args.n})")
+    figure = folder.final(FIGURE)
     if args.json:
         print(json.dumps({"model": str(args.model), "n": args.n, "length": args.length, "seed": args.seed,
                           **matrix.to_dict(), "figure": str(figure)}))
