@@ -269,7 +269,7 @@ def main() -> None:
         sys.exit(f"the HookedTransformer copy disagrees with the trained model (max logit gap {gap:.2e})")
     meta = {"recipe": vars(args) | {"out": str(args.out), "cache": str(args.cache)}, "final": log[-1] if log else {}, "log": log,
             "fast_vs_hooked_max_logit_gap": gap}
-    save_checkpoint(hooked, args.out, meta=meta)
+    save_checkpoint(hooked, args.out, meta=meta, dtype=torch.float16)  # shipped in float16 (half the size)
     print(f"saved {args.out}")
 
 

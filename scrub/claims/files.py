@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 
 from scrub.claims.features import one_line
 from scrub.claims.hypothesis import Claim, HypothesisError, check_paths, validate
+from scrub.model.fingerprint import ModelFingerprint
 
 
 def _where_in(path: Path, err: BaseException) -> str:
@@ -32,7 +33,11 @@ def _where_in(path: Path, err: BaseException) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
-def _raised(path: Path, err: Exception, doing: str) -> HypothesisError:
+def _raised(path: Path, err: BaseException, doing: str) -> HypothesisError:
+    if isinstance(err, SystemExit):  # the file would end the whole command (with --json: empty stdout, exit 0)
+        return HypothesisError(f"{_where_in(path, err)}: {doing} called sys.exit({err.code!r}); a hypothesis file "
+                               f"must not end the process: remove the call (scrub imports the file and calls "
+                               f"hypothesis(model))")
     if isinstance(err, SyntaxError):  # also a syntax error in a module the file imports
         file = err.filename or str(path)
         text = f"{err.msg}" + (f": {err.text.strip()}" if err.text and err.text.strip() else "")
@@ -47,8 +52,10 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
 
     Errors (syntax, an exception while importing or inside ``hypothesis``, a wrong signature, a bad graph)
     are one-line ``HypothesisError``s naming the file and, where there is one, the line. Whatever the file
-    prints goes to stderr, so stdout stays the command's output."""
+    prints goes to stderr, so stdout stays the command's output. A file that calls ``sys.exit`` or changes the
+    model (its weights, config, hooks or mode: fingerprinted before and compared after) is refused."""
     path = Path(path)
+    before = ModelFingerprint.of(model)
     if not path.is_file():
         raise HypothesisError(f"no hypothesis file at {path}: pass a .py file that defines hypothesis(model)")
     module_name = f"scrub_hypothesis_{abs(hash(path.resolve()))}"
@@ -63,7 +70,7 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001 - whatever the file raises becomes one line naming file and line
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - whatever the file raises: one line naming file and line
         raise _raised(path, err, "importing the file") from None
     finally:
         sys.modules.pop(module_name, None)
@@ -84,8 +91,13 @@ def load_hypothesis(path: str | Path, model: HookedTransformer) -> Claim:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             graph = fn(model)
-    except Exception as err:  # noqa: BLE001 - as above
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - as above
         raise _raised(path, err, "hypothesis(model)") from None
+    changed = before.changes(ModelFingerprint.of(model))
+    if changed:
+        raise HypothesisError(f"{path}: hypothesis(model) changed the model: {'; '.join(changed[:3])}"
+                              f"{'; ...' if len(changed) > 3 else ''}; a hypothesis must leave the model as it was "
+                              f"(scrub scores the model you gave it): work on a copy (copy.deepcopy(model))")
     claim = validate(graph, model, origin=str(path))
     check_paths(claim)
     return replace(claim, description=(module.__doc__ or "").strip())

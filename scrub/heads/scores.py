@@ -248,7 +248,7 @@ def copying_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
         total = torch.zeros(model.cfg.n_heads)  # [head]
         for row in range(tokens.shape[0]):  # one sequence at a time bounds memory for big vocabularies
             sample, own = torch.unique(tokens[row, 1:], return_inverse=True)  # [n_unique], [src]
-            raise_ = head_out[row] @ unembed[:, sample]  # [head, src, n_unique]: raises among the sample's tokens
+            raise_ = head_out[row].float() @ unembed[:, sample]  # [head, src, n_unique]: raises among the sample
             total += copying_ratio(raise_, own)  # [head]
         out[layer] = total / tokens.shape[0]
     return out

@@ -1,7 +1,8 @@
 """Model loading: a shipped checkpoint, a checkpoint directory, or a TransformerLens pretrained name.
 
 Owns the shipped models' location (``scrub/assets/<name>/``) and the checkpoint format: a directory with
-``config.json`` and ``weights.pt`` (a state dict of the model's parameters, float16 by default).
+``config.json`` and ``weights.pt`` (a state dict of the model's parameters, in the model's dtype by default;
+the shipped ones are float16). A checkpoint whose weights hold NaN or infinity is refused on load.
 ``config.json`` holds ``{"format": 2, "config": {...}, "meta": {...}}`` where ``config`` is every plain
 ``HookedTransformerConfig`` field needed to rebuild the model (``CONFIG_FIELDS``). The first format,
 ``{"arch": {...}, "meta": {...}}`` with the attention-only ``ArchSpec`` fields, is still read (the
@@ -21,6 +22,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.errors import ScrubError
+from scrub.model.finite import check_weights
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_NAME = "scrub-attn-2l"
@@ -101,13 +103,34 @@ def config_to_dict(cfg: HookedTransformerConfig) -> dict:
     return {name: _plain(name, getattr(cfg, name)) for name in CONFIG_FIELDS}
 
 
+def save_dtype(dtype: torch.dtype | str | None, model: HookedTransformer) -> torch.dtype:
+    """The floating-point dtype weights are saved in: ``dtype`` (a torch dtype or its name, e.g. "float16")
+    or, for None, the model's own; anything else is refused before a file is written."""
+    if dtype is None:
+        return next(model.parameters()).dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        found = getattr(torch, name, None)
+        if not isinstance(found, torch.dtype):
+            raise ScrubError(f"save_checkpoint: dtype {dtype!r} is not a torch dtype; use e.g. 'float32', 'float16' "
+                             f"or 'bfloat16' (or None: the model's own)")
+        dtype = found
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        shown = str(dtype).removeprefix("torch.")
+        raise ScrubError(f"save_checkpoint: dtype {shown} is not a floating-point dtype: weights would be rounded to "
+                         f"integers; use float32, float16 or bfloat16 (or None: the model's own)")
+    return dtype
+
+
 def save_checkpoint(model: HookedTransformer, directory: str | Path, *, meta: dict | None = None,
-                    dtype: torch.dtype = torch.float16) -> Path:
+                    dtype: torch.dtype | str | None = None) -> Path:
     """Write ``config.json`` + ``weights.pt`` so that ``load_model(directory)`` rebuilds the model.
 
-    ``weights.pt`` holds the model's parameters in ``dtype`` (float16 by default: the loaded model is the
-    rounded one); buffers (attention masks, rotary tables) are rebuilt from the config. Returns the directory.
+    ``weights.pt`` holds the model's parameters in ``dtype`` (default: the model's own, so a save and a load
+    change no logit; float16 halves the file, as for the shipped models, and the loaded model is the rounded
+    one); buffers (attention masks, rotary tables) are rebuilt from the config. Returns the directory.
     """
+    dtype = save_dtype(dtype, model)
     directory = Path(directory)
     config = config_to_dict(model.cfg)
     payload = {"format": CHECKPOINT_FORMAT, "config": config, "meta": meta or {}}
@@ -201,6 +224,7 @@ def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
         raise ModelLoadError(f"{weights_path} does not match {config_path}: " + "; ".join(problems))
     # parameters come from the file; buffers (masks, rotary tables, IGNORE) are rebuilt from the config
     model.load_state_dict({k: state[k].to(v.dtype) if k in params else v for k, v in expected.items()}, strict=True)
+    check_weights(model, f"checkpoint {directory}")
     return model.to(device, print_details=False).eval()
 
 
@@ -216,8 +240,14 @@ def load_model(name_or_path: str | Path = SHIPPED_NAME, *, device: str = "cpu") 
     checkpoint directory, or a TransformerLens pretrained name.
 
     Pretrained names (e.g. ``"redwood_attn_2l"``, ``"attn-only-2l"``) need the weights in the local
-    Hugging Face cache; without them this raises ``ModelLoadError`` instead of trying the network.
+    Hugging Face cache; without them this raises ``ModelLoadError`` instead of trying the network. ``device``
+    must exist on this machine (else ``ModelLoadError`` naming the fix).
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise ModelLoadError(f"load_model takes a model name or a checkpoint directory (a str or Path), got "
+                             f"{type(name_or_path).__name__ if name_or_path is not None else None}; call "
+                             f"load_model() for the shipped model {SHIPPED_NAME!r}")
+    device = check_device(device)
     name = str(name_or_path)
     if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
         if (ASSETS / name / "config.json").is_file():
@@ -233,6 +263,24 @@ def load_model(name_or_path: str | Path = SHIPPED_NAME, *, device: str = "cpu") 
     if path.suffix or "/" in name and not _is_pretrained_name(name):
         raise ModelLoadError(f"no checkpoint directory at {path}; pass a directory holding config.json and weights.pt")
     return _load_pretrained(name, device)
+
+
+def check_device(device: str | torch.device) -> str:
+    """``device`` as a string if this machine has it, else ``ModelLoadError`` naming the fix."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device {str(device)!r} is not a torch device; use 'cpu', or 'cuda' (or 'cuda:N') on "
+                             f"a machine with a GPU") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch.cuda.is_available() is "
+                             f"False: no GPU, or a CPU-only torch); use device='cpu'")
+    if where.type == "cuda" and where.index is not None and where.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             f"GPU(s); use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {str(device)!r} is not available on this machine; use device='cpu'")
+    return str(device)
 
 
 def _is_pretrained_name(name: str) -> bool:
@@ -262,7 +310,7 @@ def _load_pretrained(name: str, device: str) -> HookedTransformer:
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     try:
-        return HookedTransformer.from_pretrained(name, device=device).eval()
+        model = HookedTransformer.from_pretrained(name, device=device).eval()
     except Exception as err:  # noqa: BLE001 - any failure here means "weights not available"
         raise ModelLoadError(
             f"could not load pretrained model {name!r} from the local Hugging Face cache ({type(err).__name__}: "
@@ -275,3 +323,5 @@ def _load_pretrained(name: str, device: str) -> HookedTransformer:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    check_weights(model, f"pretrained model {name!r}")
+    return model
