@@ -136,6 +136,43 @@ def gather(mine: list[tuple[int, T]], current: World | None, *, check: object = 
     dist.all_gather_object(gathered, (check, mine))
     differ = [rank for rank, (c, _) in enumerate(gathered) if c != gathered[0][0]]
     if differ:
-        raise ScrubError(f"ranks {differ} were given other arguments than rank 0: under torchrun every rank must "
-                         f"run the same hypothesis, baseline, data and options")
+        other = gathered[differ[0]][0]
+        what = ([k for k in check if other.get(k) != check[k]] if isinstance(check, dict) and isinstance(other, dict)
+                else [])
+        raise ScrubError(f"ranks {differ} were given other arguments than rank 0"
+                         f"{' (' + ', '.join(what) + ' differ)' if what else ''}: under torchrun every rank must run "
+                         f"the same hypothesis, baseline, data and options (a hypothesis file must not depend on "
+                         f"RANK or on anything else that differs between processes)")
     return reassemble([pairs for _, pairs in gathered])
+
+
+def digest(*parts: object) -> str:
+    """A short sha256 of ``parts``: tensors by dtype, shape and bytes, anything else by ``repr``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def claim_fingerprint(claim, tokens: torch.Tensor) -> dict[str, str]:
+    """What a claim says, as digests comparable across ranks: its edges (source, target, channel), its
+    nodes' features by name and by their codes on ``tokens`` [batch, seq] (e.g. the first batch), its
+    q/k masks as matrices and its edges' positions as masks on ``tokens``."""
+    seq = tokens.shape[1]
+    edges = sorted((e.source, e.target, e.channel.value) for e in claim.edges)
+    features = [(n.id, n.feature.name, digest(n.feature.codes(tokens))) for n in sorted(claim.nodes, key=lambda n: n.id)
+                if n.feature is not None]
+    masks = [(e.source, e.target, e.channel.value, digest(e.qk_mask.matrix(seq, tokens.device)))
+             for e in claim.edges if e.qk_mask is not None]
+    positions = [(e.source, e.target, e.channel.value, digest(e.positions(tokens)))
+                 for e in claim.edges if e.positions is not None]
+    return {"edges": digest(edges), "features": digest(sorted(features)), "masks": digest(sorted(masks)),
+            "positions": digest(sorted(positions))}

@@ -27,7 +27,6 @@ run, so the recovered fraction is (KL_baseline − KL_scrubbed) / KL_baseline). 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from scrub.engine.evaluator import evaluate
 from scrub.engine.sampling import Sampler
 from scrub.engine.treeify import SamplingOptions, assign, localize, treeify
 from scrub.errors import ScrubError
-from scrub.experiment import distributed
+from scrub.experiment import checks, distributed
 from scrub.metrics import (
     METRIC_LABELS,
     ExampleLosses,
@@ -317,6 +316,8 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     ``i % world_size`` and every rank returns the result one process would (draws depend only on ``seed``
     and the batch index)."""
     _check_model(model)
+    checks.check_placement(model, data)
+    checks.check_finite_model(model)
     _check_arguments(hypothesis, baseline, seed, batch_size, options, n_bootstrap, metric)
     label = METRIC_LABELS[metric]
     if not 0 <= self_draw_warning <= 1:
@@ -338,7 +339,11 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
                  f"a batch of {largest} x {data.shape[1]} tokens",
                  "use a smaller batch_size (--batch-size) or shorter sequences (--seq-len)", device)
     scoring = GoodCandidates.shipped() if positions == "good_candidates" else positions  # the list built once
-    masks = [score_mask(data[start:stop].to(device), scoring).cpu() for start, stop in bounds]  # [batch, seq-1] each
+    # the named modes per dataset (good candidates leave every row of the dataset out of their list), so the
+    # batch size changes no number; a positions function is called per batch, as documented
+    whole_mask = score_mask(data.to(device), scoring).cpu() if isinstance(positions, str) else None  # [n, seq-1]
+    masks = [score_mask(data[start:stop].to(device), scoring).cpu() if whole_mask is None else whole_mask[start:stop]
+             for start, stop in bounds]  # [batch, seq-1] each
     scored = torch.cat([m.sum(1) for m in masks])  # [n] scored positions per example
     if int(scored.sum()) == 0:
         how = positions if isinstance(positions, str) else "the positions function"
@@ -374,15 +379,16 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         losses = score_batch(metric, tokens, mask, clean_logits, baselined, scrubbed)
         done.append((i, (losses, scrub_data.self_sample_rate(), scrub_data.self_draws(), base_data.self_draws(),
                          stop - start)))
-    check = None if current is None else (
-        claim.name, base.name, tuple(data.shape), hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest(), seed,
-        batch_size, options, positions if isinstance(positions, str) else "function", n_bootstrap, metric)
+    check = None if current is None else checks.rank_check(
+        claim, base, data, first, seed=seed, batch_size=batch_size, options=options, n_bootstrap=n_bootstrap,
+        metric=metric, positions=positions if isinstance(positions, str) else "function")
     evaluated = distributed.gather(done, current, check=check)  # every rank's batches, in batch order
     parts = {key: [getattr(part[0], key) for part in evaluated] for key in ("clean", "baseline", "scrubbed")}
     view = token_view(torch.cat([part[0].token_delta for part in evaluated]))  # examples without scored tokens add none
     rows = [part[4] for part in evaluated]
     joined = {k: ExampleLosses(torch.cat([p.total for p in v]), torch.cat([p.count for p in v]))
               for k, v in parts.items()}
+    checks.check_finite_losses(joined)
     keep = joined["clean"].count > 0
     joined = {k: ExampleLosses(v.total[keep], v.count[keep]) for k, v in joined.items()}
     lc, lb, ls = (joined[k].mean() for k in ("clean", "baseline", "scrubbed"))
@@ -418,7 +424,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
                                 f"agrees at far more positions than a whole-sequence one)")
     ci = bootstrap_recovered(joined["clean"], joined["baseline"], joined["scrubbed"], n_resamples=n_bootstrap,
                              seed=seed)
-    return ScrubResult(
+    return checks.with_data_checks(ScrubResult(
         hypothesis=claim.name, baseline=base.name, loss_clean=lc, loss_baseline=lb, loss_scrubbed=ls,
         loss_recovered=float(recovered(lc, lb, ls)), ci_low=ci.low, ci_high=ci.high,
         n_examples=int(keep.sum()), n_tokens=int(joined["clean"].count.sum()),
@@ -427,7 +433,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
         per_example_baseline=tuple(joined["baseline"].per_example().tolist()),
         per_example_scrubbed=tuple(joined["scrubbed"].per_example().tolist()),
         warnings=tuple(warnings), self_draws=self_draws, metric=metric, token_view=asdict(view),
-    )
+    ), model, data, tree, seed=seed, options=options, structure=structure)
 
 
 def _weighted(per_batch: list[dict[str, float]], rows: list[int]) -> dict[str, float]:
