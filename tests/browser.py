@@ -34,17 +34,19 @@ def missing() -> str | None:
 
 @dataclass(frozen=True)
 class Rendered:
-    """What a page showed: element counts by CSS selector, console errors, blocked requests, the PNG."""
+    """What a page showed: element counts by CSS selector, console errors, the PNG, and what ``actions`` returned."""
 
     counts: dict[str, int]
     errors: tuple[str, ...]
     png: bytes
+    value: object = None
 
 
 def open_page(path: Path, selectors: list[str], *, screenshot_of: str | None = None, height: int | None = None,
               actions=None) -> Rendered:
     """Load ``path`` headless with the network off; count ``selectors``; screenshot the element
-    ``screenshot_of`` (or the window). ``actions(driver)`` runs before counting (e.g. to move a slider)."""
+    ``screenshot_of`` (or the window). ``actions(driver)`` runs before counting (e.g. to move a slider); what
+    it returns is kept."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -62,8 +64,7 @@ def open_page(path: Path, selectors: list[str], *, screenshot_of: str | None = N
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
         driver.get(path.resolve().as_uri())
-        if actions is not None:
-            actions(driver)
+        value = actions(driver) if actions is not None else None
         counts = {s: len(driver.find_elements(By.CSS_SELECTOR, s)) for s in selectors}
         logs = driver.get_log("browser")
         errors = tuple(entry["message"] for entry in logs if entry["level"] in ("SEVERE", "ERROR"))
@@ -71,7 +72,7 @@ def open_page(path: Path, selectors: list[str], *, screenshot_of: str | None = N
         png = target.screenshot_as_png if target is not None else driver.get_screenshot_as_png()
     finally:
         driver.quit()
-    return Rendered(counts, errors, png)
+    return Rendered(counts, errors, png, value)
 
 
 def share_not_blank(png: bytes) -> float:

@@ -1,0 +1,97 @@
+"""The views in a real browser: headless Chromium, network blocked, opens each kind of page from a file and
+checks that its views rendered (their elements exist), that the console has no errors, that the controls
+change what is shown and that a screenshot is not blank. Skipped, with the reason, without chromium."""
+
+import pytest
+import torch
+
+from scrub.heads.scores import SCORE_NAMES, HeadScores
+from scrub.patching.paths import make_metric, patch_matrix
+from scrub.views.graph import TOP_K
+from scrub.views.page import Html, write_page
+from scrub.views.report import explain, head_scores_parts, patch_parts
+from tests.browser import missing, open_page, share_not_blank
+from tests.helpers import partial_graph, random_tokens, tiny_model
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"browser tests: {missing()}")
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """A run page, a path-patching page and a head-scores page of tiny models."""
+    out = tmp_path_factory.mktemp("pages")
+    model = tiny_model(n_ctx=12)
+    data = random_tokens(10, 12, seed=3)  # [10, 12]
+    report = explain(model, partial_graph(), data, n_examples=5, seed=1, batch_size=4, progress=False, n_bootstrap=50)
+    ref, cor = random_tokens(3, 9, seed=1), random_tokens(3, 9, seed=2)
+    matrix = patch_matrix(model, ref, cor, make_metric("loss", ref, cor, torch.arange(2, 7)), progress=False)
+    scores = HeadScores(*(torch.rand(2, 3, generator=torch.Generator().manual_seed(i))
+                          for i in range(len(SCORE_NAMES))))
+    parts = patch_parts(matrix)
+    return {"run": report.to_html(out / "run.html"), "patch": write_page(out / "patch.html", "p", parts),
+            "patch_edges": len(parts[1].data["edges"]), "heads": write_page(out / "heads.html", "h",
+                                                                            head_scores_parts(scores)), "dir": out}
+
+
+def test_run_page_renders_graph_tokens_attention(pages):
+    shot = open_page(pages["run"], [".scrub-graph path.scrub-claimed", ".scrub-graph path.scrub-resampled",
+                                    ".scrub-graph g.scrub-node", ".scrub-text .scrub-token", "canvas.scrub-attention",
+                                    ".scrub-histogram rect.scrub-bar"])
+    assert shot.errors == ()
+    counts = shot.counts
+    assert counts[".scrub-graph path.scrub-claimed"] == 4  # embed->0.1:v, 0.1->1.2:k, embed->1.2:q, 1.2->logits
+    assert counts[".scrub-graph path.scrub-resampled"] > 0
+    assert counts[".scrub-graph g.scrub-node"] == 8  # embed, 6 heads, logits (shortformer: no pos node)
+    assert counts[".scrub-text .scrub-token"] == 12  # one span per token of the example
+    assert counts["canvas.scrub-attention"] >= 2  # clean and scrubbed of a recomputed head
+    assert counts[".scrub-histogram rect.scrub-bar"] >= 8
+    assert share_not_blank(shot.png) > 0.02
+
+
+def test_patch_page_top_k_slider_changes_the_edges(pages):
+    def slide_to_three(driver):
+        driver.execute_script("var k = document.querySelector('.scrub-topk'); k.value = '3';"
+                              "k.dispatchEvent(new Event('input'));")
+
+    before = open_page(pages["patch"], [".scrub-graph path.scrub-edge", "canvas.scrub-heatmap"])
+    after = open_page(pages["patch"], [".scrub-graph path.scrub-edge"], actions=slide_to_three)
+    assert before.errors == () and after.errors == ()
+    assert pages["patch_edges"] > 3
+    assert before.counts[".scrub-graph path.scrub-edge"] == min(TOP_K, pages["patch_edges"])
+    assert after.counts[".scrub-graph path.scrub-edge"] == 3
+    assert before.counts["canvas.scrub-heatmap"] == 1
+    assert share_not_blank(before.png) > 0.02
+
+
+def test_token_picker_and_head_selector_switch_views(pages):
+    summary = "return document.querySelector('.scrub-example-summary').textContent;"
+
+    def pick_second(driver):
+        driver.execute_script("for (const s of document.querySelectorAll('select.scrub-pick')) {"
+                              "s.value = '1'; s.dispatchEvent(new Event('change')); }")
+        return driver.execute_script(summary)
+
+    first = open_page(pages["run"], [".scrub-example-summary"], actions=lambda d: d.execute_script(summary))
+    second = open_page(pages["run"], [".scrub-text .scrub-token", "canvas.scrub-attention"], actions=pick_second)
+    assert second.errors == ()
+    assert first.value.startswith("median:") and second.value.startswith("best:")
+    assert second.counts[".scrub-text .scrub-token"] == 12 and second.counts["canvas.scrub-attention"] >= 1
+
+
+def test_heads_page_renders_a_heatmap_per_score(pages):
+    def last_score(driver):
+        driver.execute_script("var s = document.querySelector('select.scrub-pick'); s.value = '4';"
+                              "s.dispatchEvent(new Event('change'));")
+
+    shot = open_page(pages["heads"], ["canvas.scrub-heatmap", "select.scrub-pick option"], actions=last_score)
+    assert shot.errors == ()
+    assert shot.counts == {"canvas.scrub-heatmap": 1, "select.scrub-pick option": len(SCORE_NAMES)}
+    assert share_not_blank(shot.png) > 0.01
+
+
+def test_network_is_blocked_and_errors_are_seen(pages):
+    """The control: a page that asks for a remote image gets a console error, so the checks above can fail."""
+    page = write_page(pages["dir"] / "remote.html", "r", [Html('<img src="http://example.com/x.png">')])
+    shot = open_page(page, ["img"])
+    assert shot.counts["img"] == 1
+    assert any("example.com" in e for e in shot.errors)
