@@ -166,3 +166,16 @@ def test_head_scores_view_has_every_score():
     assert [m["name"] for m in view.data["matrices"]] == [n.replace("_", " ") for n in SCORE_NAMES]
     assert view.data["matrices"][0]["values"][1][2] == pytest.approx(float(scores.previous_token[1, 2]), rel=1e-4)
 
+
+
+def test_notebook_objects_have_html(scrubbed, tmp_path):
+    """ScrubResult, PatchMatrix and HeadScores show inline in a notebook and write a page (views loaded lazily)."""
+    model, _, _, report = scrubbed
+    ref, cor = random_tokens(3, 9, seed=1), random_tokens(3, 9, seed=2)
+    matrix = patch_matrix(model, ref, cor, make_metric("loss", ref, cor, torch.arange(2, 7)), progress=False)
+    scores = HeadScores(*(torch.rand(2, 3) for _ in SCORE_NAMES))
+    for obj, kinds in ((report.result, ["histogram"]), (matrix, ["heatmap", "graph"]), (scores, ["heatmap"])):
+        assert [d["kind"] for d in payloads(obj._repr_html_())] == kinds
+        path = obj.to_html(tmp_path / f"{type(obj).__name__}.html")
+        assert path.read_text().startswith("<!DOCTYPE html>")
+        assert [d["kind"] for d in payloads(path.read_text())] == kinds

@@ -124,6 +124,19 @@ class ScrubResult:
                 out.pop(key)
         return {key: _plain(value) for key, value in out.items()}
 
+    def _repr_html_(self) -> str:
+        """The notebook view: the numbers and the per-example distribution (``scrub.views.report``; the claim
+        graph, token and attention views need the model and data: ``scrub.views.report.explain``)."""
+        from scrub.views.report import RunReport
+
+        return RunReport(self)._repr_html_()
+
+    def to_html(self, path: str | Path) -> Path:
+        """The notebook view as one self-contained HTML page at ``path``."""
+        from scrub.views.report import RunReport
+
+        return RunReport(self).to_html(path)
+
     def summary(self) -> str:
         """The headline line, the "token-level:" line (when there is a token view), then one line per warning,
         each starting with "warning:"."""

@@ -11,6 +11,7 @@ Pattern tensors are ``[batch, ..., q, k]`` (``...`` is e.g. ``head`` or ``layer,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -152,6 +153,18 @@ class HeadScores:
         """JSON form: ``{"L.H": {score_name: value}}`` (an output format, not a data structure)."""
         return {str(h): {name: float(self.score(name)[h.layer, h.head]) for name in SCORE_NAMES}
                 for h in self.heads()}
+
+    def _repr_html_(self) -> str:
+        """The notebook view: a layer x head heatmap per score (``scrub.views.report``)."""
+        from scrub.views.report import heads_html
+
+        return heads_html(self)
+
+    def to_html(self, path: str | Path) -> Path:
+        """The notebook view as one self-contained HTML page at ``path``."""
+        from scrub.views.report import write_heads
+
+        return write_heads(self, path)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal, Sequence, get_args
 
 import torch
@@ -280,6 +281,18 @@ class PatchMatrix:
                     pairs[name] = float(self.effects[i, j, k])
         return {"metric": self.metric, "clean": self.clean, "corrupted": self.corrupted, "paths": pairs,
                 "to_logits": {f"{s} -> logits": float(v) for s, v in zip(self.senders, self.to_logits, strict=True)}}
+
+    def _repr_html_(self) -> str:
+        """The notebook view: the effects as a heatmap and as a graph, top k (``scrub.views.report``)."""
+        from scrub.views.report import patch_html
+
+        return patch_html(self)
+
+    def to_html(self, path: str | Path) -> Path:
+        """The notebook view as one self-contained HTML page at ``path``."""
+        from scrub.views.report import write_patch
+
+        return write_patch(self, path)
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` paths with the largest absolute effect."""

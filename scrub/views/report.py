@@ -165,3 +165,21 @@ def head_scores_parts(scores: HeadScores) -> list[Part]:
                          "row_title": "layer", "col_title": "head",
                          "note": f"previous-token and duplicate-token scores on {scores.data} data."})
     return [View(ViewKind.HEATMAP, "Behavioral head scores", {"matrices": matrices})]
+
+
+def patch_html(matrix: PatchMatrix) -> str:
+    """``PatchMatrix._repr_html_``: the heatmap and the graph of its effects."""
+    return fragment(patch_parts(matrix))
+
+
+def write_patch(matrix: PatchMatrix, path: str | Path) -> Path:
+    return write_page(path, f"scrub: path patching ({matrix.metric})", patch_parts(matrix))
+
+
+def heads_html(scores: HeadScores) -> str:
+    """``HeadScores._repr_html_``: one heatmap per behavioral score."""
+    return fragment(head_scores_parts(scores))
+
+
+def write_heads(scores: HeadScores, path: str | Path) -> Path:
+    return write_page(path, "scrub: behavioral head scores", head_scores_parts(scores))
