@@ -144,16 +144,21 @@ class Mechanism:
 
 def _k_heads(roles: HeadRoles, mech: Mechanism, receiver: str) -> list[str]:
     own = roles.previous_for(receiver)
-    heads = [own] if mech.k_heads == "previous" else list(dict.fromkeys([own, *roles.early(roles.previous_like, receiver)]))
+    if mech.k_heads == "previous":
+        heads = [own]
+    else:
+        heads = list(dict.fromkeys([own, *roles.early(roles.previous_like, receiver)]))
     return heads + (roles.early(roles.further_back, receiver) if mech.further_back else [])
 
 
 def _other_early(model: HookedTransformer, roles: HeadRoles, receiver: str) -> list[str]:
     """What the Q/V refinement adds: earlier heads in no previous-token-like role, and earlier MLPs that are
     not part of the token embedding."""
-    heads = roles.early(tuple(dict.fromkeys((*roles.further_back, *(roles.other_early or roles.other_layer0)))), receiver)
+    early = tuple(dict.fromkeys((*roles.further_back, *(roles.other_early or roles.other_layer0))))
+    heads = roles.early(early, receiver)
     layer = parse_component(receiver, model.cfg).layer
-    mlps = [f"mlp.{lay}" for lay in range(layer) if Structure.of(model).has_mlps and f"mlp.{lay}" not in roles.embedding]
+    mlps = [f"mlp.{lay}" for lay in range(layer)
+            if Structure.of(model).has_mlps and f"mlp.{lay}" not in roles.embedding]
     return heads + mlps
 
 
@@ -192,7 +197,8 @@ def claim_mechanism(g: nx.DiGraph, model: HookedTransformer, roles: HeadRoles, r
                         add_edge(g, model, sender, receiver, channel, positions=no_match_keys)
 
 
-def induction_baseline(model: HookedTransformer, roles: HeadRoles, receivers: tuple[str, ...] | None = None) -> nx.DiGraph:
+def induction_baseline(model: HookedTransformer, roles: HeadRoles,
+                       receivers: tuple[str, ...] | None = None) -> nx.DiGraph:
     """The full graph with every input of the induction heads resampled (Redwood's induction baseline)."""
     return remove_inputs(full_graph(model), receivers or roles.induction)
 

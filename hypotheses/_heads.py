@@ -53,7 +53,8 @@ class HeadRoles:
     scores: HeadScores
     further_back_score: torch.Tensor  # [n_layers, n_heads]
     previous_of: tuple[tuple[str, str], ...] = ()  # (induction head, its previous-token head), one per receiver
-    other_early: tuple[str, ...] = ()  # early heads (before the last induction head) in no role; = other_layer0 at 2 layers
+    other_early: tuple[str, ...] = ()  # early heads (before the last induction head) in no role;
+    # = other_layer0 at 2 layers
     embedding: tuple[str, ...] = ("embed",)  # "the token embedding" of the mechanism: ("embed",) or ("embed", "mlp.0")
     mlp0_token_share: float | None = None  # measured share of mlp.0's output variance fixed by the current token
 
@@ -129,7 +130,8 @@ def roles_from_scores(scores: HeadScores, back: torch.Tensor, thresholds: Thresh
     like = sorted(set(like) | {p for _, p in previous_of})
     back_heads = [h for h in early if float(back[h.layer, h.head]) >= FURTHER_BACK and h not in like]
     other = [h for h in early if h not in like and h not in back_heads]
-    embedding = ("embed", "mlp.0") if mlp0_token_share is not None and mlp0_token_share > MLP0_TOKEN_SHARE else ("embed",)
+    mlp0_is_token = mlp0_token_share is not None and mlp0_token_share > MLP0_TOKEN_SHARE
+    embedding = ("embed", "mlp.0") if mlp0_is_token else ("embed",)
     names = lambda hs: tuple(str(h) for h in hs)  # noqa: E731
     return HeadRoles(induction=names(receivers), behavioral=names(behavioral), previous_token=str(first),
                      previous_like=names(like), further_back=names(back_heads),

@@ -8,4 +8,5 @@ from hypotheses._heads import head_roles
 
 def hypothesis(model, roles=None):
     roles = roles or head_roles(model)
-    return mechanism_graph(model, roles, Mechanism(k_heads="like", further_back=True, positions=True, qv_layer0=True, k_embed=True, restricted=True))
+    return mechanism_graph(model, roles, Mechanism(k_heads="like", further_back=True, positions=True, qv_layer0=True,
+                                                   k_embed=True, restricted=True))
