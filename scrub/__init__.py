@@ -17,6 +17,7 @@ from scrub.data.batches import (
     natural_batch,
     repeated_random_tokens,
 )
+from scrub.discovery.api import discover as discover
 from scrub.engine.treeify import SamplingOptions, Unit
 from scrub.experiment.runner import ScrubResult, run
 from scrub.heads.scores import (

@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 
-from scrub.cli import heads, patch, run, study
+from scrub.cli import discover, heads, patch, run, study
 from scrub.cli.common import Command, UsageError
 from scrub.errors import ScrubError
 
@@ -34,6 +34,8 @@ COMMANDS: tuple[Command, ...] = (
             patch.arguments, patch.command),
     Command("study", "the induction-head study: hypotheses, loss recovered, context sensitivity, report",
             study.arguments, study.command),
+    Command("discover", "circuit discovery: EAP-IG scores, exact greedy verification, a hypothesis file",
+            discover.arguments, discover.command),
 )
 
 
