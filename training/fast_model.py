@@ -86,7 +86,7 @@ class FastTransformer(nn.Module):
         resid = self.embed(tokens)  # [batch, pos, d_model]
         pos = self.pos(torch.arange(tokens.shape[1], device=tokens.device))[None]  # [1, pos, d_model]
         mlps = self.mlps if hasattr(self, "mlps") else [None] * len(self.blocks)
-        for block, mlp in zip(self.blocks, mlps):
+        for block, mlp in zip(self.blocks, mlps, strict=True):
             resid = resid + block(resid, pos)  # [batch, pos, d_model]
             if mlp is not None:
                 resid = resid + mlp(resid)  # [batch, pos, d_model]
@@ -109,10 +109,13 @@ def to_hooked(fast: FastTransformer, model: HookedTransformer) -> HookedTransfor
     sd = {"embed.W_E": fast.embed.weight, "pos_embed.W_pos": fast.pos.weight,
           "ln_final.w": fast.ln_final.weight, "ln_final.b": fast.ln_final.bias,
           "unembed.W_U": fast.unembed.weight.T, "unembed.b_U": fast.unembed.bias}
+
+    def heads(w: torch.Tensor) -> torch.Tensor:  # [heads*d_head, d_model] -> [heads, d_model, d_head]
+        return w.view(n_heads, d_head, -1).transpose(1, 2)
+
     for i, blk in enumerate(fast.blocks):
         wq, wk = blk.qk.weight.split(n_heads * d_head, dim=0)  # [heads*d_head, d_model] x2
         bq, bk = blk.qk.bias.split(n_heads * d_head, dim=0)  # [heads*d_head] x2
-        heads = lambda w: w.view(n_heads, d_head, -1).transpose(1, 2)  # [heads*d_head, d_model] -> [heads, d_model, d_head]
         sd |= {f"blocks.{i}.ln1.w": blk.ln.weight, f"blocks.{i}.ln1.b": blk.ln.bias,
                f"blocks.{i}.attn.W_Q": heads(wq), f"blocks.{i}.attn.W_K": heads(wk),
                f"blocks.{i}.attn.W_V": heads(blk.v.weight),
@@ -123,8 +126,10 @@ def to_hooked(fast: FastTransformer, model: HookedTransformer) -> HookedTransfor
         if fast.d_mlp:
             mlp = fast.mlps[i]
             sd |= {f"blocks.{i}.ln2.w": mlp.ln.weight, f"blocks.{i}.ln2.b": mlp.ln.bias,
-                   f"blocks.{i}.mlp.W_in": mlp.fc_in.weight.T, f"blocks.{i}.mlp.b_in": mlp.fc_in.bias,  # [d_model, d_mlp]
-                   f"blocks.{i}.mlp.W_out": mlp.fc_out.weight.T, f"blocks.{i}.mlp.b_out": mlp.fc_out.bias}  # [d_mlp, d_model]
+                   f"blocks.{i}.mlp.W_in": mlp.fc_in.weight.T,  # [d_model, d_mlp]
+                   f"blocks.{i}.mlp.b_in": mlp.fc_in.bias,
+                   f"blocks.{i}.mlp.W_out": mlp.fc_out.weight.T,  # [d_mlp, d_model]
+                   f"blocks.{i}.mlp.b_out": mlp.fc_out.bias}
     missing, unexpected = model.load_state_dict({k: v.clone() for k, v in sd.items()}, strict=False)
     params = dict(model.named_parameters())
     float_missing = [k for k in missing if k in params]

@@ -61,7 +61,8 @@ CACHE = ROOT / "training" / ".cache"
 
 
 def make_batch(stream: np.ndarray, gen: np.random.Generator, batch: int, seq: int, bos: int,
-               copy_frac: float = 0.0, repeat_frac: float = 0.0, rrt_frac: float = 0.0, vocab: int = 2048) -> torch.Tensor:
+               copy_frac: float = 0.0, repeat_frac: float = 0.0, rrt_frac: float = 0.0,
+               vocab: int = 2048) -> torch.Tensor:
     """BOS + a random window of the corpus. Rows are augmented in place (integer row indices give numpy
     views; a boolean-mask index would give a copy): ``repeat_frac`` of rows repeat their opening 20-120
     tokens right away; ``rrt_frac`` of the others become a random token string repeated; ``copy_frac``
@@ -130,7 +131,8 @@ def monitor(model: HookedTransformer, val: np.ndarray, bos: int, seed: int) -> d
     rrt = torch.cat([torch.full((16, 1), bos), rand.repeat(1, 4)], dim=1)  # [16, 1+4n]
     logits, cache = model.run_with_cache(rrt, names_filter=lambda n: n.endswith("pattern"))
     q = torch.arange(1 + n, 1 + 4 * n)
-    prefix = torch.stack([cache["pattern", layer][:, :, q, q - n + 1].mean((0, 2)) for layer in layers])  # [layer, head]
+    prefix = torch.stack([cache["pattern", layer][:, :, q, q - n + 1].mean((0, 2))
+                          for layer in layers])  # [layer, head]
     losses = token_losses(logits, rrt)  # [16, 4n]
     upper = prefix[1:]  # [layer-1, head]: induction needs an earlier layer to read from
     flat = int(upper.argmax())
@@ -208,9 +210,12 @@ def main() -> None:
     if args.pos_init == "sinusoidal":
         model.sinusoidal_positions(args.pos_scale)
     opt = torch.optim.AdamW(param_groups(model, args.decay, 0.05), lr=args.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
-    )
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay to 0.1
+        cosine = 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        return min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * cosine)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = np.random.default_rng(args.seed)
     step, log, minutes_before = 0, [], 0.0
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -221,8 +226,11 @@ def main() -> None:
         if saved_shape != shape:
             sys.exit(f"{ckpt} holds a model with {saved_shape}, not {shape}: pass the same --n-layers/--d-mlp, "
                      f"another --cache, or --no-resume")
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
-        gen.bit_generator.state = state["gen"]; step, log = state["step"], state["log"]
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.bit_generator.state = state["gen"]
+        step, log = state["step"], state["log"]
         minutes_before = state.get("minutes", log[-1]["minutes"] if log else 0.0)
         print(f"resumed at step {step}", flush=True)
     print(f"training {shape} from step {step} to {min(args.stop_at or args.steps, args.steps)} on {train_path} "
@@ -240,7 +248,8 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step()
+        opt.step()
+        sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % args.eval_every == 0 or step + 1 == stop:
             minutes = minutes_before + (time.time() - t0) / 60
@@ -267,8 +276,8 @@ def main() -> None:
         gap = (model(check) - hooked(check)).abs().max().item()
     if gap > 1e-3:
         sys.exit(f"the HookedTransformer copy disagrees with the trained model (max logit gap {gap:.2e})")
-    meta = {"recipe": vars(args) | {"out": str(args.out), "cache": str(args.cache)}, "final": log[-1] if log else {}, "log": log,
-            "fast_vs_hooked_max_logit_gap": gap}
+    meta = {"recipe": vars(args) | {"out": str(args.out), "cache": str(args.cache)}, "final": log[-1] if log else {},
+            "log": log, "fast_vs_hooked_max_logit_gap": gap}
     save_checkpoint(hooked, args.out, meta=meta, dtype=torch.float16)  # shipped in float16 (half the size)
     print(f"saved {args.out}")
 
