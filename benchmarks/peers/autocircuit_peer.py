@@ -70,7 +70,8 @@ def main() -> None:
             results[" + ".join(edges) or "<none>"] = loss(model(ref)) - clean
     seconds = time.perf_counter() - start
     print(json.dumps({"clean": clean, "effects": results, "seconds": seconds, "n_sets": len(sets),
-                      "edges": len(model.edges), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "edges": len(model.edges),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_before_mb": rss0 / 1024}))
 
 

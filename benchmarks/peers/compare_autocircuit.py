@@ -40,7 +40,8 @@ def node(name: str):
 def to_paths(model: HookedTransformer, edge: str, *, direct: bool) -> list[PatchPath]:
     """One auto-circuit edge as scrub paths (edge semantics, or only the direct path if ``direct``)."""
     src, dest = edge.split("->")
-    senders = [node(src)] + ([Pos()] if src == "Resid Start" and model.cfg.positional_embedding_type == "standard" else [])
+    with_pos = src == "Resid Start" and model.cfg.positional_embedding_type == "standard"
+    senders = [node(src)] + ([Pos()] if with_pos else [])
     if dest == "Resid End":
         return [PatchPath(s) for s in senders]
     receiver, chan = dest[1:].rsplit(".", 1)
@@ -78,7 +79,7 @@ def compare(directory: Path, tmp: Path) -> list[tuple]:
         values = patch_effects(model, ref, cor, path_sets, metric, positions=positions)
         rows.append(values - values[0])
     return [(" + ".join(s) or "<none>", float(a), float(b), theirs[" + ".join(s) or "<none>"])
-            for s, a, b in zip(sets, *rows)]
+            for s, a, b in zip(sets, *rows, strict=True)]
 
 
 def main() -> None:
@@ -93,7 +94,8 @@ def main() -> None:
     save_checkpoint(HookedTransformer(ArchSpec(n_layers=3, seed=1).to_config()), tmp / "random-3l")
     models["random-init 3-layer"] = tmp / "random-3l"
     for label, directory in models.items():
-        print(f"\n{label} ({directory}): change in loss at second-repeat positions, 16 x 81 RRT, fresh random corruption")
+        print(f"\n{label} ({directory}): change in loss at second-repeat positions, 16 x 81 RRT, "
+              "fresh random corruption")
         print(f"{'auto-circuit edge set':<60} {'scrub edge':>11} {'scrub path':>11} {'auto-circ':>11} {'|edge-ac|':>9}")
         for name, edge, direct, theirs in compare(directory, tmp):
             short = name if len(name) <= 60 else name[:44] + f"... ({name.count('+') + 1} edges)"
