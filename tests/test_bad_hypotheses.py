@@ -27,7 +27,8 @@ from scrub.claims.masks import QKMask, previous_position, within
 from tests.helpers import save_tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "import networkx as nx\nimport torch\nimport scrub.claims.features as F\nfrom scrub.claims.hypothesis import add_path, full_graph\n"
+HEADER = ("import networkx as nx\nimport torch\nimport scrub.claims.features as F\n"
+          "from scrub.claims.hypothesis import add_path, full_graph\n")
 
 
 def g_(*paths) -> nx.DiGraph:
@@ -99,40 +100,56 @@ def two_logits() -> nx.DiGraph:
 # (id, model kind, hypothesis file text or graph builder, message regex)
 CASES = [
     # --- hypothesis files: tracebacks before -----------------------------------------------------------
-    ("syntax error", "short", "def hypothesis(model)\n    return None\n", r"bad\.py:1: SyntaxError while importing the file"),
+    ("syntax error", "short", "def hypothesis(model)\n    return None\n",
+     r"bad\.py:1: SyntaxError while importing the file"),
     ("indentation error", "short", "def hypothesis(model):\nreturn None\n", r"bad\.py:2: IndentationError"),
-    ("exception at import", "short", "import networkx\nX = 1 / 0\n", r"bad\.py:2: importing the file raised ZeroDivisionError"),
-    ("missing import", "short", "import no_such_module_xyz\n", r"bad\.py:1: importing the file raised ModuleNotFoundError"),
-    ("exception inside hypothesis", "short", HEADER + "def hypothesis(model):\n    heads = {}\n    return heads['1.6']\n",
+    ("exception at import", "short", "import networkx\nX = 1 / 0\n",
+     r"bad\.py:2: importing the file raised ZeroDivisionError"),
+    ("missing import", "short", "import no_such_module_xyz\n",
+     r"bad\.py:1: importing the file raised ModuleNotFoundError"),
+    ("exception inside hypothesis", "short",
+     HEADER + "def hypothesis(model):\n    heads = {}\n    return heads['1.6']\n",
      r"bad\.py:7: hypothesis\(model\) raised KeyError: '1\.6'"),
     ("hypothesis without model argument", "short", HEADER + "def hypothesis():\n    return full_graph(None)\n",
      r"bad\.py:5: hypothesis\(\) cannot be called with the model; write def hypothesis\(model\)"),
-    ("hypothesis with two arguments", "short", "def hypothesis(model, heads):\n    pass\n", r"cannot be called with the model"),
+    ("hypothesis with two arguments", "short", "def hypothesis(model, heads):\n    pass\n",
+     r"cannot be called with the model"),
     ("no hypothesis function", "short", "x = 1\n", r"defines no function hypothesis\(model\)"),
     ("hypothesis is not a function", "short", "hypothesis = 3\n", r"defines no function hypothesis\(model\)"),
     ("forgot to return the graph", "short", HEADER + "def hypothesis(model):\n    g = full_graph(model)\n",
-     r"bad\.py: hypothesis\(model\) must return a networkx\.DiGraph, got NoneType \(does hypothesis\(model\) end with `return g`\?\)"),
-    ("returns a list of edges", "short", "def hypothesis(model):\n    return [('embed', 'logits')]\n", r"must return a networkx\.DiGraph, got list"),
+     r"bad\.py: hypothesis\(model\) must return a networkx\.DiGraph, got NoneType "
+     r"\(does hypothesis\(model\) end with `return g`\?\)"),
+    ("returns a list of edges", "short", "def hypothesis(model):\n    return [('embed', 'logits')]\n",
+     r"must return a networkx\.DiGraph, got list"),
     ("add_path step is a 1-tuple", "short", HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n"
-     "    add_path(g, 'embed', ('1.2',), 'logits')\n    return g\n", r"bad\.py:7: add_path step \('1\.2',\): write a step as a node name"),
+     "    add_path(g, 'embed', ('1.2',), 'logits')\n    return g\n",
+     r"bad\.py:7: add_path step \('1\.2',\): write a step as a node name"),
     ("add_path first step is a pair", "short", HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n"
-     "    add_path(g, ('embed', 'v'), ('0.0', 'v'), 'logits')\n    return g\n", r"bad\.py:7: .*the first step has no previous node"),
-    ("add_path with one step", "short", HEADER + "def hypothesis(model):\n    return add_path(nx.DiGraph(), 'logits')\n",
+     "    add_path(g, ('embed', 'v'), ('0.0', 'v'), 'logits')\n    return g\n",
+     r"bad\.py:7: .*the first step has no previous node"),
+    ("add_path with one step", "short",
+     HEADER + "def hypothesis(model):\n    return add_path(nx.DiGraph(), 'logits')\n",
      r"bad\.py:6: add_path\('logits',\): a path has at least two steps"),
     # --- via ----------------------------------------------------------------------------------------------
     ("via=1", "short", lambda m: nx.DiGraph([("embed", "0.0", {"via": 1}), ("0.0", "logits")]),
      r"edge 'embed' -> '0\.0': via=1 is not a list of inputs"),
-    ("via with a number in a list", "short", lambda m: nx.DiGraph([("embed", "0.0", {"via": ["q", 2]}), ("0.0", "logits")]),
+    ("via with a number in a list", "short",
+     lambda m: nx.DiGraph([("embed", "0.0", {"via": ["q", 2]}), ("0.0", "logits")]),
      r"via=\['q', 2\] is not a list of inputs"),
     ("unknown channel", "short", lambda m: g_(["embed", ("0.0", "x"), "logits"]), r"unknown input channel 'x'"),
-    ("missing via", "short", lambda m: g_(["embed", "0.0", "logits"]), r"enters head 0\.0 without saying how: add via="),
-    ("via into logits", "short", lambda m: g_(["embed", ("logits", "v")]), r"has via='v', but logits has a single input"),
-    ("via into an MLP", "mlp", lambda m: g_(["embed", ("mlp.0", "q"), "logits"]), r"has via='q', but mlp\.0 has a single input"),
+    ("missing via", "short", lambda m: g_(["embed", "0.0", "logits"]),
+     r"enters head 0\.0 without saying how: add via="),
+    ("via into logits", "short", lambda m: g_(["embed", ("logits", "v")]),
+     r"has via='v', but logits has a single input"),
+    ("via into an MLP", "mlp", lambda m: g_(["embed", ("mlp.0", "q"), "logits"]),
+     r"has via='q', but mlp\.0 has a single input"),
     # --- features -----------------------------------------------------------------------------------------
     ("feature factory passed uncalled", "short", lambda m: with_feature(F.previous_token),
-     r"node '0\.0': feature=previous_token is a function that makes a feature, not a feature: call it, feature=previous_token\(\)"),
+     r"node '0\.0': feature=previous_token is a function that makes a feature, not a feature: "
+     r"call it, feature=previous_token\(\)"),
     ("feature is the Feature class", "short", lambda m: with_feature(Feature), r"feature=Feature is the class"),
-    ("feature is a string", "short", lambda m: with_feature("current token"), r"node '0\.0': feature must be a scrub\.claims\.features\.Feature"),
+    ("feature is a string", "short", lambda m: with_feature("current token"),
+     r"node '0\.0': feature must be a scrub\.claims\.features\.Feature"),
     ("feature returns an int", "short", lambda m: with_feature(lambda t: 3),
      r"node '0\.0': feature '<lambda>' returned a Python int, not a tensor"),
     ("feature returns a numpy array", "short", lambda m: with_feature(Feature("np", lambda t: t.numpy()[:, -1])),
@@ -147,38 +164,51 @@ CASES = [
      r"feature 'sum' returned a single value for 4 sequences"),
     ("feature raises", "short", lambda m: with_feature(Feature("pos40", lambda t: t[:, 40])),
      r"node '0\.0': feature 'pos40' failed on tokens of shape \[4, 12\]: IndexError"),
-    ("feature on logits", "short", lambda m: logits_with_feature(), r"node 'logits': logits always see the reference input"),
+    ("feature on logits", "short", lambda m: logits_with_feature(),
+     r"node 'logits': logits always see the reference input"),
     # --- positions ----------------------------------------------------------------------------------------
     ("positions mask of the wrong shape", "short", lambda m: with_positions(lambda t: t[:, -1] > 3),
-     r"edge 'embed' -> '0\.0': positions function '<lambda>' returned a mask of shape \[4\] for tokens of shape \[4, 12\]"),
+     r"edge 'embed' -> '0\.0': positions function '<lambda>' returned a mask of shape \[4\] "
+     r"for tokens of shape \[4, 12\]"),
     ("positions float mask", "short", lambda m: with_positions(lambda t: (t > 3).float()),
      r"returned a float32 mask: masks must be bool.*mask\.bool\(\)"),
-    ("positions 0..2 integer mask", "short", lambda m: with_positions(lambda t: t % 3), r"returned an int64 mask: masks must be bool"),
-    ("positions returns a list", "short", lambda m: with_positions(lambda t: [[True] * 12] * 4), r"returned a list, not a torch bool tensor"),
-    ("positions raises", "short", lambda m: with_positions(lambda t: t[:, :, 0]), r"positions function '<lambda>' failed on tokens of shape \[4, 12\]"),
-    ("positions not callable", "short", lambda m: with_positions([1, 2]), r"'positions' must be a function tokens -> bool mask"),
-    ("positions is a feature", "short", lambda m: with_positions(F.current_token()), r"'positions' must be a function.*got a Feature"),
+    ("positions 0..2 integer mask", "short", lambda m: with_positions(lambda t: t % 3),
+     r"returned an int64 mask: masks must be bool"),
+    ("positions returns a list", "short", lambda m: with_positions(lambda t: [[True] * 12] * 4),
+     r"returned a list, not a torch bool tensor"),
+    ("positions raises", "short", lambda m: with_positions(lambda t: t[:, :, 0]),
+     r"positions function '<lambda>' failed on tokens of shape \[4, 12\]"),
+    ("positions not callable", "short", lambda m: with_positions([1, 2]),
+     r"'positions' must be a function tokens -> bool mask"),
+    ("positions is a feature", "short", lambda m: with_positions(F.current_token()),
+     r"'positions' must be a function.*got a Feature"),
     # --- query-key masks ----------------------------------------------------------------------------------
-    ("qk_mask into logits", "short", lambda m: with_mask(previous_position(), ["embed", "logits"], edge=("embed", "logits")),
+    ("qk_mask into logits", "short",
+     lambda m: with_mask(previous_position(), ["embed", "logits"], edge=("embed", "logits")),
      r"edge 'embed' -> 'logits' has a qk_mask, but logits is not a head.*remove it"),
-    ("qk_mask into an MLP", "mlp", lambda m: with_mask(within(2), ["embed", "mlp.0", "logits"], edge=("embed", "mlp.0")),
+    ("qk_mask into an MLP", "mlp",
+     lambda m: with_mask(within(2), ["embed", "mlp.0", "logits"], edge=("embed", "mlp.0")),
      r"edge 'embed' -> 'mlp\.0' has a qk_mask, but mlp\.0 is not a head"),
     ("qk_mask with positions", "short", lambda m: with_mask(within(2), positions=F.after_earlier_occurrence),
      r"edge 'embed' -> '0\.0' has both 'positions' and 'qk_mask'"),
     ("qk_mask is a plain function", "short", lambda m: with_mask(lambda q, k: k == q - 1),
-     r"edge 'embed' -> '0\.0': qk_mask is a plain function '<lambda>': wrap it with a name, qk_mask=scrub\.claims\.masks\.QKMask\('name', fn\)"),
+     r"edge 'embed' -> '0\.0': qk_mask is a plain function '<lambda>': wrap it with a name, "
+     r"qk_mask=scrub\.claims\.masks\.QKMask\('name', fn\)"),
     ("qk_mask factory passed uncalled", "short", lambda m: with_mask(previous_position),
      r"qk_mask is previous_position, a function that makes a mask, not a mask: call it, qk_mask=previous_position\(\)"),
     ("qk_mask is the QKMask class", "short", lambda m: with_mask(QKMask), r"qk_mask is the QKMask class: build a mask"),
     ("qk_mask is a tensor", "short", lambda m: with_mask(torch.ones(12, 12, dtype=torch.bool)),
      r"qk_mask is a Tensor: it must be a scrub\.claims\.masks\.QKMask"),
     ("two masks into one input", "short", lambda m: two_masks(within(1), previous_position()),
-     r"edges 'embed' -> '1\.0' and '0\.0' -> '1\.0' enter 'k' of '1\.0' with different query-key masks 'within\(1\)' and "
+     r"edges 'embed' -> '1\.0' and '0\.0' -> '1\.0' enter 'k' of '1\.0' "
+     r"with different query-key masks 'within\(1\)' and "
      r"'previous_position'.*one input takes one mask"),
     ("two masks into one input, one edge via kv", "short", lambda m: two_masks(within(2), within(3), via="kv"),
      r"enter 'k' of '1\.0' with different query-key masks 'within\(2\)' and 'within\(3\)'"),
-    ("two same-named masks", "short", lambda m: two_masks(QKMask("near", lambda q, k: q - k < 2), QKMask("near", lambda q, k: q - k < 2)),
-     r"different query-key masks 'near' and 'near' \(same name, different functions: build the mask once and reuse it\)"),
+    ("two same-named masks", "short",
+     lambda m: two_masks(QKMask("near", lambda q, k: q - k < 2), QKMask("near", lambda q, k: q - k < 2)),
+     r"different query-key masks 'near' and 'near' "
+     r"\(same name, different functions: build the mask once and reuse it\)"),
     ("qk_mask returns integers", "short", lambda m: with_mask(QKMask("diff", lambda q, k: q - k)),
      r"edge 'embed' -> '0\.0': query-key mask 'diff' returned an int64 tensor: masks must be bool"),
     ("qk_mask of the wrong shape", "short", lambda m: with_mask(QKMask("3d", lambda q, k: (k == q)[..., None])),
@@ -194,7 +224,8 @@ CASES = [
      r"node '0\.0' has an unknown attribute 'features': did you mean 'feature'\?"),
     ("edge attribute position=", "short", lambda m: with_attr("edge", "position", F.after_earlier_occurrence),
      r"edge 'embed' -> '0\.0' has an unknown attribute 'position': did you mean 'positions'\?"),
-    ("edge attribute channel=", "short", lambda m: with_attr("edge", "channel", "k"), r"unknown attribute 'channel': did you mean 'via'\?"),
+    ("edge attribute channel=", "short", lambda m: with_attr("edge", "channel", "k"),
+     r"unknown attribute 'channel': did you mean 'via'\?"),
     ("node attribute colour=", "short", lambda m: with_attr("node", "colour", "red"),
      r"unknown attribute 'colour': node attributes are 'feature' and 'component'"),
     ("edge attribute mask_qk=", "short", lambda m: with_attr("edge", "mask_qk", previous_position()),
@@ -202,38 +233,55 @@ CASES = [
     ("edge attribute qk=", "short", lambda m: with_attr("edge", "qk", previous_position()),
      r"unknown attribute 'qk': did you mean 'qk_mask'\?"),
     # --- component names ----------------------------------------------------------------------------------
-    ("head with a leading zero", "short", lambda m: g_(["embed", ("0.0", "v"), "logits"], ["embed", ("1.02", "v"), "logits"]),
+    ("head with a leading zero", "short",
+     lambda m: g_(["embed", ("0.0", "v"), "logits"], ["embed", ("1.02", "v"), "logits"]),
      r"node '1\.02': '1\.02' is not how this component is written: write '1\.2'.*second node.*component='1\.2'"),
-    ("head with a space", "short", lambda m: g_(["embed", (" 1.2", "v"), "logits"]), r"' 1\.2' is not how this component is written: write '1\.2'"),
-    ("capitalised input", "short", lambda m: g_(["Embed", ("0.0", "v"), "logits"]), r"'Embed' is not how this component is written: write 'embed'"),
+    ("head with a space", "short", lambda m: g_(["embed", (" 1.2", "v"), "logits"]),
+     r"' 1\.2' is not how this component is written: write '1\.2'"),
+    ("capitalised input", "short", lambda m: g_(["Embed", ("0.0", "v"), "logits"]),
+     r"'Embed' is not how this component is written: write 'embed'"),
     ("float node id", "short", lambda m: nx.DiGraph([("embed", 1.1, {"via": "v"}), (1.1, "logits")]),
      r"node 1\.1 is a float: node ids are strings, write '1\.1'"),
-    ("component attribute with a space", "short", lambda m: aliased("0.0#q", " 0.0"), r"' 0\.0' is not how this component is written"),
-    ("id naming another head", "short", lambda m: aliased("1.1", "0.0"), r"node '1\.1': its id reads as a component name but it has component='0\.0'"),
-    ("unknown head", "short", lambda m: g_(["embed", ("3.9", "v"), "logits"]), r"unknown head '3\.9'.*2 layers x 3 heads"),
-    ("unreadable name", "short", lambda m: g_(["embed", ("head1", "v"), "logits"]), r"cannot read component name 'head1'"),
-    ("MLP in attention-only model", "short", lambda m: g_(["embed", "mlp.0", "logits"]), r"attention-only and has no MLPs"),
+    ("component attribute with a space", "short", lambda m: aliased("0.0#q", " 0.0"),
+     r"' 0\.0' is not how this component is written"),
+    ("id naming another head", "short", lambda m: aliased("1.1", "0.0"),
+     r"node '1\.1': its id reads as a component name but it has component='0\.0'"),
+    ("unknown head", "short", lambda m: g_(["embed", ("3.9", "v"), "logits"]),
+     r"unknown head '3\.9'.*2 layers x 3 heads"),
+    ("unreadable name", "short", lambda m: g_(["embed", ("head1", "v"), "logits"]),
+     r"cannot read component name 'head1'"),
+    ("MLP in attention-only model", "short", lambda m: g_(["embed", "mlp.0", "logits"]),
+     r"attention-only and has no MLPs"),
     ("MLP beyond the last layer", "mlp", lambda m: g_(["embed", "mlp.5", "logits"]), r"unknown MLP 'mlp\.5'"),
-    ("pos in a rotary model", "rotary", lambda m: g_(["pos", ("0.0", "q"), "logits"]), r"'pos' names a learned positional embedding"),
+    ("pos in a rotary model", "rotary", lambda m: g_(["pos", ("0.0", "q"), "logits"]),
+     r"'pos' names a learned positional embedding"),
     ("two logits nodes", "short", lambda m: two_logits(), r"several logits nodes"),
     # --- graph structure ----------------------------------------------------------------------------------
     ("cycle", "short", lambda m: nx.DiGraph([("embed", "0.0", {"via": "v"}), ("0.0", "1.0", {"via": "q"}),
-                                            ("1.0", "0.0", {"via": "q"}), ("1.0", "logits")]), r"the graph has a cycle"),
-    ("backwards edge", "short", lambda m: g_(["embed", ("0.0", "v"), "logits"], ["1.0", ("0.0", "k")]), r"backwards or sideways"),
+                                            ("1.0", "0.0", {"via": "q"}), ("1.0", "logits")]),
+                                             r"the graph has a cycle"),
+    ("backwards edge", "short", lambda m: g_(["embed", ("0.0", "v"), "logits"], ["1.0", ("0.0", "k")]),
+     r"backwards or sideways"),
     ("sideways edge", "short", lambda m: g_(["embed", ("0.0", "v"), ("0.1", "k"), "logits"]), r"backwards or sideways"),
-    ("pos into v in a shortformer model", "short", lambda m: g_(["pos", ("0.0", "v"), "logits"]), r"positions enter only the q and k inputs"),
-    ("pos into logits in a shortformer model", "short", lambda m: g_(["pos", "logits"]), r"positions enter only the q and k"),
+    ("pos into v in a shortformer model", "short", lambda m: g_(["pos", ("0.0", "v"), "logits"]),
+     r"positions enter only the q and k inputs"),
+    ("pos into logits in a shortformer model", "short", lambda m: g_(["pos", "logits"]),
+     r"positions enter only the q and k"),
     ("edge out of logits", "short", lambda m: g_(["embed", "logits", ("1.0", "q")]), r"cycle|leaves 'logits'"),
     ("edge into an input", "short", lambda m: g_(["0.0", ("embed", "v")], ["embed", "logits"]), r"enters an input"),
     ("node that reaches no logits", "short", lambda m: g_(["embed", "logits"], ["embed", ("0.0", "v")]),
      r"node '0\.0' lies on no path that reaches 'logits'"),
     ("graph without logits", "short", lambda m: g_(["embed", ("0.0", "v")]), r"the graph has no 'logits' node"),
     ("MultiDiGraph", "short", lambda m: nx.MultiDiGraph([("embed", "logits")]), r"not a MultiDiGraph"),
-    ("undirected graph", "short", lambda m: nx.Graph([("embed", "logits")]), r"must return a networkx\.DiGraph, got Graph: an undirected"),
+    ("undirected graph", "short", lambda m: nx.Graph([("embed", "logits")]),
+     r"must return a networkx\.DiGraph, got Graph: an undirected"),
     ("node reached by no input", "short", lambda m: g_(["embed", "logits"], ["0.0", ("1.0", "q"), "logits"]),
-     r"node '1\.0' has claimed inputs, but none of its paths starts at an input \('embed' or 'pos'\): they start at '0\.0'"),
-    ("logits reached by no input", "short", lambda m: g_(["0.1", "logits"]), r"node 'logits' has claimed inputs, but none of its paths"),
-    ("chain from two input-less heads", "mlp", lambda m: g_(["embed", "logits"], ["0.0", "mlp.1", "logits"], ["0.1", ("1.1", "v"), "mlp.1"]),
+     r"node '1\.0' has claimed inputs, but none of its paths starts at an input \('embed' or 'pos'\): "
+     r"they start at '0\.0'"),
+    ("logits reached by no input", "short", lambda m: g_(["0.1", "logits"]),
+     r"node 'logits' has claimed inputs, but none of its paths"),
+    ("chain from two input-less heads", "mlp",
+     lambda m: g_(["embed", "logits"], ["0.0", "mlp.1", "logits"], ["0.1", ("1.1", "v"), "mlp.1"]),
      r"node '1\.1' has claimed inputs.*start at '0\.1'"),
     ("parallel block head into same-layer MLP", "parallel", lambda m: g_(["embed", ("0.0", "v"), "mlp.0", "logits"]),
      r"parallel-block model mlp\.0 reads the same residual"),
@@ -284,7 +332,8 @@ def test_bad_input_gets_one_clear_error(name, kind, case, message, models, tmp_p
     lambda m: without_inputs(m, "1.0"),  # a head's inputs resampled
     lambda m: without_inputs(m, "0.0"),  # and one that feeds later heads
     lambda m: g_(["embed", "logits"], ["0.0", "logits"]),  # an unclaimed head read by the logits next to an input path
-    lambda m: g_(["embed", ("0.0", "v"), ("1.0", "q"), "logits"], ["0.1", ("1.0", "k")]),  # one in-path from an input suffices
+    # one in-path from an input suffices
+    lambda m: g_(["embed", ("0.0", "v"), ("1.0", "q"), "logits"], ["0.1", ("1.0", "k")]),
     lambda m: nx.DiGraph([("embed", "0.0", {"via": ("q", "k")}), ("pos", "0.0", {"via": "QK"}), ("0.0", "logits")]),
     lambda m: nx.DiGraph(),  # the empty hypothesis
     lambda m: with_positions(F.after_earlier_occurrence),
@@ -334,9 +383,12 @@ def test_feature_codes_are_long_on_the_cpu():
 CLI_CASES = [
     ("syntax error", "def hypothesis(model)\n    pass\n", r"bad\.py:1: SyntaxError"),
     ("no model argument", "def hypothesis():\n    pass\n", r"hypothesis\(\) cannot be called with the model"),
-    ("misspelt attribute", HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n    add_path(g, 'embed', ('0.0', 'v'), 'logits')\n"
-     "    g.nodes['0.0']['features'] = F.current_token()\n    return g\n", r"unknown attribute 'features': did you mean 'feature'"),
-    ("float feature", HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n    add_path(g, 'embed', ('0.0', 'v'), 'logits')\n"
+    ("misspelt attribute",
+     HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n    add_path(g, 'embed', ('0.0', 'v'), 'logits')\n"
+     "    g.nodes['0.0']['features'] = F.current_token()\n    return g\n",
+     r"unknown attribute 'features': did you mean 'feature'"),
+    ("float feature",
+     HEADER + "def hypothesis(model):\n    g = nx.DiGraph()\n    add_path(g, 'embed', ('0.0', 'v'), 'logits')\n"
      "    g.nodes['0.0']['feature'] = lambda t: t.float().mean(1)\n    return g\n", r"returned float32 codes"),
 ]
 
@@ -352,7 +404,8 @@ def test_cli_run_reports_bad_hypothesis_in_one_line(name, text, message, checkpo
     path.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "scrub.cli", "run", str(path), "--model", str(checkpoint),
-                           "--n", "4", "--seq-len", "16"], check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           "--n", "4", "--seq-len", "16"], check=False, capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
