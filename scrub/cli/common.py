@@ -62,6 +62,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, out: str, locked: b
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
+def add_html_argument(parser: argparse.ArgumentParser) -> None:
+    """--html FILE: the results' interactive views as one self-contained page (``scrub.views``)."""
+    parser.add_argument("--html", type=Path, default=None, metavar="FILE",
+                        help="also write the results' interactive views to FILE, one self-contained HTML page "
+                             "that opens from disk with no network")
+
+
+def check_html(path: Path | None) -> None:
+    """Refuse an --html path that cannot be a file, before any work."""
+    if path is not None and (path.is_dir() or path.suffix.lower() not in (".html", ".htm")):
+        raise UsageError(f"--html {path} must name an .html file (got "
+                         f"{'a folder' if path.is_dir() else 'no .html suffix'}), e.g. --html out.html")
+
+
 def dump_json(obj: dict) -> None:
     """Print ``obj`` as one line of strict JSON: NaN and infinities become null."""
     def plain(value):

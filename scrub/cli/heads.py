@@ -10,7 +10,9 @@ from dataclasses import asdict
 from scrub.cli.common import (
     UsageError,
     add_common_arguments,
+    add_html_argument,
     check_data_memory,
+    check_html,
     check_number,
     check_seed,
     dump_json,
@@ -32,6 +34,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prev-threshold", type=float, default=None)
     parser.add_argument("--prefix-threshold", type=float, default=None)
     parser.add_argument("--copying-threshold", type=float, default=None)
+    add_html_argument(parser)
 
 
 HEATMAP_RANGES = {  # score -> (vmin, vmax, colormap); copying colours saturate above 1 (values are printed)
@@ -62,6 +65,7 @@ def command(args: argparse.Namespace) -> int:
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{flag} must be a finite number (got {value})")
     check_data_memory(args.n, max(args.seq_len or 128, 101))  # the natural and the repeated-random batches
+    check_html(args.html)
     with OutputFolder(args.out, "heads", [f"{name}.png" for name in SCORE_NAMES], overwrite=args.overwrite) as folder:
         return _heads(args, folder)
 
@@ -131,6 +135,7 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
         figures.append(str(folder.final(f"{name}.png")))
     bar.update(1)
     bar.close()
+    page = {} if args.html is None else {"html": str(scores.to_html(args.html))}
     if args.json:
         dump_json({
             "model": str(args.model), "data": args.data, "n": args.n,
@@ -139,7 +144,7 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
             "exclude_common": exclude, "scores": scores.per_head(), "thresholds": asdict(thresholds),
             "previous_token_heads": prev_heads, "induction_heads": induction,
             "in_context_learning": None if icl is None else asdict(icl) | {"score": icl.score},
-            "figures": figures,
+            "figures": figures, **page,
         })
         return 0
     print(f"model {args.model}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads; previous-token and "
@@ -160,5 +165,5 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
               f"{icl.loss_late:.3f} - {icl.loss_early:.3f} = {icl.score:.3f}")
     else:
         print("in-context learning score: skipped (the model does not use the scrub tokenizer)")
-    print(f"figures: {args.out}/")
+    print(f"figures: {args.out}/" + (f"\nhtml: {page['html']}" if page else ""))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scrub.cli.common import UsageError, add_common_arguments, quiet_load
+from scrub.cli.common import UsageError, add_common_arguments, add_html_argument, check_html, quiet_load
 from scrub.cli.output import OutputFolder
 
 FIGURE = "path_patching.png"
@@ -24,6 +24,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default="loss", help="'loss' (default) or 'logit_diff', at second-repeat positions")
     parser.add_argument("--n", type=int, default=16, help="repeated-random-token sequences (default 16)")
     parser.add_argument("--length", type=int, default=40, help="length of each repeat (default 40: 1 + 2x40 tokens)")
+    add_html_argument(parser)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -33,6 +34,7 @@ def command(args: argparse.Namespace) -> int:
     if args.n < 1 or args.length < 2:
         raise UsageError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
     channels = head_channels(args.input)  # checked before the model loads
+    check_html(args.html)
     with OutputFolder(args.out, "patch", [FIGURE], overwrite=args.overwrite) as folder:
         return _patch(args, channels, folder)
 
@@ -60,9 +62,10 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
     matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, receivers=receivers, channels=channels)
     patch_heatmap(matrix, folder.work / FIGURE, title=f"path patching ({args.model}, {args.metric}, n={args.n})")
     figure = folder.final(FIGURE)
+    page = {} if args.html is None else {"html": str(matrix.to_html(args.html))}
     if args.json:
         print(json.dumps({"model": str(args.model), "n": args.n, "length": args.length, "seed": args.seed,
-                          **matrix.to_dict(), "figure": str(figure)}))
+                          **matrix.to_dict(), "figure": str(figure), **page}))
         return 0
     print(f"model {args.model}: path patching on {args.n} repeated random sequences (1 + 2x{args.length}); corrupted: "
           f"fresh random sequences; {args.metric} at second-repeat positions: clean {matrix.clean:.4f}, "
@@ -87,5 +90,5 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
     for s, v in zip(matrix.senders, matrix.to_logits, strict=True):
         print(f"{str(s):<5} {float(v):>7.3f}")
     print("\nlargest effects: " + "; ".join(f"{p} {v:+.3f}" for p, v in matrix.top(5)))
-    print(f"figure: {figure}")
+    print(f"figure: {figure}" + (f"\nhtml: {page['html']}" if page else ""))
     return 0

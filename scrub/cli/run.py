@@ -6,7 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from scrub.cli.common import UsageError, check_data_memory, check_number, check_seed, dump_json, quiet_load
+from scrub.cli.common import (
+    UsageError,
+    add_html_argument,
+    check_data_memory,
+    check_html,
+    check_number,
+    check_seed,
+    dump_json,
+    quiet_load,
+)
 from scrub.model.loading import SHIPPED_NAME
 
 
@@ -42,6 +51,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                              "next-token distribution (KL recovered = (KL_baseline - KL_scrubbed) / KL_baseline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_html_argument(parser)
 
 
 def scrub_data(model, kind: str, n: int, seq_len: int, seed: int):
@@ -81,6 +91,7 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--baseline {args.baseline} is the hypothesis itself: scrubbed and baseline losses would be "
                          f"equal and loss recovered 0 (or 0/0); give another baseline, or none for the empty one")
     check_data_memory(args.n, args.seq_len)
+    check_html(args.html)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -98,12 +109,14 @@ def command(args: argparse.Namespace) -> int:
     model = quiet_load(args.model, device=distributed.device())  # the CLI owns its model: it may place it
     data = scrub_data(model, args.data, args.n, args.seq_len, args.seed)
     n_bootstrap = 1000
-    result = run(model, args.hypothesis, data, baseline=args.baseline, positions=args.positions.replace("-", "_"),
-                 seed=args.seed, batch_size=args.batch_size,
-                 options=SamplingOptions(args.independent, args.allow_self, Unit(args.unit), args.pool),
+    options = SamplingOptions(args.independent, args.allow_self, Unit(args.unit), args.pool)
+    positions = args.positions.replace("-", "_")
+    result = run(model, args.hypothesis, data, baseline=args.baseline, positions=positions,
+                 seed=args.seed, batch_size=args.batch_size, options=options,
                  n_bootstrap=n_bootstrap, progress=sys.stderr.isatty() and distributed.is_main(), metric=args.metric)
     if not distributed.is_main():
         return 0
+    page = {} if args.html is None else {"html": str(_write_html(args, model, data, result, positions, options))}
     per = result.per_example_recovered()
     per = per[torch.isfinite(per)]
     levels = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
@@ -120,7 +133,7 @@ def command(args: argparse.Namespace) -> int:
             "unit": args.unit, "batch_size": args.batch_size, "independent": args.independent,
             "allow_self": args.allow_self, "pool": args.pool, "n_bootstrap": n_bootstrap,
             "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles, strict=False)),
-            "share_examples_worse_than_baseline": worse,
+            "share_examples_worse_than_baseline": worse, **page,
         })
         return 0
     print(result.summary())  # the headline, the "token-level" line, then one "warning: ..." line per warning
@@ -133,4 +146,18 @@ def command(args: argparse.Namespace) -> int:
     if fed:
         print("feature draws that returned the datum itself, per node: "
               + ", ".join(f"{node} {rate:.1%}" for node, rate in fed.items()))
+    if page:
+        print(f"html: {page['html']}")
     return 0
+
+
+def _write_html(args: argparse.Namespace, model, data, result, positions: str, options):
+    """The run's page: its numbers, claim graph, token view and attention patterns (``scrub.views``)."""
+    from scrub.model.tokenizer import load_tokenizer
+    from scrub.views.report import explain
+
+    shipped = load_tokenizer()
+    tokenizer = shipped if shipped.vocab_size == model.cfg.d_vocab else None  # else tokens show as ids
+    report = explain(model, args.hypothesis, data, result, tokenizer=tokenizer, baseline=args.baseline,
+                     positions=positions, seed=args.seed, options=options)
+    return report.to_html(args.html)
