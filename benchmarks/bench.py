@@ -34,14 +34,8 @@ from scrub.engine.compute import clean_run  # noqa: E402
 from scrub.engine.evaluator import evaluate  # noqa: E402
 from scrub.engine.treeify import assign_data, treeify  # noqa: E402
 from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model, save_checkpoint  # noqa: E402
-from scrub.patching.paths import (  # noqa: E402
-    PatchPath,
-    hooked_patch_logits,
-    make_metric,
-    patch_matrix,
-    second_repeat_positions,
-    split_qkv_copy,
-)
+from scrub.patching.paths import PatchPath, make_metric, patch_matrix, second_repeat_positions  # noqa: E402
+from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy  # noqa: E402
 from scrub.testing.reference import naive_logits  # noqa: E402
 
 PEER_PYTHON = Path(os.environ.get("AUTOCIRCUIT_PYTHON", "/work/venv-autocircuit/bin/python"))

@@ -33,15 +33,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 from scrub.claims.sites import Head, Mlp, hook_name  # noqa: E402
 from scrub.data.batches import repeated_random_tokens  # noqa: E402
 from scrub.model.loading import SHIPPED_DIR, ArchSpec, load_model  # noqa: E402
-from scrub.patching.paths import (  # noqa: E402
-    PatchPath,
-    hooked_patch_logits,
-    make_metric,
-    patch_effects,
-    patch_matrix,
-    second_repeat_positions,
-    split_qkv_copy,
-)
+from scrub.patching.paths import PatchPath, make_metric, patch_effects, patch_matrix, second_repeat_positions  # noqa: E402
+from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy  # noqa: E402
 
 
 def seconds(fn) -> float:

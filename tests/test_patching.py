@@ -9,7 +9,6 @@ from scrub.claims.sites import Channel, Head, SiteError
 from scrub.patching.paths import (
     PatchPath,
     every_path_to_logits,
-    hooked_patch_logits,
     make_metric,
     parse_path,
     patch_effects,
@@ -17,8 +16,8 @@ from scrub.patching.paths import (
     patch_tree,
     patched_logits,
     second_repeat_positions,
-    split_qkv_copy,
 )
+from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy
 
 
 def micro(pe: str = "shortformer", attn_only: bool = True, n_layers: int = 3, seed: int = 1) -> HookedTransformer:

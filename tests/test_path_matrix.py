@@ -13,15 +13,14 @@ from scrub.claims.sites import HEAD_CHANNELS, Channel, Head, Mlp, SiteError
 from scrub.claims.structure import Structure
 from scrub.patching.paths import (
     PatchPath,
-    hooked_patch_logits,
     make_metric,
     pair_run,
     patch_effects,
     patch_matrix,
     patched_logits,
     second_repeat_positions,
-    split_qkv_copy,
 )
+from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy
 from tests.helpers import tiny_model
 
 

@@ -22,7 +22,7 @@ A path ``s -> R:c -> logits`` changes exactly one thing downstream of the clean 
 Each path then costs about one head recomputation, one d_head x d_vocab product and the metric. The
 metric sees [paths, batch, n_pos, d_vocab] logits in one call when it has a ``many`` method
 (``patching.Metric`` does), else it is called once per path. Results equal ``patching.patch_effects`` (the
-tree engine) and ``patching.hooked_patch_logits`` (literal hooks); see tests/test_path_matrix.py.
+tree engine) and ``scrub.testing.oracles.hooked_patch_logits`` (literal hooks); see tests/test_path_matrix.py.
 """
 
 from __future__ import annotations

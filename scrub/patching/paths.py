@@ -2,8 +2,8 @@
 
 Owns ``PatchPath`` (a sender's route to the logits through named receiver inputs), the tree and data
 assignments that patch a set of paths, the sender x receiver effect matrix (``patch_matrix``, computed by
-the vectorised single-edge code in ``scrub/patching/matrix.py``), the metrics it reports and
-``hooked_patch_logits``, a literal TransformerLens-hook implementation used by the tests and benchmarks.
+the vectorised single-edge code in ``scrub/patching/matrix.py``) and the metrics it reports (its literal
+TransformerLens-hook oracle, ``hooked_patch_logits``, is in ``scrub.testing.oracles``).
 Any set of paths goes through the tree engine: it becomes a ``TreeNode`` tree in which every copy on a
 patched path claims the next copy towards the sender, the sender's copy reads the corrupted datum and
 everything unclaimed reads the clean reference, then ``engine.evaluate_many`` runs it.
@@ -31,12 +31,10 @@ from scrub.claims.sites import (
     HEAD_CHANNELS,
     Channel,
     Component,
-    FwdHook,
     Head,
     Logits,
     Mlp,
     SiteError,
-    hook_name,
     parse_channel,
     parse_component,
 )
@@ -375,7 +373,7 @@ def edge_paths(model: HookedTransformer, sender: Component, receiver: Component,
     return out
 
 
-# --- the literal TransformerLens-hook implementation (tests and benchmarks) ---------------------------
+# --- a model copy with the per-head input hooks switched on (``scrub.discovery``, ``scrub.testing.oracles``) ---
 
 def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
     """A copy of ``model`` with per-head q/k/v input hooks (and the MLP input hook) switched on (the user's
@@ -385,52 +383,3 @@ def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
     hooked.cfg.use_hook_mlp_in = True
     hooked.setup()
     return hooked
-
-
-@torch.no_grad()
-def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted: Tensor, path: PatchPath,
-                        clean_cache=None, corrupted_cache=None, downstream: bool = False) -> Tensor:
-    """Patch one path ``sender -> logits`` or ``sender -> R:c -> logits`` with plain hooks: cache both runs,
-    freeze every head (and MLP) output at its clean value except the receiver, which is recomputed with
-    the sender's corrupted-minus-clean output added to its input ``c``. Senders and receivers are heads or
-    MLPs (an MLP receiver's input is ``hook_mlp_in``). ``downstream=True`` recomputes the components after
-    the receiver instead of freezing them (edge patching). ``hooked``: ``split_qkv_copy``."""
-    cfg = hooked.cfg
-    if (len(path.via) > 1 or not isinstance(path.sender, (Head, Mlp))
-            or any(not isinstance(r, (Head, Mlp)) for r, _ in path.via)):
-        raise ScrubError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
-                         "for heads and MLPs only")
-    outs = [hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)]
-    outs += [] if cfg.attn_only else [hook_name(Mlp(layer)) for layer in range(cfg.n_layers)]
-    if clean_cache is None:
-        _, clean_cache = hooked.run_with_cache(reference, names_filter=lambda n: n in outs)
-    if corrupted_cache is None:
-        _, corrupted_cache = hooked.run_with_cache(corrupted, names_filter=lambda n: n in outs)
-    s = path.sender
-    receiver = path.via[0][0] if path.via else None
-
-    def part(component: Component) -> tuple:
-        """The index of ``component``'s own slice of its output hook."""
-        return (slice(None), slice(None), component.head) if isinstance(component, Head) else (...,)
-
-    def freeze(act, hook):
-        frozen = clean_cache[hook.name].clone()
-        if receiver is not None and hook.name == hook_name(receiver):
-            frozen[part(receiver)] = act[part(receiver)]  # recomputed
-        if receiver is None and hook.name == hook_name(s):
-            frozen[part(s)] = corrupted_cache[hook.name][part(s)]
-        return frozen
-
-    hooks: list[FwdHook] = [] if downstream and receiver is not None else [(name, freeze) for name in outs]
-    if receiver is not None:
-        delta = corrupted_cache[hook_name(s)][part(s)] - clean_cache[hook_name(s)][part(s)]
-        if isinstance(s, Head):
-            delta = delta @ hooked.blocks[s.layer].attn.W_O[s.head]  # [batch, seq, d_model]
-
-        def add(act, hook):
-            act[part(receiver)] = act[part(receiver)] + delta
-            return act
-
-        kind = "mlp_in" if isinstance(receiver, Mlp) else f"{path.via[0][1].value}_input"
-        hooks.append((hook_name(receiver, kind), add))
-    return hooked.run_with_hooks(reference, fwd_hooks=hooks)

@@ -1,34 +1,24 @@
 """Literal oracles the engine is checked against: slow, obvious, and sharing no code with it.
 
 - ``naive_logits`` (``scrub.testing.reference``): a treeified claim evaluated copy by copy with full forward passes.
-- ``hooked_patch_logits``: path patching of one path with plain TransformerLens hooks (cache both runs, freeze
+- ``hooked_patch_logits`` (on a ``split_qkv_copy`` of the model): path patching of one path with plain
+  TransformerLens hooks (cache both runs, freeze
   every component at its clean value, recompute the receiver with the sender's corrupted-minus-clean output added).
 - ``activation_patch_logits``: TransformerLens activation patching of one head's or one MLP's output.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.claims.sites import Component, FwdHook, Head, Mlp, hook_name
-from scrub.patching.paths import PatchPath
+from scrub.errors import ScrubError
+from scrub.patching.paths import PatchPath, split_qkv_copy
 from scrub.testing.reference import naive_logits
 
 __all__ = ["activation_patch_logits", "hooked_patch_logits", "naive_logits", "split_qkv_copy"]
-
-
-def split_qkv_copy(model: HookedTransformer) -> HookedTransformer:
-    """A copy of ``model`` with per-head q/k/v input hooks (and the MLP input hook) switched on (the user's
-    model is not changed)."""
-    hooked = copy.deepcopy(model)
-    hooked.cfg.use_split_qkv_input = True
-    hooked.cfg.use_hook_mlp_in = True
-    hooked.setup()
-    return hooked
 
 
 def _part(component: Component) -> tuple:
@@ -61,7 +51,7 @@ def hooked_patch_logits(hooked: HookedTransformer, reference: Tensor, corrupted:
     cfg = hooked.cfg
     if (len(path.via) > 1 or not isinstance(path.sender, (Head, Mlp))
             or any(not isinstance(r, (Head, Mlp)) for r, _ in path.via)):
-        raise ValueError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
+        raise ScrubError("hooked_patch_logits handles sender -> logits and sender -> receiver:channel -> logits "
                          "for heads and MLPs only")
     outs = [hook_name(Head(layer, 0)) for layer in range(cfg.n_layers)]
     outs += [] if cfg.attn_only else [hook_name(Mlp(layer)) for layer in range(cfg.n_layers)]

@@ -33,16 +33,18 @@ __all__ = ["claims", "extensions", "features", "model_specs", "models", "positio
 @st.composite
 def model_specs(draw, *, positions: Sequence[Positions] = tuple(Positions), norms: Sequence[Norm] = tuple(Norm),
                 mlps: Sequence[MlpKind] = tuple(MlpKind), parallel: bool | None = None, gqa: bool | None = None,
-                max_layers: int = 3, max_heads: int = 3, float64: bool = False) -> ModelSpec:
+                min_layers: int = 1, max_layers: int = 3, max_heads: int = 3, min_heads: int = 1,
+                float64: bool = False) -> ModelSpec:
     """A ``ModelSpec``: the architecture axes drawn from the given values (``parallel``/``gqa`` None: either),
-    1..``max_layers`` layers of 1..``max_heads`` heads, a weight seed; float64 weights with ``float64``."""
+    ``min_layers``..``max_layers`` layers of ``min_heads``..``max_heads`` heads, a weight seed; float64 weights
+    with ``float64``."""
     mlp = draw(st.sampled_from(list(mlps)))
-    n_heads = draw(st.integers(1, max_heads))
+    n_heads = draw(st.integers(min_heads, max_heads))
     pos = draw(st.sampled_from(list(positions)))
     is_parallel = mlp != MlpKind.NONE and draw(st.booleans() if parallel is None else st.just(parallel))
     grouped = n_heads > 1 and draw(st.booleans() if gqa is None else st.just(gqa))
     partial = pos == Positions.ROTARY and draw(st.booleans())
-    return ModelSpec(n_layers=draw(st.integers(1, max_layers)), n_heads=n_heads, positions=pos,
+    return ModelSpec(n_layers=draw(st.integers(min_layers, max_layers)), n_heads=n_heads, positions=pos,
                      norm=draw(st.sampled_from(list(norms))), mlp=mlp, parallel=is_parallel,
                      n_kv_heads=1 if grouped else None, rotary_dim=2 if partial else None,
                      seed=draw(st.integers(0, 1000)), float64=float64)

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scrub.claims.sites import HEAD_CHANNELS, Head
-from scrub.patching.paths import PatchPath, hooked_patch_logits, patch_effects, patched_logits, split_qkv_copy
+from scrub.patching.paths import PatchPath, patch_effects, patched_logits
+from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy
 from tests.helpers import tiny_model
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
