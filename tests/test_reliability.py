@@ -244,3 +244,78 @@ def test_batch_size_changes_no_field_of_the_json(root, capsys, positions):
     for out in outs:
         out.pop("batch_size")
     assert outs[0] == outs[1] == outs[2]
+
+
+# --- torchrun: the claim's content, not its name ------------------------------------------------------------
+
+def _rank_check(graph, tokens):
+    from scrub.engine.treeify import SamplingOptions
+    from scrub.experiment.checks import rank_check
+    from scrub.experiment.runner import as_claim
+
+    model = tiny_model()
+    claim, base = as_claim(graph, model, name="same name"), as_claim(nx.DiGraph(), model, name="empty")
+    return rank_check(claim, base, tokens, tokens[:4], seed=0, batch_size=4, options=SamplingOptions(),
+                      n_bootstrap=10, metric="loss", positions="all")
+
+
+def _other_edge():
+    g = nx.DiGraph()
+    add_path(g, "embed", ("0.0", "v"), ("1.2", "k"), "logits")
+    return g
+
+
+RANK_CASES = [  # (id, what rank 1 runs, the part of the check that differs)
+    ("another edge under the same name", lambda: (_other_edge(), _tokens()), "hypothesis edges"),
+    ("other data", lambda: (_graph(), _tokens().flip(0)), "data"),
+]
+
+
+@pytest.mark.parametrize("other, part", [c[1:] for c in RANK_CASES], ids=[c[0] for c in RANK_CASES])
+def test_ranks_that_run_other_claims_are_stopped_naming_what_differs(monkeypatch, other, part):
+    import torch.distributed as dist
+
+    from scrub.experiment import distributed
+    from scrub.experiment.distributed import World
+
+    mine, theirs = _rank_check(_graph(), _tokens()), _rank_check(*other())
+    assert [k for k in mine if mine[k] != theirs[k]] == [part]
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, (theirs, [])]))
+    with pytest.raises(ScrubError, match=rf"ranks \[1\] were given other arguments than rank 0 \({part} differ\)"):
+        distributed.gather([(0, "a")], World(0, 2), check=mine)
+
+
+RANK_DEPENDENT = '''"""The claimed K source depends on the process: rank 0 and rank 1 would run different claims."""
+import os
+import networkx as nx
+from scrub.claims.hypothesis import add_path
+
+
+def hypothesis(model):
+    g = nx.DiGraph()
+    add_path(g, "embed", (f"0.{os.environ.get('RANK', '0')}", "v"), ("1.1", "k"), "logits")
+    return g
+'''
+
+
+def test_torchrun_stops_a_claim_that_depends_on_the_rank(root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "rank.py").write_text(RANK_DEPENDENT)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")} | {"OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "scrub", "run",
+                           str(tmp_path / "rank.py"), "--model", str(root / "ckpt"), "--examples", "8", "--seq-len",
+                           "16", "--batch-size", "4", "--json"], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0 and done.stdout == "", done.stderr
+    assert "Traceback" not in done.stderr.split("scrub run [rank")[0], done.stderr  # (torchrun's own comes after)
+    errors = sorted(line for line in done.stderr.splitlines() if line.startswith("scrub run [rank"))
+    assert len(errors) == 2, done.stderr  # one line from each rank
+    for rank, line in enumerate(errors):
+        assert line.startswith(f"scrub run [rank {rank}]: error: ranks [1] were given other arguments than rank 0 "
+                               f"(hypothesis edges differ)"), line

@@ -136,8 +136,8 @@ def gather(mine: list[tuple[int, T]], current: World | None, *, check: object = 
     dist.all_gather_object(gathered, (check, mine))
     differ = [rank for rank, (c, _) in enumerate(gathered) if c != gathered[0][0]]
     if differ:
-        other = gathered[differ[0]][0]
-        what = ([k for k in check if other.get(k) != check[k]] if isinstance(check, dict) and isinstance(other, dict)
+        main, other = gathered[0][0], gathered[differ[0]][0]  # rank 0's check and the first one that differs
+        what = ([k for k in main if other.get(k) != main[k]] if isinstance(main, dict) and isinstance(other, dict)
                 else [])
         raise ScrubError(f"ranks {differ} were given other arguments than rank 0"
                          f"{' (' + ', '.join(what) + ' differ)' if what else ''}: under torchrun every rank must run "
