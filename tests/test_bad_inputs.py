@@ -38,7 +38,8 @@ def hypothesis(model):
     return g
 '''
 
-FINE_FEATURE = '''"""0.0 is claimed to depend on the whole sequence: no other example agrees, so every draw is the datum."""
+FINE_FEATURE = '''"""0.0 is claimed to depend on the whole sequence: no other example agrees, so every draw is
+the datum."""
 import networkx as nx
 from scrub.claims.features import Feature
 from scrub.claims.hypothesis import add_path
@@ -72,7 +73,8 @@ HEADS = ["heads", "--model", "{root}/ckpt", "--out", "{root}/figs"]
 MEMORY = r"needs about [\d,.]+ GB of memory but [\d,.]+ [GM]B is available; use a smaller --n"
 
 CLI_CASES = [  # (id, argv, regex of the error line)
-    ("run: baseline is the hypothesis", RUN + ["--baseline", "{root}/claim.py"], r"--baseline .*claim.py is the hypothesis itself"),
+    ("run: baseline is the hypothesis", RUN + ["--baseline", "{root}/claim.py"],
+     r"--baseline .*claim.py is the hypothesis itself"),
     ("run: --seq-len 2", RUN + ["--seq-len", "2"], r"--seq-len must be at least 3 \(got 2\): position 0 is BOS"),
     ("run: --seq-len 0", RUN + ["--seq-len", "0"], r"--seq-len must be at least 3 \(got 0\)"),
     ("run: --seq-len -5", RUN + ["--seq-len", "-5"], r"--seq-len must be at least 3 \(got -5\)"),
@@ -85,15 +87,19 @@ CLI_CASES = [  # (id, argv, regex of the error line)
     ("run: --seed -1", RUN + ["--seed", "-1"], r"--seed must be between 0 and 2\*\*63 - 1 \(got -1\)"),
     ("run: --n 10**9", RUN + ["--n", str(10**9)], MEMORY),
     ("run: --n 1", RUN + ["--n", "1"], r"--n must be at least 2 \(got 1\): resampling draws"),
-    ("run: --n 1e9", RUN + ["--n", "1e9"], r"argument --n/--examples: invalid int value: '1e9' \(see scrub run --help\)"),
-    ("run: --seq-len beyond n_ctx", RUN + ["--seq-len", "100", "--n", "4"], r"longer than the model's n_ctx 64; use --seq-len ≤ 64"),
+    ("run: --n 1e9", RUN + ["--n", "1e9"],
+     r"argument --n/--examples: invalid int value: '1e9' \(see scrub run --help\)"),
+    ("run: --seq-len beyond n_ctx", RUN + ["--seq-len", "100", "--n", "4"],
+     r"longer than the model's n_ctx 64; use --seq-len ≤ 64"),
     ("run: rrt beyond n_ctx", RUN + ["--data", "rrt", "--seq-len", "64", "--n", "4"],
      r"--data rrt uses 1 \+ 2 x \(seq-len // 2\) = 65 tokens, more than the model's n_ctx 64; use --seq-len ≤ 63"),
     ("run: missing hypothesis file", ["run", "{root}/nope.py", "--model", "{root}/ckpt"],
      r"hypothesis file .*nope.py does not exist"),
     ("run: missing baseline file", RUN + ["--baseline", "{root}/nope.py"], r"--baseline file .*nope.py does not exist"),
-    ("run: baseline is a folder", RUN + ["--baseline", "{root}/ckpt"], r"--baseline file .*ckpt does not exist \(it is a folder\)"),
-    ("run: missing model folder", ["run", "{root}/claim.py", "--model", "{root}/nomodel", "--n", "4", "--seq-len", "16"],
+    ("run: baseline is a folder", RUN + ["--baseline", "{root}/ckpt"],
+     r"--baseline file .*ckpt does not exist \(it is a folder\)"),
+    ("run: missing model folder",
+     ["run", "{root}/claim.py", "--model", "{root}/nomodel", "--n", "4", "--seq-len", "16"],
      r"nomodel"),
     ("run: unknown --unit", RUN + ["--unit", "edge"], r"argument --unit: invalid choice: 'edge'"),
     ("run: unknown --positions", RUN + ["--positions", "first"], r"argument --positions: invalid choice: 'first'"),
@@ -104,11 +110,14 @@ CLI_CASES = [  # (id, argv, regex of the error line)
     ("heads: --n 10**9", HEADS + ["--n", str(10**9)], MEMORY),
     ("heads: --seq-len 2", HEADS + ["--seq-len", "2"], r"--seq-len must be at least 3 \(got 2\)"),
     ("heads: --seq-len beyond n_ctx", HEADS + ["--seq-len", "65", "--n", "2"], r"use --seq-len ≤ 64"),
-    ("heads: --seq-len with rrt", HEADS + ["--data", "rrt", "--seq-len", "16"], r"--seq-len sets the natural-text length"),
+    ("heads: --seq-len with rrt", HEADS + ["--data", "rrt", "--seq-len", "16"],
+     r"--seq-len sets the natural-text length"),
     ("heads: --seed 2**64", HEADS + ["--seed", str(2**64)], r"--seed must be between 0 and 2\*\*63 - 1"),
-    ("heads: --exclude-common -1", HEADS + ["--exclude-common", "-1"], r"--exclude-common must be at least 0 \(got -1\)"),
+    ("heads: --exclude-common -1", HEADS + ["--exclude-common", "-1"],
+     r"--exclude-common must be at least 0 \(got -1\)"),
     ("heads: --prev-threshold nan", HEADS + ["--prev-threshold", "nan"], r"--prev-threshold must be a finite number"),
-    ("heads: --out is a file", ["heads", "--model", "{root}/ckpt", "--out", "{root}/afile.txt"], r"is a file, not a folder"),
+    ("heads: --out is a file", ["heads", "--model", "{root}/ckpt", "--out", "{root}/afile.txt"],
+     r"is a file, not a folder"),
     ("heads: --out holds other files", ["heads", "--model", "{root}/ckpt", "--out", "{root}/taken"],
      r"already holds 1 file\(s\) .*'notes.txt'.* or pass --overwrite"),
     ("heads: --out locked", ["heads", "--model", "{root}/ckpt", "--out", "{root}/locked", "--overwrite"],
@@ -140,7 +149,8 @@ def test_cli_bad_inputs_do_not_leave_folders_behind(root):
 
 
 SUBPROCESS_CASES = [  # the real command: no traceback after the model loads (the pipe test below covers the rest)
-    ("run candidates --seq-len 4", RUN + ["--positions", "candidates", "--seq-len", "4", "--n", "4"], r"no position is scored"),
+    ("run candidates --seq-len 4", RUN + ["--positions", "candidates", "--seq-len", "4", "--n", "4"],
+     r"no position is scored"),
 ]
 
 
@@ -189,7 +199,8 @@ SAME = partial_graph()
 API_CASES = [  # (id, call(model), exception type, regex)
     ("model as a string", lambda m: run("scrub-attn-2l", full_graph(m), data()), RunInputError,
      r"model must be a TransformerLens HookedTransformer, got str; load it first: scrub.run\(scrub.load_model"),
-    ("model as a path", lambda m: run(Path("ckpt"), full_graph(m), data()), RunInputError, r"got PosixPath|got WindowsPath"),
+    ("model as a path", lambda m: run(Path("ckpt"), full_graph(m), data()), RunInputError,
+     r"got PosixPath|got WindowsPath"),
     ("seed None", lambda m: scrub(m, seed=None), RunInputError, r"seed must be a whole number .* got None"),
     ("seed 1.5", lambda m: scrub(m, seed=1.5), RunInputError, r"seed must be a whole number .* got 1.5"),
     ("seed True", lambda m: scrub(m, seed=True), RunInputError, r"seed must be a whole number"),
@@ -197,27 +208,34 @@ API_CASES = [  # (id, call(model), exception type, regex)
     ("seed 10**23", lambda m: scrub(m, seed=10**23), RunInputError, r"seed must be between 0 and 2\*\*63 - 1"),
     ("zero-length sequences", lambda m: scrub(m, tokens=torch.zeros(8, 0, dtype=torch.long)), RunInputError,
      r"sequences of length 0 have no next token to predict"),
-    ("one-token sequences", lambda m: scrub(m, tokens=data(seq=1)), RunInputError, r"sequences of length 1 have no next token"),
+    ("one-token sequences", lambda m: scrub(m, tokens=data(seq=1)), RunInputError,
+     r"sequences of length 1 have no next token"),
     ("all examples identical", lambda m: scrub(m, tokens=data()[:1].repeat(8, 1)), RunInputError,
      r"all 8 examples are the same sequence"),
     ("float token ids", lambda m: scrub(m, tokens=data().float() + 0.7), RunInputError,
      r"token ids must be integers, got a float32 tensor .* data.long\(\)"),
-    ("bool tokens", lambda m: scrub(m, tokens=data() > 3), RunInputError, r"token ids must be integers, got a bool tensor"),
+    ("bool tokens", lambda m: scrub(m, tokens=data() > 3), RunInputError,
+     r"token ids must be integers, got a bool tensor"),
     ("negative token id", lambda m: scrub(m, tokens=with_id(-3, 2, 5)), RunInputError,
      r"token id -3 \(example 2, position 5; 1 such ids\) is outside the model's vocabulary of 20"),
     ("token id beyond the vocabulary", lambda m: scrub(m, tokens=with_id(25, 1, 0)), RunInputError,
      r"token id 25 \(example 1, position 0; 1 such ids\)"),
-    ("numpy tokens", lambda m: scrub(m, tokens=data().numpy()), RunInputError, r"got ndarray; convert it with torch.as_tensor"),
+    ("numpy tokens", lambda m: scrub(m, tokens=data().numpy()), RunInputError,
+     r"got ndarray; convert it with torch.as_tensor"),
     ("1-D tokens", lambda m: scrub(m, tokens=data()[0]), RunInputError, r"got shape \[12\]; add the batch dimension"),
     ("one example", lambda m: scrub(m, tokens=data(n=1)), RunInputError, r"need at least 2 examples, got 1"),
-    ("sequences beyond n_ctx", lambda m: scrub(m, tokens=data(seq=13)), RunInputError, r"longer than the model's n_ctx 12"),
+    ("sequences beyond n_ctx", lambda m: scrub(m, tokens=data(seq=13)), RunInputError,
+     r"longer than the model's n_ctx 12"),
     ("batch_size 0", lambda m: scrub(m, batch_size=0), RunInputError, r"batch_size must be a whole number ≥ 2, got 0"),
     ("batch_size 1", lambda m: scrub(m, batch_size=1), RunInputError, r"batch_size must be a whole number ≥ 2, got 1"),
-    ("batch_size 4.0", lambda m: scrub(m, batch_size=4.0), RunInputError, r"batch_size must be a whole number ≥ 2, got 4.0"),
+    ("batch_size 4.0", lambda m: scrub(m, batch_size=4.0), RunInputError,
+     r"batch_size must be a whole number ≥ 2, got 4.0"),
     ("n_bootstrap 0", lambda m: run(m, full_graph(m), data(), progress=False, n_bootstrap=0), RunInputError,
      r"n_bootstrap must be a whole number ≥ 1, got 0"),
-    ("options as a string", lambda m: scrub(m, options="copy"), RunInputError, r"options must be a scrub.SamplingOptions"),
-    ("unknown positions", lambda m: scrub(m, positions="first"), RunInputError, r"positions must be 'all', 'candidates'"),
+    ("options as a string", lambda m: scrub(m, options="copy"), RunInputError,
+     r"options must be a scrub.SamplingOptions"),
+    ("unknown positions", lambda m: scrub(m, positions="first"), RunInputError,
+     r"positions must be 'all', 'candidates'"),
     ("positions mask of floats", lambda m: scrub(m, positions=lambda t: (t > 3).float()), RunInputError,
      r"returned a float32 tensor of shape \[8, 12\]: it must return a bool mask"),
     ("positions function fails", lambda m: scrub(m, positions=lambda t: t.no_such_thing), RunInputError,
@@ -312,7 +330,8 @@ def test_summary_prints_each_warning_on_its_own_line_and_json_has_no_nan():
     lines = result.summary().splitlines()
     assert lines[1:] == ["warning: first", "warning: second"]
     out = result.to_dict()
-    assert out["loss_recovered"] is None and out["warnings"] == ["first", "second"] and out["self_draws"] == {"1.3": 0.5}
+    assert out["loss_recovered"] is None and out["warnings"] == ["first", "second"]
+    assert out["self_draws"] == {"1.3": 0.5}
     json.dumps(out, allow_nan=False)
 
 
@@ -352,7 +371,8 @@ def test_heads_out_folder_is_replaced_never_mixed(root, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == names  # no lock left, nothing else
     (out / "path_patching.png").write_bytes(b"another command's figure")
     assert heads(root, out) == 2
-    assert "already holds 1 file(s) that `scrub heads` does not write (e.g. 'path_patching.png'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds 1 file(s) that `scrub heads` does not write (e.g. 'path_patching.png'" in err
     assert heads(root, out, "--overwrite") == 0  # written anyway; the other file stays
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == sorted(names + ["path_patching.png"])
