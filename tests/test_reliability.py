@@ -127,6 +127,12 @@ def _tokens(n=8, seq=10):
     return torch.randint(0, 20, (n, seq), generator=torch.Generator().manual_seed(0))
 
 
+def _head_scores(model):
+    from scrub.heads.scores import head_scores
+
+    return head_scores(model, data="rrt", n=2)
+
+
 def _save(dtype):
     def save(tmp_path):
         return save_checkpoint(tiny_model(), tmp_path / "ckpt", dtype=dtype)
@@ -144,6 +150,8 @@ API_CASES = [  # (id, call(tmp_path), exception type, regex)
      r"weights are on the meta device"),
     ("run: tokens on meta", lambda t: run(tiny_model(), _graph(), _tokens().to("meta"), progress=False), ScrubError,
      r"token ids are on the meta device"),
+    ("head_scores: NaN weight in memory", lambda t: _head_scores(_nan_model()), NonFiniteError,
+     r"the model: weight blocks.0.attn.W_K \[3, 16, 4\] holds 1 non-finite"),
     ("save_checkpoint(dtype=int8)", _save(torch.int8), ScrubError, r"dtype int8 is not a floating-point dtype"),
     ("save_checkpoint(dtype='int64')", _save("int64"), ScrubError, r"dtype int64 is not a floating-point dtype"),
     ("save_checkpoint(dtype='float17')", _save("float17"), ScrubError, r"dtype 'float17' is not a torch dtype"),
@@ -244,6 +252,14 @@ def test_batch_size_changes_no_field_of_the_json(root, capsys, positions):
     for out in outs:
         out.pop("batch_size")
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_the_pool_actually_used_is_recorded(root, capsys):
+    assert main(["run", str(root / "claim.py"), "--model", str(root / "ckpt"), "--n", "24", "--seq-len", "16",
+                 "--pool", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pool"] == 100 and out["pool_used"] == 24
+    assert any("the pool of 100 is larger than the dataset of 24 examples" in w for w in out["warnings"])
 
 
 # --- torchrun: the claim's content, not its name ------------------------------------------------------------

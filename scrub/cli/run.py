@@ -132,6 +132,7 @@ def command(args: argparse.Namespace) -> int:
             "exclude_common": model.cfg.d_vocab // 20 if args.data == "rrt" else None,
             "unit": args.unit, "batch_size": args.batch_size, "independent": args.independent,
             "allow_self": args.allow_self, "pool": args.pool, "n_bootstrap": n_bootstrap,
+            "pool_used": args.n if args.pool is None else min(args.pool, args.n),  # draws come from this many
             "per_example_recovered_quantiles": dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles, strict=False)),
             "share_examples_worse_than_baseline": worse, **page,
         })

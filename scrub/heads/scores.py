@@ -22,6 +22,7 @@ from scrub.data.batches import check_length, natural_batch, repeat_positions, re
 from scrub.engine.compute import norm_linear
 from scrub.errors import ScrubError
 from scrub.metrics import token_losses
+from scrub.model.finite import check_weights
 
 SCORE_NAMES = ("previous_token", "prefix_matching", "duplicate_token", "copying", "ov_eigenvalue")
 
@@ -297,6 +298,7 @@ def head_scores(model: HookedTransformer, *, data: str = "natural", n: int = 32,
     """
     if data not in ("natural", "rrt"):
         raise ScrubError(f"unknown data {data!r}: use 'natural' (validation text) or 'rrt' (repeated random tokens)")
+    check_weights(model, "the model")  # a NaN weight would end in an eigenvalue traceback, not a score
     cfg = model.cfg
     seq_len = min(128, cfg.n_ctx) if seq_len is None else seq_len
     repeat_length = min(repeat_length, (cfg.n_ctx - 1) // 4)
