@@ -31,9 +31,11 @@ ARCHS = {
     "shortformer-RMS-gated-relu": dict(norm="RMS", gated=True, act_fn="relu"),
     "shortformer-no-attn-scale": dict(use_attn_scale=False),
     "rotary-LN": dict(pos="rotary"),
-    "rotary-partial-RMS-GQA-gated": dict(pos="rotary", rotary_dim=2, norm="RMS", n_kv_heads=2, gated=True, act_fn="silu"),
+    "rotary-partial-RMS-GQA-gated": dict(pos="rotary", rotary_dim=2, norm="RMS", n_kv_heads=2, gated=True,
+                                         act_fn="silu"),
     "rotary-adjacent-RMSPre-MQA-parallel-gated": dict(pos="rotary", rotary_adjacent_pairs=True, rotary_base=100,
-                                                     norm="RMSPre", n_kv_heads=1, parallel=True, gated=True, act_fn="silu"),
+                                                     norm="RMSPre", n_kv_heads=1, parallel=True, gated=True,
+                                                     act_fn="silu"),
     "rotary-partial-LNPre-parallel": dict(pos="rotary", rotary_dim=2, norm="LNPre", parallel=True),
     "standard-no-norm-GQA-parallel": dict(pos="standard", norm=None, n_kv_heads=2, parallel=True),
     "standard-softcap-clip-layer-scale": dict(pos="standard", attn_scores_soft_cap=2.0, clip_qkv=1.0,
@@ -67,7 +69,8 @@ def test_normalise_falls_back_to_other_modules():
 @pytest.mark.parametrize("norm", ["RMS", "RMSPre"])
 def test_rms_normalise_of_stacked_copies_is_the_module_on_each(norm):
     module = tiny_model(norm=norm, dtype=torch.float64).blocks[1].ln1
-    x = torch.randn(3, 2, 5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4 + 1  # [copy, batch, seq, d_model]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 5, 16, generator=gen, dtype=torch.float64) * 4 + 1  # [copy, batch, seq, d_model]
     stacked = normalise(module, x)  # [copy, batch, seq, d_model]
     for c in range(3):
         assert torch.equal(stacked[c], module(x[c]))
@@ -82,7 +85,8 @@ def test_heads_and_mlps_equal_the_forward_pass(arch):
     tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(1))  # [batch, seq]
     _, cache = model.run_with_cache(tokens)
     heads = torch.tensor([3, 0, 1, 2, 1])  # [copy]
-    perms = torch.stack([torch.randperm(3, generator=torch.Generator().manual_seed(c)) for c in range(5)])  # [copy, batch]
+    perms = torch.stack([torch.randperm(3, generator=torch.Generator().manual_seed(c))
+                         for c in range(5)])  # [copy, batch]
     shortformer = model.cfg.positional_embedding_type == "shortformer"
     pos = cache["hook_pos_embed"][0] if shortformer else None  # [seq, d_model]
     for layer in range(model.cfg.n_layers):
@@ -95,7 +99,8 @@ def test_heads_and_mlps_equal_the_forward_pass(arch):
             assert torch.allclose(z[c], z_clean[perms[c], :, heads[c]], atol=1e-10, rtol=0), (layer, c)
         shared = heads_z_normed(model, layer, heads, x, x, x, pos)  # [copy, batch, seq, d_head]
         assert torch.allclose(shared, z_clean[:, :, heads].permute(2, 0, 1, 3), atol=1e-10, rtol=0), layer
-        mlp_in = cache[f"blocks.{layer}.hook_resid_pre" if model.cfg.parallel_attn_mlp else f"blocks.{layer}.hook_resid_mid"]
+        hook = "hook_resid_pre" if model.cfg.parallel_attn_mlp else "hook_resid_mid"
+        mlp_in = cache[f"blocks.{layer}.{hook}"]
         out = mlp_forward(model, layer, mlp_in[perms])  # [copy, batch, seq, d_model]
         assert torch.allclose(out, cache[f"blocks.{layer}.hook_mlp_out"][perms], atol=1e-10, rtol=0), layer
 

@@ -70,7 +70,8 @@ def test_a_batch_computed_twice_is_an_error():
 
 def test_environment():
     torchrun = {"WORLD_SIZE": "4", "RANK": "5", "LOCAL_RANK": "1"}
-    assert distributed.launched(torchrun) and not distributed.launched({}) and not distributed.launched({"WORLD_SIZE": "1"})
+    assert distributed.launched(torchrun) and not distributed.launched({})
+    assert not distributed.launched({"WORLD_SIZE": "1"})
     assert not distributed.is_main(torchrun) and distributed.is_main({"WORLD_SIZE": "4", "RANK": "0"})
     assert distributed.is_main({}) and distributed.is_main({"RANK": "3"})  # a lone process always prints
     assert distributed.local_rank(torchrun) == 1
@@ -136,7 +137,8 @@ def test_ranks_with_other_arguments_are_refused(monkeypatch):
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
     with pytest.raises(ValueError, match=r"ranks \[1\] were given other arguments"):
         distributed.gather([(0, "a")], World(0, 2), check=("seed 0",))
-    monkeypatch.setattr(dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, (obj[0], [(1, "b")])]))
+    monkeypatch.setattr(dist, "all_gather_object",
+                        lambda out, obj: out.__setitem__(slice(None), [obj, (obj[0], [(1, "b")])]))
     assert distributed.gather([(0, "a"), (2, "c")], World(0, 2), check=("seed 0",)) == ["a", "b", "c"]
 
 

@@ -20,7 +20,7 @@ def tutorial_files() -> dict[str, dict]:
     files = [b for b in blocks if "def hypothesis(model)" in b]
     assert len(files) == 2, "the tutorial shows a claim and its baseline"
     out = {}
-    for name, code in zip(("my_induction", "my_baseline"), files):
+    for name, code in zip(("my_induction", "my_baseline"), files, strict=True):
         namespace: dict = {}
         exec(compile(code, f"{DOC.name}:{name}", "exec"), namespace)
         out[name] = namespace

@@ -63,7 +63,8 @@ def test_micro_model_empty_hypothesis_loss_by_hand():
     losses = token_losses(logits, tokens)  # [batch, 2]
     assert losses[0].tolist() == pytest.approx([math.log(3 + math.e**2)] * 2, abs=1e-6)
     # B's labels are 3 and A's logits at t=0,1 are 2*e0 and [0.5, 1.5, 0, 0]
-    assert losses[1].tolist() == pytest.approx([math.log(math.e**2 + 3), math.log(math.e**0.5 + math.e**1.5 + 2) - 0.0], abs=1e-6)
+    assert losses[1].tolist() == pytest.approx([math.log(math.e**2 + 3), math.log(math.e**0.5 + math.e**1.5 + 2) - 0.0],
+                                               abs=1e-6)
 
 
 def test_micro_model_head_claimed_inputs_unclaimed():

@@ -102,7 +102,8 @@ def test_cli_run_json(checkpoint, tmp_path, capsys):
                    'def hypothesis(model):\n    g = nx.DiGraph()\n'
                    '    add_path(g, "embed", ("0.0", "v"), ("1.1", "k"), "logits")\n    return g\n')
     for data in ("natural", "rrt"):
-        code = main(["run", str(hyp), "--model", str(checkpoint), "--n", "6", "--seq-len", "32", "--data", data, "--json"])
+        code = main(["run", str(hyp), "--model", str(checkpoint), "--n", "6", "--seq-len", "32", "--data", data,
+                     "--json"])
         out = json.loads(capsys.readouterr().out)
         assert code == 0
         for key in ("loss_clean", "loss_baseline", "loss_scrubbed", "loss_recovered", "ci_low", "ci_high",
@@ -116,7 +117,8 @@ def test_cli_run_json(checkpoint, tmp_path, capsys):
 
 def test_cli_run_errors_are_one_line(checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.py"
-    bad.write_text('import networkx as nx\ndef hypothesis(model):\n    return nx.DiGraph([("embed", "3.9", {"via": "v"}), ("3.9", "logits")])\n')
+    bad.write_text('import networkx as nx\ndef hypothesis(model):\n'
+                   '    return nx.DiGraph([("embed", "3.9", {"via": "v"}), ("3.9", "logits")])\n')
     assert main(["run", str(bad), "--model", str(checkpoint), "--n", "4", "--seq-len", "16"]) == 2
     err = capsys.readouterr().err
     assert "unknown head '3.9'" in err and "Traceback" not in err

@@ -46,8 +46,8 @@ def test_query_key_masks_go_on_every_channel_of_their_edge(model):
     g.edges["embed", "0.0"]["qk_mask"] = previous_position()
     claim = validate(g, model)
     masks = {(e.source, e.target, e.channel.value): e.qk_mask for e in claim.edges}
-    assert masks == {("embed", "1.2", "q"): within(2), ("embed", "1.2", "k"): within(2), ("embed", "1.2", "v"): within(2),
-                     ("0.0", "1.2", "k"): within(2), ("pos", "1.2", "q"): None,
+    assert masks == {("embed", "1.2", "q"): within(2), ("embed", "1.2", "k"): within(2),
+                     ("embed", "1.2", "v"): within(2), ("0.0", "1.2", "k"): within(2), ("pos", "1.2", "q"): None,
                      ("embed", "0.0", "v"): previous_position(), ("1.2", "logits", "in"): None}
     assert claim.n_paths() == 5
     check_on(claim, torch.zeros(2, 12, dtype=torch.long))
@@ -55,7 +55,8 @@ def test_query_key_masks_go_on_every_channel_of_their_edge(model):
 
 def test_full_graph_counts_paths(model):
     claim = validate(full_graph(model), model)
-    # logits <- embed (1) + 3 layer-0 heads x (embed via q,k,v + pos via q,k: 5) + 3 layer-1 heads x 3 channels x (1 embed + 2 pos-ish + 3 heads x 5)
+    # logits <- embed (1) + 3 layer-0 heads x (embed via q,k,v + pos via q,k: 5)
+    #   + 3 layer-1 heads x 3 channels x (1 embed + 2 pos-ish + 3 heads x 5)
     layer0 = 3 * 5
     per_channel = 1 + 3 * 5 + 0  # embed + each layer-0 head's 5 input paths
     layer1 = 3 * (3 * per_channel + 2)  # +2: pos enters q and k directly
@@ -128,7 +129,8 @@ def test_hypothesis_files(tmp_path, model):
         load_hypothesis(tmp_path / "absent.py", model)
     good = tmp_path / "good.py"
     good.write_text('"""V reads the embedding."""\nimport networkx as nx\n'
-                    'def hypothesis(model):\n    return nx.DiGraph([("embed", "0.1", {"via": "v"}), ("0.1", "logits")])\n')
+                    'def hypothesis(model):\n'
+                    '    return nx.DiGraph([("embed", "0.1", {"via": "v"}), ("0.1", "logits")])\n')
     claim = load_hypothesis(good, model)
     assert claim.name == "good" and claim.description == "V reads the embedding."
 

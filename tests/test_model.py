@@ -69,7 +69,7 @@ def test_float32_round_trip_is_exact(tmp_path):
     model = HookedTransformer(HookedTransformerConfig(**CONFIGS["standard positions, gelu MLP, LN"])).eval()
     save_checkpoint(model, tmp_path, dtype=torch.float32)
     loaded = load_model(tmp_path)
-    for (k, v), (k2, v2) in zip(model.named_parameters(), loaded.named_parameters()):
+    for (k, v), (k2, v2) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
 
 

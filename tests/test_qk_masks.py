@@ -80,7 +80,7 @@ def test_engine_equals_naive_reference_with_query_key_masks(seed, pos, density, 
     gen = torch.Generator().manual_seed(seed)
     graph = subgraph(model, (torch.rand(n_channel_edges(model), generator=gen) < density).tolist())
     mask = MASKS[mask_pick % len(MASKS)]
-    for _, dst, attrs in graph.edges(data=True):
+    for _, _dst, attrs in graph.edges(data=True):
         if attrs.get("via") and bool(torch.rand(1, generator=gen) < 0.5):
             attrs["qk_mask"] = mask
     if per_position:

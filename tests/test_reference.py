@@ -15,9 +15,11 @@ from tests.helpers import tiny_model
 ARCHS = {
     "standard-LN": dict(pos="standard"),
     "shortformer-LN": dict(),
-    "rotary-partial-RMS-GQA-gated": dict(pos="rotary", rotary_dim=2, norm="RMS", n_kv_heads=1, gated=True, act_fn="silu"),
+    "rotary-partial-RMS-GQA-gated": dict(pos="rotary", rotary_dim=2, norm="RMS", n_kv_heads=1, gated=True,
+                                         act_fn="silu"),
     "rotary-LNPre-parallel": dict(pos="rotary", norm="LNPre", parallel=True),
-    "standard-no-norm-GQA-parallel-gated": dict(pos="standard", norm=None, n_kv_heads=1, parallel=True, gated=True, act_fn="silu"),
+    "standard-no-norm-GQA-parallel-gated": dict(pos="standard", norm=None, n_kv_heads=1, parallel=True, gated=True,
+                                                act_fn="silu"),
     "shortformer-RMSPre-parallel": dict(norm="RMSPre", parallel=True),
 }
 

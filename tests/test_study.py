@@ -100,7 +100,8 @@ def test_study_attention_only_model_has_nothing_after_its_last_layer(summary):
     one = summary["models"][0]
     assert one["model"]["mlps"] is False and one["roles"]["mlp0_token_share"] is None
     assert one["roles"]["embedding"] == ["embed"]
-    assert not {"induction_minimal_other_embedding", "induction_minimal_k_via_mlp0"} & {r["hypothesis"] for r in one["rows"]}
+    built = {"induction_minimal_other_embedding", "induction_minimal_k_via_mlp0"}
+    assert not built & {r["hypothesis"] for r in one["rows"]}
     for c in one["composition"]:  # the induction heads are in the last layer: only their direct effect
         assert c["receivers"] == [] and c["paths"] == [] and set(c["direct"]) == set(one["roles"]["induction"])
 
