@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 
-from scrub.cli import discover, heads, patch, run, study
+from scrub.cli import check, discover, heads, patch, run, study
 from scrub.cli.common import Command, UsageError
 from scrub.errors import ScrubError
 
@@ -36,6 +36,8 @@ COMMANDS: tuple[Command, ...] = (
             study.arguments, study.command),
     Command("discover", "circuit discovery: EAP-IG scores, exact greedy verification, a hypothesis file",
             discover.arguments, discover.command),
+    Command("check", "property-test a hypothesis file on small data: its features and masks, its resampling, the "
+                     "engine against the naive reference, batch-size independence", check.arguments, check.command),
 )
 
 

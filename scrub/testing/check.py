@@ -57,7 +57,8 @@ def _run(name: str, passed: str, fn: Callable[[], object]) -> CheckResult:
 def function_checks(claim: Claim, tokens: Tensor, *, seed: int = 0) -> list[CheckResult]:
     """Features and positions masks are functions of each row's tokens; query-key masks of the positions."""
     feats = {n.feature.name: n.feature for n in claim.nodes if n.feature is not None}
-    positions = {id(e.positions): e.positions for e in claim.edges if e.positions is not None}
+    positions = {id(getattr(e.positions, 'fn', e.positions)): e.positions for e in claim.edges  # one per function
+                 if e.positions is not None}
     masks = {id(e.qk_mask): e.qk_mask for e in claim.edges if e.qk_mask is not None}
     same = "rows permuted, reversed, duplicated and alone: same values"
 
