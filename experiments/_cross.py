@@ -15,11 +15,13 @@ from experiments._remix import cross_remix_lines, remix_sentence
 from experiments._report import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
-OLD_LAYOUT = ("results.json", "heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png", "context_vs_prefix.png")
+OLD_LAYOUT = ("results.json", "heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png",
+              "context_vs_prefix.png")
 # the files the study wrote straight into experiments/results/ before it wrote one folder per model
 
 
-def _row(res: dict, data: str, name: str, base: str = "induction_baseline", positions: str = "candidates") -> dict | None:
+def _row(res: dict, data: str, name: str, base: str = "induction_baseline",
+         positions: str = "candidates") -> dict | None:
     return next((r for r in res["rows"] if (r["data"], r["hypothesis"], r["baseline"], r["positions"])
                  == (data, name, base, positions)), None)
 
@@ -76,19 +78,29 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
 
     line("architecture", _arch)
     line("repeated random tokens in training", _rrt)
-    line("run", lambda r: f"{'quick' if r['config']['quick'] else 'full'}, {r['elapsed_s']:.0f} s, {r.get('generated', '?')}")
+    line("run", lambda r: f"{'quick' if r['config']['quick'] else 'full'}, {r['elapsed_s']:.0f} s, "
+                          f"{r.get('generated', '?')}")
     line("behavioral induction heads (prefix matching, copying)", lambda r: _heads(r, r["roles"]["behavioral"]))
     line("previous-token head of each induction head",
-         lambda r: "; ".join(f"{a} <- {b}" for a, b in r["roles"].get("previous_of") or []) or r["roles"]["previous_token"])
-    line("\"token embedding\" of the mechanism", lambda r: " + ".join(r["roles"].get("embedding") or ["embed"])
-         + (f" (mlp.0 token share {r['roles']['mlp0_token_share']:.2f})" if r["roles"].get("mlp0_token_share") is not None else ""))
+         lambda r: "; ".join(f"{a} <- {b}" for a, b in r["roles"].get("previous_of") or [])
+         or r["roles"]["previous_token"])
+
+    def embedding(r: dict) -> str:
+        share = r["roles"].get("mlp0_token_share")
+        return " + ".join(r["roles"].get("embedding") or ["embed"]) + (
+            f" (mlp.0 token share {share:.2f})" if share is not None else "")
+
+    line("\"token embedding\" of the mechanism", embedding)
+
     def kpath(r: dict) -> str:
         k = next((k for k in r.get("k_paths") or [] if k["data"] == "rrt"), None)
         if k is None:
             return "—"
         claimed = {tuple(x) for x in r["roles"].get("previous_of") or []}
-        return "; ".join(f"{a} <- {b}{'*' if (a, b) in claimed else ''}: direct {d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
-                         + (", also via " + ", ".join(f"{x['route']} {x['value']:.3f}" for x in found[:3]) if found else "")
+        return "; ".join(f"{a} <- {b}{'*' if (a, b) in claimed else ''}: direct {d['value']:.3f} "
+                         f"[{d['low']:.3f}, {d['high']:.3f}]"
+                         + (", also via " + ", ".join(f"{x['route']} {x['value']:.3f}" for x in found[:3])
+                            if found else "")
                          for a, b, d, found in k_path_summary(k))
 
     line("K path on RRT, previous-token(-like) head -> induction head K -> logits (nats; * = the head the mechanism "
@@ -116,8 +128,8 @@ def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
     L = ["Loss recovered against Redwood's induction baseline (every input of the induction heads resampled) at "
          "induction-candidate positions, 95% bootstrap intervals; gain = change against the minimal mechanism. "
          "The refinements (marked *ours*) are this project's own, not Redwood's (Redwood's rung-by-rung ladder is in "
-         "section 5). \"All refinements\" is `hypotheses/induction_refined.py`; the rows after it are claims the study builds "
-         "for models with MLPs only (the other choice of token embedding; the previous token reaching K through "
+         "section 5). \"All refinements\" is `hypotheses/induction_refined.py`; the rows after it are claims the study "
+         "builds for models with MLPs only (the other choice of token embedding; the previous token reaching K through "
          "mlp.0), not part of it.", "",
          header, "|---|" + "---|---|" * len(results)]
     for n in names:
@@ -142,11 +154,13 @@ def _q1(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
 
 
 def _q2(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[str]]:
-    L = ["Behavioral: prefix matching >= 0.4 and copying > 0 on RRT (`scrub.heads.scores.Thresholds`). Context-sensitive: "
-         "resampling the keys more than W tokens back raises the late-position loss on natural text by >= "
+    L = ["Behavioral: prefix matching >= 0.4 and copying > 0 on RRT (`scrub.heads.scores.Thresholds`). "
+         "Context-sensitive: resampling the keys more than W tokens back raises the late-position loss on natural "
+         "text by >= "
          f"{results[0][1]['context_sensitivity'].get('threshold_nats', 0.01)} nats and by more than 2 s.e. "
          "(increase [95% interval], nats).", "",
-         "| model | behavioral induction heads | context-sensitive heads | context-sensitive, not behavioral | behavioral, not context-sensitive |",
+         "| model | behavioral induction heads | context-sensitive heads | context-sensitive, not behavioral "
+         "| behavioral, not context-sensitive |",
          "|---|---|---|---|---|"]
     groups, values = [], []
     for m, r in results:
@@ -171,22 +185,26 @@ def _q2(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
 
 def _q3(results: list[tuple[str, dict]]) -> list[str]:
     L = ["Path patching from each induction head into every later head's Q/K/V and every MLP that reads it "
-         "(`scrub.patching.paths.patch_matrix(..., include_mlps=True)`); effect = patched - clean loss, nats; t intervals "
-         f"over chunks. A path *composes* when its interval excludes 0 and it is >= {COMPOSES:.0%} of the head's "
-         "direct effect.", "",
-         "| model | data | induction head: direct effect | paths that compose (largest first) | figure |", "|---|---|---|---|---|"]
+         "(`scrub.patching.paths.patch_matrix(..., include_mlps=True)`); effect = patched - clean loss, nats; "
+         f"t intervals over chunks. A path *composes* when its interval excludes 0 and it is >= {COMPOSES:.0%} of "
+         "the head's direct effect.", "",
+         "| model | data | induction head: direct effect | paths that compose (largest first) | figure |",
+         "|---|---|---|---|---|"]
     for m, r in results:
         for c in r.get("composition") or []:
-            direct = "; ".join(f"{s}: {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}]" for s, d in c["direct"].items())
+            direct = "; ".join(f"{s}: {d['value']:.4f} [{d['low']:.4f}, {d['high']:.4f}]"
+                               for s, d in c["direct"].items())
             if not c["receivers"]:
                 comp = "no later head or MLP: nothing can compose"
             else:
                 found = composers(c)
-                comp = "; ".join(f"{p['sender']} -> {p['receiver']}{':' + p['channel'] if p['channel'] != 'in' else ''} "
+                comp = "; ".join(f"{p['sender']} -> {p['receiver']}"
+                                 f"{':' + p['channel'] if p['channel'] != 'in' else ''} "
                                  f"{p['value']:.4f} [{p['low']:.4f}, {p['high']:.4f}]" for p in found[:6]) or \
                     f"none of {len(c['paths'])} paths"
                 if not any(not x.startswith("mlp.") for x in c["receivers"]):
-                    comp = f"no later head (the induction heads are in the last layer); through {', '.join(c['receivers'])}: " + comp
+                    comp = ("no later head (the induction heads are in the last layer); through "
+                            f"{', '.join(c['receivers'])}: " + comp)
             fig = f"[composition]({m}/composition.png)" if "composition.png" in r.get("figures", []) else ""
             L.append(f"| `{m}` | {c['data']} | {direct} | {comp} | {fig} |")
     for m, r in results:
@@ -202,24 +220,28 @@ def _q4(results: list[tuple[str, dict]], root: Path) -> tuple[list[str], list[st
          "its two-head mechanism recovers (95% bootstrap intervals). A head that did nothing but induction would put "
          "all of its effect at candidates; one that acted the same everywhere would put there the candidates' share "
          "of the tokens.", "",
-         "| model | head | per token, candidates | per token, other positions | share of the effect at candidates | share of tokens that are candidates | mechanism, other positions |",
+         "| model | head | per token, candidates | per token, other positions | share of the effect at candidates "
+         "| share of tokens that are candidates | mechanism, other positions |",
          "|---|---|---|---|---|---:|---|"]
     groups, values = [], []
     for m, r in results:
         for sp in r.get("effect_split") or []:
             c, o = sp["per_token"]
-            other = next((x for x in r["per_head"] if x["hypothesis"] == sp["name"] and x["positions"] == "other"), None)
+            other = next((x for x in r["per_head"] if x["hypothesis"] == sp["name"] and x["positions"] == "other"),
+                         None)
             note = "" if sp["name"] in r["roles"]["behavioral"] else " (fallback: not behavioral)"
-            L.append(f"| `{m}` | {sp['name']}{note} | {c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}] | {o[0]:.4f} [{o[1]:.4f}, {o[2]:.4f}] | "
-                     f"{sp['share'][0]:.2f} [{sp['share'][1]:.2f}, {sp['share'][2]:.2f}] | {sp['token_share']:.2f} | {_fmt(other)} |")
+            L.append(f"| `{m}` | {sp['name']}{note} | {c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}] | "
+                     f"{o[0]:.4f} [{o[1]:.4f}, {o[2]:.4f}] | "
+                     f"{sp['share'][0]:.2f} [{sp['share'][1]:.2f}, {sp['share'][2]:.2f}] | {sp['token_share']:.2f} | "
+                     f"{_fmt(other)} |")
             groups.append(f"{m} {sp['name']}" + ("" if sp["name"] in r["roles"]["behavioral"] else " (fallback)"))
             values.append([tuple(c), tuple(o)])
     figs = []
     if groups:
         fig = grouped_intervals(groups, ["induction candidates", "other positions"], values,
-                                root / "cross_effect_by_position.png", xlabel="loss increase per token when the head is "
-                                "resampled (nats, natural text, 95% interval)", title="where each behavioral induction "
-                                "head's effect falls")
+                                root / "cross_effect_by_position.png",
+                                xlabel="loss increase per token when the head is resampled (nats, natural text, 95% "
+                                "interval)", title="where each behavioral induction head's effect falls")
         L += ["", f"![effect by position across models]({fig.name})"]
         figs.append(fig.name)
     return L, figs
@@ -233,6 +255,23 @@ def _verb(items: list[str], one: str, many: str) -> str:
     return one if len(items) == 1 else many
 
 
+def _k_routes(r: dict, k: dict) -> list[str]:
+    """The K-path routes of one model's RRT measurement worth a sentence: the claimed direct route, and every
+    route of at least 10% of the claimed direct route's effect (a direct one only if its interval excludes 0)."""
+    claimed = dict(tuple(x) for x in r["roles"].get("previous_of") or [])
+    summary = k_path_summary(k)
+    scale = {a: abs(d["value"]) for a, b, d, _ in summary if claimed.get(a) == b}
+    parts = []
+    for a, b, d, found in summary:
+        limit = 0.1 * scale.get(a, 0.0)
+        if claimed.get(a) == b or (abs(d["value"]) >= limit and (d["low"] > 0 or d["high"] < 0)):
+            parts.append(f"{b} -> {a} K directly {d['value']:.2f}"
+                         + (" (claimed)" if claimed.get(a) == b else " (not claimed)"))
+        parts += [f"{b} -> {x['route']} -> {a} K {x['value']:.2f} (not claimed)"
+                  for x in found if abs(x["value"]) >= limit]
+    return parts
+
+
 def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
     L = []
     for m, r in results:
@@ -242,8 +281,8 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
         extra, idle = [h for h in sens if h not in beh], [h for h in beh if h not in sens]
         text = f"- **`{m}`** ({_arch(r)}; RRT in training: {_rrt(r)}). "
         if not beh:
-            text += (f"It has no behavioral induction heads, so there is no behavioral definition to fall short of: the "
-                     f"study's numbers describe the fallback heads {', '.join(r['roles']['induction'])} "
+            text += ("It has no behavioral induction heads, so there is no behavioral definition to fall short of: "
+                     f"the study's numbers describe the fallback heads {', '.join(r['roles']['induction'])} "
                      f"(minimal mechanism {_pct(nat)} on natural text, {_pct(rrt)} on RRT).")
             L.append(text)
             continue
@@ -252,24 +291,16 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
                  f"{_pct(rrt)} on repeated random tokens; with every refinement together: {_pct(ref_n)} and "
                  f"{_pct(ref_r)}. ")
         if extra:
-            text += (f"{_verb(extra, 'Head', 'Heads')} {', '.join(extra)} {_verb(extra, 'uses', 'use')} distant context "
-                     f"on natural text without being {_verb(extra, 'a behavioral induction head', 'behavioral induction heads')}. ")
+            text += (f"{_verb(extra, 'Head', 'Heads')} {', '.join(extra)} {_verb(extra, 'uses', 'use')} "
+                     "distant context on natural text without being "
+                     f"{_verb(extra, 'a behavioral induction head', 'behavioral induction heads')}. ")
         if idle:
             text += (f"Behavioral head{'s' if len(idle) > 1 else ''} {', '.join(idle)} "
                      f"{_verb(idle, 'does', 'do')} not pass the context-sensitivity test on natural text. ")
         k = next((k for k in r.get("k_paths") or [] if k["data"] == "rrt"), None)
         if k is not None:
-            claimed = dict(tuple(x) for x in r["roles"].get("previous_of") or [])
-            summary = k_path_summary(k)
-            scale = {a: abs(d["value"]) for a, b, d, _ in summary if claimed.get(a) == b}
-            parts = []
-            for a, b, d, found in summary:  # routes of at least 10% of the claimed direct route's effect
-                big = lambda v, a=a: abs(v) >= 0.1 * scale.get(a, 0.0)  # noqa: E731
-                if claimed.get(a) == b or (big(d["value"]) and (d["low"] > 0 or d["high"] < 0)):
-                    parts.append(f"{b} -> {a} K directly {d['value']:.2f}"
-                                 + (" (claimed)" if claimed.get(a) == b else " (not claimed)"))
-                parts += [f"{b} -> {x['route']} -> {a} K {x['value']:.2f} (not claimed)" for x in found if big(x["value"])]
-            text += "On RRT, the previous-token information reaches K through (path patching, nats): " + "; ".join(parts) + ". "
+            text += ("On RRT, the previous-token information reaches K through (path patching, nats): "
+                     + "; ".join(_k_routes(r, k)) + ". ")
         splits = r.get("effect_split") or []
         if splits:
             text += ("Outside induction candidates falls " + ", ".join(
@@ -307,7 +338,8 @@ def _clear_old_layout(root: Path) -> list[str]:
 
 def write_cross_report(root: Path, folders: list[Path], *, command: str) -> Path:
     """``root/induction_study.md`` from ``folder/results.json`` of each folder (models ordered by depth, then name)."""
-    results = [(f.name, json.loads((f / "results.json").read_text())) for f in folders if (f / "results.json").is_file()]
+    results = [(f.name, json.loads((f / "results.json").read_text()))
+               for f in folders if (f / "results.json").is_file()]
     results.sort(key=lambda mr: ((mr[1].get("model") or {}).get("n_layers", 0), mr[0]))  # shallow to deep
     root.mkdir(parents=True, exist_ok=True)
     _clear_old_layout(root)
@@ -316,18 +348,20 @@ def write_cross_report(root: Path, folders: list[Path], *, command: str) -> Path
     L = ["# Induction heads across models: the mechanistic definition against the behavioral one", "",
          f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the per-model results "
          "(`experiments/_cross.py`; every number is read from a `results.json`): "
-         + ", ".join(f"[`{m}`]({m}/induction_study.md) (`{r['command']}`, {r.get('generated', '?')})" for m, r in results)
+         + ", ".join(f"[`{m}`]({m}/induction_study.md) (`{r['command']}`, {r.get('generated', '?')})"
+                     for m, r in results)
          + ". Each model's report has the full tables, figures and method notes.", "",
          "\"Induction head\" has two definitions. **Mechanistic** (Elhage et al. 2021): a previous-token head writes "
          "\"the token before me was A\", and an induction head reads it through its K, attends to the token after an "
-         "earlier A and copies it. **Behavioral** (Olsson et al. 2022): any head with high prefix matching and positive "
-         "copying on repeated random tokens. The study scrubs the mechanism (causal scrubbing, Chan et al. 2022) and "
-         "compares it with the behavior.", "",
+         "earlier A and copies it. **Behavioral** (Olsson et al. 2022): any head with high prefix matching and "
+         "positive copying on repeated random tokens. The study scrubs the mechanism (causal scrubbing, Chan et al. "
+         "2022) and compares it with the behavior.", "",
          "## Models side by side", ""] + (_side_by_side(results) if results else ["No per-model results."])
     if len(results) >= 2:
         (q1, _), (q2, _), (q4, _) = _q1(results, root), _q2(results, root), _q4(results, root)  # (figures: linked)
         L += ["", "## Across models", "",
-              "### 1. How much of the in-context loss does the minimal two-head mechanism explain, and what do the refinements add?", ""] + q1
+              "### 1. How much of the in-context loss does the minimal two-head mechanism explain, and what do the "
+              "refinements add?", ""] + q1
         L += ["", "### 2. Behavioral induction heads and context-sensitive heads", ""] + q2
         L += ["", "### 3. Do later heads compose with the induction heads?", ""] + _q3(results)
         L += ["", "### 4. Where each behavioral induction head's effect falls on natural text", ""] + q4
