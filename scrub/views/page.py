@@ -22,6 +22,7 @@ class ViewKind(str, Enum):
     HEATMAP = "heatmap"
     ATTENTION = "attention"
     HISTOGRAM = "histogram"
+    INTERVALS = "intervals"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,19 @@
     else { r = Math.round(255 - 200 * a); g = Math.round(255 - 130 * a); b = 255; }
     return "rgb(" + r + "," + g + "," + b + ")";
   }
+  /* whether text on an "rgb(r,g,b)" colour should be white */
+  function dark(colour) {
+    var m = /rgb\((\d+),(\d+),(\d+)\)/.exec(colour);
+    return !!m && 0.299 * m[1] + 0.587 * m[2] + 0.114 * m[3] < 140;
+  }
+  /* round tick positions between lo and hi, about n of them */
+  function ticks(lo, hi, n) {
+    var raw = (hi - lo) / n, power = Math.pow(10, Math.floor(Math.log10(raw)));
+    var step = [1, 2, 2.5, 5, 10].map(function (m) { return m * power; }).filter(function (s) { return s >= raw; })[0];
+    var out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.abs(v) < 1e-12 ? 0 : v);
+    return out;
+  }
   /* white to dark blue, t in [0, 1] */
   function sequential(t) {
     t = Math.max(0, Math.min(1, t));
@@ -198,10 +211,11 @@
     for (var i = 0; i < rows; i++) {
       for (var j = 0; j < cols; j++) {
         var v = values[i][j];
-        ctx.fillStyle = (v === null || !isFinite(v)) ? "#eeeeee" : opts.colour(v);
+        var fill = (v === null || !isFinite(v)) ? "#eeeeee" : opts.colour(v);
+        ctx.fillStyle = fill;
         ctx.fillRect(mx + j * cell, my + i * cell, cell, cell);
         if (opts.labels && cell >= 34 && v !== null && isFinite(v)) {
-          ctx.fillStyle = "#111";
+          ctx.fillStyle = dark(fill) ? "#ffffff" : "#111111";
           ctx.fillText(fmt(v, 2), mx + j * cell + 4, my + i * cell + cell / 2 + 3);
         }
       }
@@ -327,18 +341,74 @@
       svg("line", {x1: x(data.overall), x2: x(data.overall), y1: top, y2: H - bottom, "class": "scrub-overall"}, canvas);
     }
     svg("line", {x1: left, x2: W - 10, y1: H - bottom, y2: H - bottom, stroke: "#333"}, canvas);
-    for (var t = 0; t <= 4; t++) {
-      var v = lo + t * (hi - lo) / 4;
+    ticks(lo, hi, 6).forEach(function (v) {
       var label = svg("text", {x: x(v), y: H - bottom + 16, "text-anchor": "middle", "class": "scrub-tick"}, canvas);
       label.textContent = fmt(v, 2);
-    }
+    });
     note.textContent = values.length + " examples; " + data.label + " (bars), the whole set's value " + fmt(data.overall) +
       " (dark line) with its 95% interval (band); thin lines at 0 (baseline) and 1 (clean). Outliers beyond the 2nd and " +
       "98th percentiles fall in the end bins.";
   }
 
+  /* ---- values with 95% intervals, one row per item and one bar per series (e.g. a ladder of claims) ---- */
+  function drawIntervals(root, data) {
+    var tip = tooltip();
+    var colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"];
+    var legend = el("div", {"class": "scrub-legend"}, el("div", {"class": "scrub-controls"}, root));
+    data.series.forEach(function (name, i) {
+      var item = el("span", {"class": "scrub-legend-item"}, legend);
+      el("span", {"class": "scrub-swatch", style: "background:" + colours[i % colours.length]}, item);
+      item.appendChild(document.createTextNode(name));
+    });
+    if (data.rows.some(function (r) { return r.reference !== null && r.reference !== undefined; })) {
+      var ref = el("span", {"class": "scrub-legend-item"}, legend);
+      el("span", {"class": "scrub-swatch scrub-reference-swatch"}, ref);
+      ref.appendChild(document.createTextNode(data.reference_label || "reference"));
+    }
+    var lo = 0, hi = 1;
+    data.rows.forEach(function (r) {
+      r.values.forEach(function (v) {
+        [v.value, v.low, v.high].forEach(function (x) { if (x !== null && isFinite(x)) { lo = Math.min(lo, x); hi = Math.max(hi, x); } });
+      });
+    });
+    lo = Math.max(lo, data.clip[0]); hi = Math.min(hi, data.clip[1]);
+    var nS = data.series.length, band = 8 * nS + 10, labelW = 250, W = 900, top = 10;
+    var H = top + band * data.rows.length + 30;
+    var canvas = svg("svg", {width: W, height: H, "class": "scrub-intervals", viewBox: "0 0 " + W + " " + H}, root);
+    var x = function (v) { return labelW + (Math.max(lo, Math.min(hi, v)) - lo) / (hi - lo) * (W - labelW - 20); };
+    [0, 1].forEach(function (v) {
+      svg("line", {x1: x(v), x2: x(v), y1: top, y2: H - 28, "class": "scrub-ref"}, canvas);
+    });
+    ticks(lo, hi, 8).forEach(function (v) {
+      var tick = svg("text", {x: x(v), y: H - 12, "text-anchor": "middle", "class": "scrub-tick"}, canvas);
+      tick.textContent = fmt(v, 2);
+    });
+    data.rows.forEach(function (r, i) {
+      var y0 = top + band * i;
+      var label = svg("text", {x: labelW - 8, y: y0 + band / 2 + 3, "text-anchor": "end", "class": "scrub-row-label"}, canvas);
+      label.textContent = r.label.length > 42 ? r.label.slice(0, 41) + "\u2026" : r.label;
+      r.values.forEach(function (v, j) {
+        if (v.value === null || !isFinite(v.value)) return;
+        var y = y0 + 6 + 8 * j, colour = colours[j % colours.length];
+        var bar = svg("rect", {x: Math.min(x(0), x(v.value)), y: y, width: Math.max(1, Math.abs(x(v.value) - x(0))), height: 6,
+                               fill: colour, "class": "scrub-interval-bar"}, canvas);
+        if (v.low !== null && v.high !== null) {
+          svg("line", {x1: x(v.low), x2: x(v.high), y1: y + 3, y2: y + 3, stroke: "#222", "stroke-width": 1.2}, canvas);
+        }
+        var text = r.label + " \u2014 " + data.series[j] + ": " + data.label + " " + fmt(v.value) + interval(v.low, v.high) +
+          (v.note ? "\n" + v.note : "") + (r.reference !== null && r.reference !== undefined ?
+            "\n" + (data.reference_label || "reference") + ": " + fmt(r.reference, 2) : "");
+        bar.addEventListener("mousemove", function (ev) { tip.show(ev, text); });
+        bar.addEventListener("mouseleave", tip.hide);
+      });
+      if (r.reference !== null && r.reference !== undefined) {
+        svg("path", {d: "M" + x(r.reference) + "," + (y0 + 3) + " l4,-5 l-8,0 z", "class": "scrub-reference"}, canvas);
+      }
+    });
+  }
+
   var DRAW = {graph: drawGraph, tokens: drawTokens, heatmap: drawHeatmap, attention: drawAttention,
-              histogram: drawHistogram};
+              histogram: drawHistogram, intervals: drawIntervals};
 
   function init() {
     var roots = document.querySelectorAll(".scrub-view:not([data-ready])");
