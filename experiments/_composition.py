@@ -183,8 +183,9 @@ def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str,
         r, p = parse_component(receiver, model.cfg), parse_component(prev, model.cfg)
         out.append((receiver, prev, "direct", PatchPath(p, ((r, Channel.K),))))
         for c in structure.sources:
-            if isinstance(c, (Head, Mlp)) and c != r and structure.feeds(p, c, Channel.V if isinstance(c, Head) else None) \
-                    and structure.feeds(c, r, Channel.K):
+            if not isinstance(c, (Head, Mlp)) or c == r:
+                continue
+            if structure.feeds(p, c, Channel.V if isinstance(c, Head) else None) and structure.feeds(c, r, Channel.K):
                 channel = Channel.V if isinstance(c, Head) else Channel.IN
                 name = f"{c}:v" if isinstance(c, Head) else str(c)
                 out.append((receiver, prev, name, PatchPath(p, ((c, channel), (r, Channel.K)))))

@@ -56,11 +56,13 @@ class ManyLosses:
     clean: Tensor  # [mode, example]
     count: Tensor  # [mode, example]
 
-    def recovery(self, hypothesis: str, baseline: str, mode: str, *, n_bootstrap: int = 1000, seed: int = 0) -> Recovery:
+    def recovery(self, hypothesis: str, baseline: str, mode: str, *, n_bootstrap: int = 1000,
+                 seed: int = 0) -> Recovery:
         h, b, m = self.names.index(hypothesis), self.names.index(baseline), self.modes.index(mode)
         keep = self.count[m] > 0  # [example]
         count = self.count[m][keep]
-        clean, base, scrub = (ExampleLosses(t[keep], count) for t in (self.clean[m], self.total[b, m], self.total[h, m]))
+        clean, base, scrub = (ExampleLosses(t[keep], count)
+                              for t in (self.clean[m], self.total[b, m], self.total[h, m]))
         lc, lb, ls = clean.mean(), base.mean(), scrub.mean()
         ci = bootstrap_recovered(clean, base, scrub, n_resamples=n_bootstrap, seed=seed)
         per = recovered(clean.per_example(), base.per_example(), scrub.per_example())  # [example]
@@ -69,8 +71,9 @@ class ManyLosses:
 
 
 @torch.no_grad()
-def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor, masks: tuple[tuple[str, MaskFn], ...], *,
-               seed: int, batch_size: int, step: Callable[[], None] | None = None) -> ManyLosses:
+def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor,
+               masks: tuple[tuple[str, MaskFn], ...], *, seed: int, batch_size: int,
+               step: Callable[[], None] | None = None) -> ManyLosses:
     """Evaluate every claim on ``data`` [n, seq]; ``masks`` name the scored prediction positions."""
     return scrub_metrics(model, claims, data, masks, seed=seed, batch_size=batch_size, step=step)["loss"]
 
@@ -90,7 +93,8 @@ def _token_metric(metric: str, logits: Tensor, clean_logits: Tensor, tokens: Ten
 @torch.no_grad()
 def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor,
                   masks: tuple[tuple[str, MaskFn], ...], *, seed: int, batch_size: int,
-                  metrics: tuple[str, ...] = ("loss",), step: Callable[[], None] | None = None) -> dict[str, ManyLosses]:
+                  metrics: tuple[str, ...] = ("loss",),
+                  step: Callable[[], None] | None = None) -> dict[str, ManyLosses]:
     """``scrub_many`` for several per-token metrics ("loss", "kl") from one evaluation of every claim: the same
     draws, per-example sums and position modes, one ``ManyLosses`` per metric. With "kl" the clean sums are
     zeros, so ``ManyLosses.recovery`` gives KL recovered = (KL_baseline - KL_scrubbed) / KL_baseline, as
@@ -105,8 +109,8 @@ def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Ten
         _, datas = localize([assign(t, sampler, ids) for t in trees], ids, data.shape[0], whole=True)
         clean_logits = whole.logits[ids]  # [batch, seq, d_vocab]
 
-        def reduce(lg: Tensor) -> Tensor:  # [metric, batch, seq-1]
-            return torch.stack([_token_metric(m, lg, clean_logits, tokens) for m in metrics])
+        def reduce(lg: Tensor, clean_logits: Tensor = clean_logits, tokens: Tensor = tokens) -> Tensor:
+            return torch.stack([_token_metric(m, lg, clean_logits, tokens) for m in metrics])  # [metric, batch, seq-1]
 
         values, _ = evaluate_many(model, trees, datas, whole, reduce=reduce)
         stacked = torch.stack(values)  # [tree, metric, batch, seq-1]

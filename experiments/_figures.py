@@ -74,8 +74,8 @@ def composition_heatmap(panels: list[dict], path: Path, *, title: str) -> Path:
     sender -> logits column; cells are mean effects (nats), '*' where the interval excludes 0."""
     panels = [p for p in panels if p["paths"] or p["direct"]]
     width = max(len(p["paths"]) for p in panels) / max(1, len(panels[0]["senders"])) + 1  # columns
-    fig = Figure(figsize=(max(6.0, 0.42 * width + 3), 2.2 * len(panels) + 0.45 * sum(len(p["senders"]) for p in panels)),
-                 layout="constrained")
+    height = 2.2 * len(panels) + 0.45 * sum(len(p["senders"]) for p in panels)
+    fig = Figure(figsize=(max(6.0, 0.42 * width + 3), height), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, p in zip(axes, panels, strict=True):
         cols = list(dict.fromkeys(f"{q['receiver']}:{q['channel']}" if q["channel"] != "in" else q["receiver"]
@@ -118,8 +118,10 @@ def grouped_intervals(groups: list[str], series: list[str], values: list[list[tu
     for s in range(n_series):
         y = [i + (s - (n_series - 1) / 2) * height for i in range(n_groups)]
         v = [values[g][s][0] for g in range(n_groups)]
-        lo = [max(0.0, values[g][s][0] - values[g][s][1]) if values[g][s][1] == values[g][s][1] else 0.0 for g in range(n_groups)]
-        hi = [max(0.0, values[g][s][2] - values[g][s][0]) if values[g][s][2] == values[g][s][2] else 0.0 for g in range(n_groups)]
+        lo = [max(0.0, values[g][s][0] - values[g][s][1]) if values[g][s][1] == values[g][s][1] else 0.0
+              for g in range(n_groups)]  # (a NaN bound draws no bar)
+        hi = [max(0.0, values[g][s][2] - values[g][s][0]) if values[g][s][2] == values[g][s][2] else 0.0
+              for g in range(n_groups)]
         ax.barh(y, v, height=height, xerr=[lo, hi], capsize=2, label=series[s], alpha=0.85)
     for x in reference:
         ax.axvline(x, color="grey", lw=0.8, ls="--" if x else "-")

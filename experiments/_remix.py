@@ -218,8 +218,8 @@ def remix_lines(remix: dict | None) -> list[str]:
          "context, not a target. Every row here is claimed against the induction baseline (0) and the full model "
          "(1). *Candidates*: the study's induction candidates (the current token occurred earlier in the sequence); "
          "*good*: REMIX-comparable scoring, the current token is a good induction candidate "
-         "(`scrub.data.candidates.good_candidates`: a list chosen on the shipped validation stream with the scored text "
-         "left out, see its docstring; about 17% of this tokenizer's tokens against REMIX's ~20% of GPT-2's). KL: "
+         "(`scrub.data.candidates.good_candidates`: a list chosen on the shipped validation stream with the scored "
+         "text left out, see its docstring; about 17% of this tokenizer's tokens against REMIX's ~20% of GPT-2's). KL: "
          "KL divergence from the clean run's predictions, recovered = (KL_baseline - KL_scrubbed) / KL_baseline. "
          "Rows marked *ours* are this project's refinements, not Redwood's.", ""]
     for metric in metrics:
@@ -324,8 +324,8 @@ def cross_remix_lines(results: list[tuple[str, dict]]) -> list[str]:
     rungs = {rung["name"]: rung for _, x in have for rung in x["rungs"]}
     L = ["Redwood's REMIX day-3 rungs on each model, against the induction baseline (Redwood's numbers: their own "
          "model, scored at their good induction candidates; see each model's report for the sources, the KL columns "
-         "and the claims). *Good*: REMIX-comparable scoring (`scrub.data.candidates.good_candidates`); *candidates*: the "
-         "study's induction candidates. Rows marked *ours* are this project's refinements.", ""]
+         "and the claims). *Good*: REMIX-comparable scoring (`scrub.data.candidates.good_candidates`); *candidates*: "
+         "the study's induction candidates. Rows marked *ours* are this project's refinements.", ""]
     for metric in ("loss", "kl"):
         if not any(metric in x.get("metrics", []) for _, x in have):
             continue
