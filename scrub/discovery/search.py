@@ -11,7 +11,8 @@ when it lies outside, ``uncertain`` when it straddles ±τ (kept, and listed).
 Batching: decisions are sequential, so each batched call evaluates a speculative run of them: a *chain*
 (cumulative removals, right while edges are dropped) or a *fan* (single removals from the current claim,
 right while edges are kept); the first decision that breaks the speculation switches the mode and the
-rest is evaluated again. Edges whose |score| is below ``skip`` x τ are removed together after one exact
+rest is evaluated again. The span of a call starts at 4, doubles while the speculation holds and halves when
+it breaks. Edges whose |score| is below ``skip`` x τ are removed together after one exact
 check of their joint removal (if it fails they are tried one by one), and a random sample of them is
 also checked singly (``Search.spot_checked``, ``spot_violations``). A receiver none of whose outputs is
 kept any more has every input dropped without evaluation (its output reaches nothing: effect exactly 0).
@@ -31,7 +32,7 @@ from scrub.claims.sites import Component, Logits
 from scrub.discovery.edges import Edge
 from scrub.discovery.exact import ExactEvaluator
 
-SPECULATION = 16  # decisions evaluated per batched call
+SPECULATION = 32  # at most this many decisions per batched call (the span doubles while speculation holds)
 
 
 class Verdict(str, Enum):
@@ -185,9 +186,9 @@ def _decide(ev: ExactEvaluator, state: _State, pending: list[Edge], interval: In
             progress: Callable[[int], None] | None) -> list[Decision]:
     """ACDC's sequential decisions on ``pending``, evaluated speculatively (chain or fan) in batched calls."""
     out: list[Decision] = []
-    chain = True
+    chain, span = True, 4
     while pending:
-        head = pending[:SPECULATION]
+        head = pending[:span]
         if chain:
             claims = [frozenset(state.kept - set(head[: j + 1])) for j in range(len(head))]
         else:
@@ -209,5 +210,6 @@ def _decide(ev: ExactEvaluator, state: _State, pending: list[Edge], interval: In
                 chain = False
                 break
         _tell(progress, used)
+        span = min(2 * span, SPECULATION) if used == len(head) else max(2, span // 2)  # grow while right
         pending = pending[used:]
     return out
