@@ -42,37 +42,52 @@ class Rendered:
     value: object = None
 
 
-def open_page(path: Path, selectors: list[str], *, screenshot_of: str | None = None, height: int | None = None,
-              actions=None) -> Rendered:
-    """Load ``path`` headless with the network off; count ``selectors``; screenshot the element
-    ``screenshot_of`` (or the window). ``actions(driver)`` runs before counting (e.g. to move a slider); what
-    it returns is kept."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+class Browser:
+    """One headless Chromium with the network off, reused for many pages (a start costs seconds)."""
 
-    found = chromium()
-    assert found is not None, missing()
-    browser, driver_path = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                 "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={WINDOW[0]},{height or WINDOW[1]}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
+    def __init__(self, height: int | None = None):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        found = chromium()
+        assert found is not None, missing()
+        browser, driver_path = found
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+                     "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={WINDOW[0]},{height or WINDOW[1]}"):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+
+    def open(self, path: Path, selectors: list[str], *, screenshot_of: str | None = None, actions=None) -> Rendered:
+        """Load ``path``; run ``actions(driver)`` (e.g. move a slider; what it returns is kept); count
+        ``selectors``; collect the console's errors since the load; screenshot ``screenshot_of`` (or the window)."""
+        from selenium.webdriver.common.by import By
+
+        driver = self.driver
+        driver.get_log("browser")  # drop what earlier pages logged
         driver.get(path.resolve().as_uri())
         value = actions(driver) if actions is not None else None
         counts = {s: len(driver.find_elements(By.CSS_SELECTOR, s)) for s in selectors}
-        logs = driver.get_log("browser")
-        errors = tuple(entry["message"] for entry in logs if entry["level"] in ("SEVERE", "ERROR"))
+        errors = tuple(e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR"))
         target = driver.find_element(By.CSS_SELECTOR, screenshot_of) if screenshot_of else None
         png = target.screenshot_as_png if target is not None else driver.get_screenshot_as_png()
+        return Rendered(counts, errors, png, value)
+
+    def close(self) -> None:
+        self.driver.quit()
+
+
+def open_page(path: Path, selectors: list[str], *, screenshot_of: str | None = None, height: int | None = None,
+              actions=None) -> Rendered:
+    """``Browser.open`` in a browser of its own."""
+    browser = Browser(height)
+    try:
+        return browser.open(path, selectors, screenshot_of=screenshot_of, actions=actions)
     finally:
-        driver.quit()
-    return Rendered(counts, errors, png, value)
+        browser.close()
 
 
 def share_not_blank(png: bytes) -> float:

@@ -10,10 +10,17 @@ from scrub.patching.paths import make_metric, patch_matrix
 from scrub.views.graph import TOP_K
 from scrub.views.page import Html, write_page
 from scrub.views.report import explain, head_scores_parts, patch_parts
-from tests.browser import missing, open_page, share_not_blank
+from tests.browser import Browser, missing, share_not_blank
 from tests.helpers import partial_graph, random_tokens, tiny_model
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"browser tests: {missing()}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    shared = Browser()
+    yield shared
+    shared.close()
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,8 @@ def pages(tmp_path_factory):
                                                                             head_scores_parts(scores)), "dir": out}
 
 
-def test_run_page_renders_graph_tokens_attention(pages):
-    shot = open_page(pages["run"], [".scrub-graph path.scrub-claimed", ".scrub-graph path.scrub-resampled",
+def test_run_page_renders_graph_tokens_attention(browser, pages):
+    shot = browser.open(pages["run"], [".scrub-graph path.scrub-claimed", ".scrub-graph path.scrub-resampled",
                                     ".scrub-graph g.scrub-node", ".scrub-text .scrub-token", "canvas.scrub-attention",
                                     ".scrub-histogram rect.scrub-bar"])
     assert shot.errors == ()
@@ -48,13 +55,13 @@ def test_run_page_renders_graph_tokens_attention(pages):
     assert share_not_blank(shot.png) > 0.02
 
 
-def test_patch_page_top_k_slider_changes_the_edges(pages):
+def test_patch_page_top_k_slider_changes_the_edges(browser, pages):
     def slide_to_three(driver):
         driver.execute_script("var k = document.querySelector('.scrub-topk'); k.value = '3';"
                               "k.dispatchEvent(new Event('input'));")
 
-    before = open_page(pages["patch"], [".scrub-graph path.scrub-edge", "canvas.scrub-heatmap"])
-    after = open_page(pages["patch"], [".scrub-graph path.scrub-edge"], actions=slide_to_three)
+    before = browser.open(pages["patch"], [".scrub-graph path.scrub-edge", "canvas.scrub-heatmap"])
+    after = browser.open(pages["patch"], [".scrub-graph path.scrub-edge"], actions=slide_to_three)
     assert before.errors == () and after.errors == ()
     assert pages["patch_edges"] > 3
     assert before.counts[".scrub-graph path.scrub-edge"] == min(TOP_K, pages["patch_edges"])
@@ -63,7 +70,7 @@ def test_patch_page_top_k_slider_changes_the_edges(pages):
     assert share_not_blank(before.png) > 0.02
 
 
-def test_token_picker_and_head_selector_switch_views(pages):
+def test_token_picker_and_head_selector_switch_views(browser, pages):
     summary = "return document.querySelector('.scrub-example-summary').textContent;"
 
     def pick_second(driver):
@@ -71,27 +78,61 @@ def test_token_picker_and_head_selector_switch_views(pages):
                               "s.value = '1'; s.dispatchEvent(new Event('change')); }")
         return driver.execute_script(summary)
 
-    first = open_page(pages["run"], [".scrub-example-summary"], actions=lambda d: d.execute_script(summary))
-    second = open_page(pages["run"], [".scrub-text .scrub-token", "canvas.scrub-attention"], actions=pick_second)
+    first = browser.open(pages["run"], [".scrub-example-summary"], actions=lambda d: d.execute_script(summary))
+    second = browser.open(pages["run"], [".scrub-text .scrub-token", "canvas.scrub-attention"], actions=pick_second)
     assert second.errors == ()
     assert first.value.startswith("median:") and second.value.startswith("best:")
     assert second.counts[".scrub-text .scrub-token"] == 12 and second.counts["canvas.scrub-attention"] >= 1
 
 
-def test_heads_page_renders_a_heatmap_per_score(pages):
+def test_heads_page_renders_a_heatmap_per_score(browser, pages):
     def last_score(driver):
         driver.execute_script("var s = document.querySelector('select.scrub-pick'); s.value = '4';"
                               "s.dispatchEvent(new Event('change'));")
 
-    shot = open_page(pages["heads"], ["canvas.scrub-heatmap", "select.scrub-pick option"], actions=last_score)
+    shot = browser.open(pages["heads"], ["canvas.scrub-heatmap", "select.scrub-pick option"], actions=last_score)
     assert shot.errors == ()
     assert shot.counts == {"canvas.scrub-heatmap": 1, "select.scrub-pick option": len(SCORE_NAMES)}
     assert share_not_blank(shot.png) > 0.01
 
 
-def test_network_is_blocked_and_errors_are_seen(pages):
+def test_network_is_blocked_and_errors_are_seen(browser, pages):
     """The control: a page that asks for a remote image gets a console error, so the checks above can fail."""
     page = write_page(pages["dir"] / "remote.html", "r", [Html('<img src="http://example.com/x.png">')])
-    shot = open_page(page, ["img"])
+    shot = browser.open(page, ["img"])
     assert shot.counts["img"] == 1
     assert any("example.com" in e for e in shot.errors)
+
+
+BROKEN_IMAGES = ("return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+                 ".map(i => i.src);")
+
+
+@pytest.mark.parametrize("page", ["index.html", "scrub-attn-2l/index.html", "scrub-3l-mlp/index.html"])
+def test_study_pages_render_offline(browser, page):
+    from experiments._html import RESULTS
+
+    shot = browser.open(RESULTS / page, [".scrub-intervals rect.scrub-interval-bar", "canvas.scrub-heatmap", "table",
+                                      "img", "nav a"], actions=lambda d: d.execute_script(BROKEN_IMAGES))
+    assert shot.errors == () and shot.value == []  # every figure beside the page loads from disk
+    assert shot.counts["table"] > 0 and shot.counts["img"] > 0 and shot.counts["nav a"] == 3
+    if page != "index.html":
+        assert shot.counts[".scrub-intervals rect.scrub-interval-bar"] > 40  # four ladders of 10+ claims
+        assert shot.counts["canvas.scrub-heatmap"] == 1
+    assert share_not_blank(shot.png) > 0.02
+
+
+def test_cli_run_page_renders(browser, tmp_path, capsys):
+    from scrub.cli import main
+    from tests.helpers import save_tiny_checkpoint
+    from tests.test_views_cli import CLAIM
+
+    (tmp_path / "claim.py").write_text(CLAIM)
+    page = tmp_path / "out.html"
+    assert main(["run", str(tmp_path / "claim.py"), "--model", str(save_tiny_checkpoint(tmp_path / "ckpt")),
+                 "--n", "6", "--seq-len", "24", "--html", str(page)]) == 0
+    assert f"html: {page}" in capsys.readouterr().out
+    shot = browser.open(page, [".scrub-graph path.scrub-claimed", ".scrub-text .scrub-token", "canvas.scrub-attention"])
+    assert shot.errors == ()
+    assert shot.counts[".scrub-graph path.scrub-claimed"] == 4 and shot.counts[".scrub-text .scrub-token"] == 24
+    assert shot.counts["canvas.scrub-attention"] >= 2
