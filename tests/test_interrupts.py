@@ -135,3 +135,14 @@ def test_an_unwritable_out_is_refused_before_any_work(ckpt, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert "cannot write to --out" in err, err
+
+
+def test_the_current_folder_is_refused_as_out(ckpt, tmp_path, capsys, monkeypatch):
+    (tmp_path / "keep.txt").write_text("mine\n")
+    monkeypatch.chdir(tmp_path)
+    no_model(monkeypatch)
+    for out in (".", str(tmp_path), ".."):
+        assert main(["heads", "--model", str(ckpt), "--out", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "is the current folder or holds it" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

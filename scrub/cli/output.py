@@ -36,7 +36,8 @@ class OutputFolder:
                  overwrite: bool = False):
         self.path, self.command, self.overwrite = Path(path), command, overwrite
         self.names = None if names is None else frozenset(names)
-        self.work = self.path.parent / f".{self.path.name}{PARTIAL}-{os.getpid()}"
+        self._real = Path(os.path.abspath(self.path))  # what is renamed: never "." or a path ending in ".."
+        self.work = self._real.parent / f".{self._real.name}{PARTIAL}-{os.getpid()}"
         self._created = False
 
     def final(self, name: str | Path) -> Path:
@@ -58,6 +59,10 @@ class OutputFolder:
         path, lock = self.path, self.path / self.LOCK
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {path} is a file, not a folder; choose a folder")
+        cwd = Path.cwd()
+        if self._real == self._real.parent or self._real == cwd or self._real in cwd.parents:
+            raise UsageError(f"--out {path} is the current folder or holds it, and a run replaces its --out folder "
+                             f"whole; choose a folder of its own (e.g. --out {path}/figures)")
         if lock.exists() and self._lock_is_live(lock):
             raise UsageError(f"--out {path} is in use by another scrub run ({lock} exists); wait for it to finish, "
                              f"or delete {lock} if no run is writing there")
@@ -91,8 +96,8 @@ class OutputFolder:
         shutil.rmtree(self.work, ignore_errors=True)  # left by an earlier process of this id
         skip = {self.LOCK} | (self.names or frozenset())
         try:
-            shutil.copytree(self.path, self.work, ignore=lambda folder, entries: [
-                e for e in entries if Path(folder) == self.path and e in skip])
+            shutil.copytree(self._real, self.work, ignore=lambda folder, entries: [
+                e for e in entries if Path(folder) == self._real and e in skip])
         except OSError as err:
             shutil.rmtree(self.work, ignore_errors=True)
             raise OSError(f"cannot write next to --out {self.path} (a run writes into {self.work.name} first and "
@@ -115,14 +120,14 @@ class OutputFolder:
 
     def _commit(self) -> None:
         """Put the complete run in place: old folder aside, sibling in, old folder removed; Ctrl-C waits."""
-        previous = self.path.parent / f".{self.path.name}{PREVIOUS}-{os.getpid()}"
+        previous = self._real.parent / f".{self._real.name}{PREVIOUS}-{os.getpid()}"
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            os.rename(self.path, previous)
+            os.rename(self._real, previous)
             try:
-                os.rename(self.work, self.path)
+                os.rename(self.work, self._real)
             except OSError:
-                os.rename(previous, self.path)
+                os.rename(previous, self._real)
                 raise
             shutil.rmtree(previous, ignore_errors=True)
         finally:
