@@ -12,7 +12,7 @@ from pathlib import Path
 
 from experiments._figures import grouped_intervals
 from experiments._remix import cross_remix_lines, remix_sentence
-from experiments._report import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
+from experiments._results import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
 
 LADDER = ("induction_minimal", *REFINEMENTS)
 OLD_LAYOUT = ("results.json", "heads_*.png", "graph_*.png", "ladder_*.png", "per_example_*.png",
