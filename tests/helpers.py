@@ -1,4 +1,6 @@
-"""Small random models and random hypotheses shared by the engine tests."""
+"""Test-suite helpers outside the kit: a model factory that takes any TransformerLens config field (also
+unsupported ones, for the error tests), a CLI checkpoint, seeded tokens and a small claim. Random models,
+claims and sub-graphs for property tests are in scrub.testing."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import networkx as nx
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from scrub.claims.hypothesis import add_path, full_graph
+from scrub.claims.hypothesis import add_path
 from scrub.model.loading import save_checkpoint
 
 
@@ -31,30 +33,6 @@ def tiny_model(*, n_layers: int = 2, n_heads: int = 3, attn_only: bool = True, p
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale)
     return model
-
-
-def subgraph(model: HookedTransformer, keep: list[bool]) -> nx.DiGraph:
-    """The full graph restricted to the edges (channel by channel) where ``keep`` is True, pruned to the
-    nodes that still reach the logits."""
-    full = full_graph(model)
-    g = nx.DiGraph()
-    flags = iter(keep)
-    for src, dst, attrs in full.edges(data=True):
-        via = attrs.get("via")
-        if via is None:
-            if next(flags, False):
-                g.add_edge(src, dst)
-        else:
-            chosen = "".join(c for c in via if next(flags, False))
-            if chosen:
-                g.add_edge(src, dst, via=chosen)
-    if "logits" not in g:
-        return nx.DiGraph()
-    return g.subgraph(nx.ancestors(g, "logits") | {"logits"}).copy()
-
-
-def n_channel_edges(model: HookedTransformer) -> int:
-    return sum(len(a.get("via") or "x") for _, _, a in full_graph(model).edges(data=True))
 
 
 def save_tiny_checkpoint(directory):

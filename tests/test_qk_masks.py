@@ -14,8 +14,9 @@ from scrub.claims.structure import Structure
 from scrub.engine.compute import clean_run
 from scrub.engine.evaluator import evaluate
 from scrub.engine.treeify import SamplingOptions, assign_data, treeify
+from scrub.testing.graphs import n_channel_edges, subgraph
 from scrub.testing.reference import naive_logits
-from tests.helpers import n_channel_edges, subgraph, tiny_model
+from tests.helpers import tiny_model
 from tests.test_engine import micro_model
 
 

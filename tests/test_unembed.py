@@ -12,7 +12,8 @@ from scrub.engine.compute import clean_run
 from scrub.engine.evaluator import evaluate_many
 from scrub.engine.treeify import SamplingOptions, assign_data, treeify
 from scrub.engine.unembed import FactoredUnembed, Term, unembed
-from tests.helpers import n_channel_edges, subgraph, tiny_model
+from scrub.testing.graphs import n_channel_edges, subgraph
+from tests.helpers import tiny_model
 
 
 def test_factored_equals_plain_unembed_of_the_sum():
