@@ -14,18 +14,18 @@ from hypothesis import strategies as st
 
 from scrub.claims.sites import HEAD_CHANNELS, Head
 from scrub.patching.paths import PatchPath, patch_effects, patched_logits
+from scrub.testing import strategies as kit
+from scrub.testing.models import Norm, Positions
 from scrub.testing.oracles import hooked_patch_logits, split_qkv_copy
-from tests.helpers import tiny_model
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def cases(draw):
-    n_layers = draw(st.integers(2, 3))
-    pos = draw(st.sampled_from(["shortformer", "standard"]))
-    attn_only = draw(st.booleans())
-    model = tiny_model(n_layers=n_layers, pos=pos, attn_only=attn_only, seed=draw(st.integers(0, 99)))
+    model = draw(kit.models(min_layers=2, max_layers=3, min_heads=3, max_heads=3, norms=(Norm.LN,),
+                            positions=(Positions.SHORTFORMER, Positions.STANDARD), parallel=False, gqa=False))
+    n_layers = model.cfg.n_layers
     heads = [Head(layer, h) for layer in range(n_layers) for h in range(3)]
     paths = []
     for _ in range(draw(st.integers(0, 4))):
@@ -35,8 +35,8 @@ def cases(draw):
             paths.append(PatchPath(s))
         else:
             paths.append(PatchPath(s, ((draw(st.sampled_from(later)), draw(st.sampled_from(HEAD_CHANNELS))),)))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 99)))
-    ref, cor = torch.randint(0, 20, (3, 8), generator=gen), torch.randint(0, 20, (3, 8), generator=gen)
+    tokens = kit.token_batches(model, min_rows=3, max_rows=3, min_seq=8, max_seq=8)
+    ref, cor = draw(tokens), draw(tokens)
     return model, paths, ref, cor
 
 
