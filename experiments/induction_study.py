@@ -4,7 +4,9 @@ orchestration; scoring lives in ``scrub.heads.scores``, hypotheses in ``hypothes
 ``experiments/_evaluate.py``, Redwood's REMIX day-3 ladder rung by rung in ``experiments/_remix.py``, the
 context-sensitivity hooks in ``experiments/_context.py``, path patching
 from the induction heads in ``experiments/_composition.py``, the per-model report in
-``experiments/_report.py`` and the cross-model report in ``experiments/_cross.py``.
+``experiments/_report.py`` (its sections in ``_report_sections.py`` and ``_report_parts.py``, the figures in
+``_report_figures.py``, the results as data in ``_results.py``) and the cross-model report in
+``experiments/_cross.py``.
 
     scrub study [--quick] [--json] [--model M ...] [--seed S] [--window W] [--out DIR] [--report-only]
     python experiments/induction_study.py ...   (the same, without the CLI)
@@ -13,8 +15,11 @@ from the induction heads in ``experiments/_composition.py``, the per-model repor
 shipped model (``scrub.model.loading.shipped_models()``) is studied. Each model's report, ``results.json`` and
 figures go to ``<out>/<model>/`` (a checkpoint directory is named by its folder name); ``<out>/induction_study.md``
 is the cross-model report, written from those ``results.json`` files (with one model, its summary alone).
-Default out: experiments/results/ (quick mode: experiments/results/quick/). ``--report-only`` rewrites
-the cross-model report from the per-model folders already there, without running anything. The cross-model
+Default out (``default_out``): experiments/results/ in a source checkout, where the committed results live,
+and ./scrub-output/study/ from an installed package, which ships no results (quick mode: ``quick/`` in either).
+Every path the results record (``config.out``, figures, hypothesis files) is relative to the output folder or
+the package. ``--report-only`` rewrites the cross-model report from the per-model folders already there,
+without running anything. The cross-model
 report also takes in other model folders under ``<out>`` whose results come from a run of the same kind
 (quick or full, same seed), each listed with its command and date. ``--json`` prints one object: the model's
 summary (``results.json``) for one model, ``{"models": [...]}`` for several, with ``cross_report`` (its path).
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import inspect
 import json
 import os
@@ -34,9 +39,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make scrub, hypotheses and experiments importable
-    sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script (python experiments/induction_study.py): make scrub, hypotheses and
+    ROOT = str(Path(__file__).resolve().parents[1])  # experiments importable from the checkout
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -47,7 +53,9 @@ from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
 from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
 from experiments._remix import run_remix  # noqa: E402
-from experiments._report import HypothesisInfo, StudyResults, claimed_inputs, write_figures, write_report  # noqa: E402
+from experiments._report import write_report  # noqa: E402
+from experiments._report_figures import write_figures  # noqa: E402
+from experiments._results import HypothesisInfo, StudyResults, claimed_inputs  # noqa: E402
 from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
 from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
 from scrub.claims.hypothesis import Claim, validate  # noqa: E402
@@ -96,15 +104,25 @@ class StudyConfig:
     n_bootstrap: int = 1000
     n_patch: int = 96  # examples of each composition matrix (natural text and RRT)
     patch_chunk: int = 8  # examples per chunk: the composition intervals are over chunks
-    out: str = "experiments/results"
+    out: str = ""  # this model's folder, relative to the study's output folder (--out): results stay portable
     quick: bool = False
 
     @staticmethod
     def quick_config(**overrides) -> "StudyConfig":
         base = StudyConfig(n_natural=16, seq_len=128, n_rrt=16, rrt_length=32, n_context=8, window=8,
-                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=4, out="experiments/results/quick",
-                           quick=True)
+                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=4, quick=True)
         return replace(base, **overrides)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # in a source checkout: the committed results
+
+
+def default_out(quick: bool) -> Path:
+    """The study's output folder without --out: experiments/results in a source checkout (the committed results
+    stay where they are), ./scrub-output/study from an installed package (no results folder ships with it);
+    quick runs write to its ``quick/`` subfolder."""
+    root = RESULTS if RESULTS.is_dir() else Path.cwd() / "scrub-output" / "study"
+    return root / "quick" if quick else root
 
 
 def model_folder(name: str) -> str:
@@ -115,14 +133,11 @@ def model_folder(name: str) -> str:
 
 
 def load_claim(stem: str, model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
-    """Import ``hypotheses/<stem>.py`` and build its graph with the study's roles (one score computation)."""
-    path = ROOT / "hypotheses" / f"{stem}.py"
-    spec = importlib.util.spec_from_file_location(f"study_hypothesis_{stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import ``hypotheses.<stem>`` and build its graph with the study's roles (one score computation)."""
+    module = importlib.import_module(f"hypotheses.{stem}")
     takes_roles = "roles" in inspect.signature(module.hypothesis).parameters
     graph = module.hypothesis(model, roles) if takes_roles else module.hypothesis(model)
-    claim = validate(graph, model, origin=str(path))
+    claim = validate(graph, model, origin=str(module.__file__))
     doc = (module.__doc__ or "").strip()
     return claim, HypothesisInfo(stem, "", doc, claim.n_paths(), f"hypotheses/{stem}.py", graph,
                                  claimed_inputs(graph, roles, model))
@@ -135,12 +150,14 @@ def other_embedding_claim(model: HookedTransformer, roles) -> tuple[Claim, Hypot
     flipped = replace(roles, embedding=other)
     graph = mechanism_graph(model, flipped)
     claim = validate(graph, model)
-    what = "embedding and mlp.0 (reading the embedding only)" if "mlp.0" in other else "embedding alone, mlp.0 not claimed"
+    what = ("embedding and mlp.0 (reading the embedding only)" if "mlp.0" in other
+            else "embedding alone, mlp.0 not claimed")
     label = "minimal, token embedding " + ("+ mlp.0" if "mlp.0" in other else "without mlp.0") + " (ours)"
     doc = (f"The minimal mechanism with the other choice of token embedding than the roles made: wherever it "
            f"claims the token embedding, this one claims the {what}. Built by the study "
            f"(experiments/induction_study.py), not a hypothesis file.")
-    return claim, HypothesisInfo(OTHER_EMBEDDING, label, doc, claim.n_paths(), "", graph, claimed_inputs(graph, roles, model))
+    return claim, HypothesisInfo(OTHER_EMBEDDING, label, doc, claim.n_paths(), "", graph,
+                                 claimed_inputs(graph, roles, model))
 
 
 @dataclass(frozen=True)
@@ -180,11 +197,12 @@ def recoveries(losses, names, data: str, cfg: StudyConfig) -> list[Recovery]:
 
 
 def model_info(model: HookedTransformer, name: str) -> dict:
-    from experiments._report import training_rrt_share
+    from experiments._results import training_rrt_share
 
     c = model.cfg
-    return {"name": name, "torch_threads": torch.get_num_threads(), "n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model,
-            "d_mlp": None if c.attn_only else c.d_mlp, "mlps": not c.attn_only, "positions": c.positional_embedding_type,
+    return {"name": name, "torch_threads": torch.get_num_threads(), "n_layers": c.n_layers, "n_heads": c.n_heads,
+            "d_model": c.d_model, "d_mlp": None if c.attn_only else c.d_mlp, "mlps": not c.attn_only,
+            "positions": c.positional_embedding_type,
             "rrt_frac": training_rrt_share(name)}
 
 
@@ -192,7 +210,8 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
               out: Path | None = None) -> StudyResults:
     """One model: every hypothesis on natural text and RRT, per-head claims and effects, context sensitivity,
     composition with the induction heads; writes the model's report, results.json and figures to ``out``
-    (default ``cfg.out``, which the results record: ``out`` is where a transactional run stages them)."""
+    (default ``default_out(cfg.quick) / cfg.out``; the results record ``cfg.out``, relative to the output
+    folder: ``out`` is where a transactional run stages them)."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
@@ -286,7 +305,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                            splits=splits, composition=comps, k_paths=kpaths, remix=remix)
     results.model["torch_threads"] = "-".join(str(t) for t in sorted(threads))
     if out is None:
-        out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
+        out = default_out(cfg.quick) / (cfg.out or model_folder(cfg.model))
     figures = write_figures(results, out, model)
     stage("report")
     results = replace(results, figures=tuple(figures), elapsed=time.time() - start, timings=timings)
@@ -304,15 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="test-sized run (< 2 min per model), written to experiments/results/quick/")
+                        help="test-sized run (< 2 min per model), written to the quick/ subfolder of the default "
+                             "--out")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON summary object on stdout")
     parser.add_argument("--model", action="append", default=None,
                         help="a shipped model, a checkpoint directory, or a TransformerLens name; repeat for "
                              "several (default: every shipped model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=None, help="context sensitivity: keys more than W tokens back")
-    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick]): one "
-                                                    "subfolder per model and the cross-model induction_study.md")
+    parser.add_argument("--out", default=None, help="output folder (default: experiments/results[/quick] in a "
+                                                    "source checkout, ./scrub-output/study[/quick] from an installed "
+                                                    "package): one subfolder per model and the cross-model "
+                                                    "induction_study.md")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite <out>/induction_study.md from the per-model folders already in <out>")
 
@@ -320,8 +342,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace, model: str = SHIPPED_NAME) -> StudyConfig:
     cfg = StudyConfig.quick_config() if args.quick else StudyConfig()
     overrides = {k: v for k, v in (("window", args.window),) if v is not None}
-    root = Path(args.out) if args.out is not None else Path(cfg.out)
-    return replace(cfg, seed=args.seed, model=model, out=str(root / model_folder(model)), **overrides)
+    return replace(cfg, seed=args.seed, model=model, out=model_folder(model), **overrides)
 
 
 def compatible(folder: Path, base: StudyConfig, seed: int) -> bool:
@@ -377,15 +398,15 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
     if model is not None and len(names) != 1:
         raise ValueError("main(model=...) takes exactly one --model")
     base = StudyConfig.quick_config() if args.quick else StudyConfig()
-    root = Path(args.out) if args.out is not None else Path(base.out)
-    root = root if root.is_absolute() else ROOT / root
+    root = (Path(args.out) if args.out is not None else default_out(args.quick)).absolute()
     folders = [root / model_folder(n) for n in names]
     if len(set(folders)) != len(folders):
         raise ValueError(f"two models would share one folder under {root}: {', '.join(names)}")
     command = command_line(replace(base, seed=args.seed), args.model)
     if args.report_only and (missing := [str(f) for f in folders if not (f / "results.json").is_file()]):
         raise OSError(f"--report-only: no results.json in {', '.join(missing)}; run the study first")
-    others = [f for f in sorted(root.iterdir()) if f not in folders and compatible(f, base, args.seed)] if root.is_dir() else []
+    others = ([f for f in sorted(root.iterdir()) if f not in folders and compatible(f, base, args.seed)]
+              if root.is_dir() else [])
     summaries = []
     with OutputFolder(root, "study") as staging:  # locked; replaced only when every model and the report are done
         for name in [] if args.report_only else names:
@@ -407,12 +428,12 @@ def _study_one(args: argparse.Namespace, name: str, root: Path, work: Path, comm
     """One model's study, written under ``work`` (the staged --out) and recorded as under ``root``."""
     from scrub.model.loading import load_model
 
-    cfg = replace(config_from(args, name), out=str(root / model_folder(name)))
+    cfg = config_from(args, name)  # cfg.out: the model's folder under root
     if model is None:
         with contextlib.redirect_stdout(sys.stderr):
             model = load_model(name)
     results = run_study(model, cfg, command=command, out=work / model_folder(name))
-    print(f"wrote {Path(cfg.out) / 'induction_study.md'} and {len(results.figures)} figures "
+    print(f"wrote {root / cfg.out / 'induction_study.md'} and {len(results.figures)} figures "
           f"in {results.elapsed:.0f} s", file=sys.stderr)
     return results.summary()
 

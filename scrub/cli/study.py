@@ -1,43 +1,37 @@
-"""``scrub study``: the induction-head study (``experiments/``), handed the command's arguments."""
+"""``scrub study``: the induction-head study (the ``experiments`` package), handed the command's arguments."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+import importlib
 
 from scrub.cli.common import check_number, check_seed
+from scrub.errors import ScrubError
+
+STUDY = "experiments.induction_study"  # shipped beside scrub in the wheel (``experiments``, ``hypotheses``)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="test-sized run (< 2 min per model) into experiments/results/quick/")
+                        help="test-sized run (< 2 min per model) into the quick/ subfolder of the default --out")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("--model", action="append", default=None,
                         help="a shipped model, a checkpoint directory, or a TransformerLens name; repeat for several "
                              "(--model scrub-attn-2l --model scrub-3l-mlp); default: every shipped model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=None, help="context sensitivity: keys more than W tokens back")
-    parser.add_argument("--out", default=None, help="output folder (default experiments/results[/quick]): one "
-                                                    "folder per model and the cross-model induction_study.md")
+    parser.add_argument("--out", default=None, help="output folder (default: experiments/results[/quick] in a source "
+                                                    "checkout, ./scrub-output/study[/quick] from an installed "
+                                                    "package): one folder per model and the cross-model "
+                                                    "induction_study.md")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite <out>/induction_study.md from the per-model results already in <out>")
 
 
 def command(args: argparse.Namespace) -> int:
-    """The induction study lives in the repository's experiments/ (it imports scrub, never the reverse):
-    load it by path, like a hypothesis file, and hand it the arguments."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "experiments" / "induction_study.py"
-    if not path.is_file():
-        raise OSError(f"no study at {path}: `scrub study` runs from a source checkout of scrub (experiments/)")
-    spec = importlib.util.spec_from_file_location("scrub_induction_study", path)
-    if spec is None or spec.loader is None:
-        raise OSError(f"cannot load the study from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
+    """The induction study is the ``experiments`` package (it imports scrub; scrub imports it only here, when the
+    command runs): import it and hand it the arguments."""
+    module = study_module()
     check_seed(args.seed)
     if args.window is not None:  # far keys are more than W back, and scored queries lie beyond W + 1
         config = getattr(module, "StudyConfig", None)
@@ -52,3 +46,16 @@ def command(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     return module.main(argv)
+
+
+def study_module():
+    """``experiments.induction_study``, from the source checkout or the installed wheel; a ``ScrubError``
+    naming the fix when neither has it."""
+    try:
+        return importlib.import_module(STUDY)
+    except ModuleNotFoundError as err:
+        if err.name not in ("experiments", STUDY):
+            raise  # the study is there but one of its imports is not: a broken install, shown as a bug
+        raise ScrubError(f"`scrub study` needs the {STUDY} module, which is not importable here "
+                         f"({err}); install scrub from its wheel or a source checkout "
+                         "(pip install -e .), which ship the experiments and hypotheses packages") from None
