@@ -267,7 +267,7 @@ def test_the_pool_actually_used_is_recorded(root, capsys):
 def _rank_check(graph, tokens):
     from scrub.engine.treeify import SamplingOptions
     from scrub.experiment.checks import rank_check
-    from scrub.experiment.runner import as_claim
+    from scrub.experiment.inputs import as_claim
 
     model = tiny_model()
     claim, base = as_claim(graph, model, name="same name"), as_claim(nx.DiGraph(), model, name="empty")
@@ -314,6 +314,7 @@ def hypothesis(model):
 '''
 
 
+@pytest.mark.slow  # a real 2-process torchrun (~40 s); the rank checks above run by default
 def test_torchrun_stops_a_claim_that_depends_on_the_rank(root, tmp_path):
     import os
     import subprocess
