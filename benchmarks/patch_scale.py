@@ -152,7 +152,8 @@ def measure(name: str, model: HookedTransformer, ref, cor, metric, *, forward_re
         values = patch_effects(model, ref, cor, [[p] for p in sample] + [[]], metric, positions=metric.positions)
         r["engine_per_path"] = (time.perf_counter() - start) / len(sample)
         r["engine_sample"] = len(sample)
-        r["engine_diff"] = max(abs(float(v - values[-1]) - effects[p]) for p, v in zip(sample, values[:-1]))
+        r["engine_diff"] = max(abs(float(v - values[-1]) - effects[p])
+                               for p, v in zip(sample, values[:-1], strict=True))
     return r
 
 
@@ -168,14 +169,17 @@ def report(rows: list[dict]) -> None:
               f"{r['forward_best']:.4f} | |")
         print(f"| {m} | **matrix**: {r['head_head']} head -> head:q/k/v + {r['paths'] - r['head_head']} head -> logits "
               f"paths = {r['paths']} (median; best of {r['repeats']}) | {r['matrix']:.3f}; {r['matrix_best']:.3f} | "
-              f"**{r['matrix'] / r['forward']:.1f}x** a forward (best/best {r['matrix_best'] / r['forward_best']:.1f}x); "
+              f"**{r['matrix'] / r['forward']:.1f}x** a forward "
+              f"(best/best {r['matrix_best'] / r['forward_best']:.1f}x); "
               f"{1e3 * r['matrix'] / r['paths']:.2f} ms/path |")
         if "matrix_mlps" in r:
-            print(f"| {m} | matrix with MLPs as senders and receivers ({r['paths_mlps']} paths) | {r['matrix_mlps']:.3f} | "
+            print(f"| {m} | matrix with MLPs as senders and receivers ({r['paths_mlps']} paths) | "
+                  f"{r['matrix_mlps']:.3f} | "
                   f"{r['matrix_mlps'] / r['forward']:.1f}x a forward |")
         print(f"| {m} | hooked TransformerLens, one forward per path: {r['hooked_per_path']:.4f} s/path on a random "
               f"sample of {r['hooked_sample']} paths, x {r['paths']} paths + both caches ({r['hooked_setup']:.3f} s) "
-              f"= **extrapolated** | {r['hooked_total']:.1f} | matrix **{r['hooked_total'] / r['matrix']:.0f}x** faster |")
+              f"= **extrapolated** | {r['hooked_total']:.1f} | "
+              f"matrix **{r['hooked_total'] / r['matrix']:.0f}x** faster |")
         if "engine_per_path" in r:
             total = r["engine_per_path"] * r["paths"]
             print(f"| {m} | tree engine (`patch_effects`, one tree per path): {1e3 * r['engine_per_path']:.2f} ms/path "

@@ -78,7 +78,8 @@ def test_matrix_equals_one_patch_at_a_time():
                     assert torch.isnan(matrix.effects[i, j, k])
                     continue
                 logits = patched_logits(model, ref, cor, [PatchPath(s, ((r, c),))])
-                assert float(matrix.effects[i, j, k]) == pytest.approx(float(metric(logits[:, metric.positions])) - base, abs=1e-5)
+                expected = float(metric(logits[:, metric.positions])) - base
+                assert float(matrix.effects[i, j, k]) == pytest.approx(expected, abs=1e-5)
         direct = patched_logits(model, ref, cor, [PatchPath(s)])
         assert float(matrix.to_logits[i]) == pytest.approx(float(metric(direct[:, metric.positions])) - base, abs=1e-5)
 
@@ -87,7 +88,7 @@ def test_patch_effects_logit_diff_and_positions():
     model = micro()
     ref, cor = batches(4)
     metric = make_metric("logit_diff", ref, cor, second_repeat_positions(5))
-    full = patch_effects(model, ref, cor, [[], every_path_to_logits(model)], lambda l: metric(l[:, metric.positions]))
+    full = patch_effects(model, ref, cor, [[], every_path_to_logits(model)], lambda lg: metric(lg[:, metric.positions]))
     part = patch_effects(model, ref, cor, [[], every_path_to_logits(model)], metric, positions=metric.positions)
     torch.testing.assert_close(full, part)
     assert float(full[1]) == pytest.approx(float(metric(model(cor)[:, metric.positions])), abs=1e-5)

@@ -209,7 +209,8 @@ def test_cli_patch_with_mlps(tmp_path, capsys):
                                              + [f"0.{s} -> mlp.{m}" for s in range(2) for m in range(2)]
                                              + [f"mlp.0 -> 1.{r}:v" for r in range(2)] + ["mlp.0 -> mlp.1"]
                                              + [f"1.{s} -> mlp.1" for s in range(2)])
-    assert sorted(result["to_logits"]) == sorted([f"{h} -> logits" for h in heads] + ["mlp.0 -> logits", "mlp.1 -> logits"])
+    assert sorted(result["to_logits"]) == sorted([f"{h} -> logits" for h in heads]
+                                                 + ["mlp.0 -> logits", "mlp.1 -> logits"])
     assert main(args + ["--mlps"]) == 0
     out = capsys.readouterr().out
     assert "sender -> receiver:q -> logits" in out and "sender -> mlp -> logits" in out

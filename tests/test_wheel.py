@@ -73,4 +73,5 @@ def test_scrub_study_without_the_study_package_is_a_clear_error(monkeypatch, cap
     monkeypatch.setattr(study, "STUDY", "experiments.no_such_study")
     assert main(["study", "--quick"]) == 2
     err = capsys.readouterr().err
-    assert "experiments.no_such_study module, which is not importable here" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "experiments.no_such_study module, which is not importable here" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
