@@ -14,7 +14,7 @@ from scrub.claims.hypothesis import add_path, full_graph
 from scrub.claims.masks import QKMask, within
 from scrub.claims.sites import Head, Mlp
 from scrub.engine import evaluator, sampling
-from scrub.engine.treeify import Assignments, SamplingOptions
+from scrub.engine.treeify import Assignments, SamplingOptions, TreeNode
 from scrub.testing import invariants as inv
 from scrub.testing import purity
 from scrub.testing.models import MlpKind, ModelSpec, random_tokens, tiny_model
@@ -52,43 +52,58 @@ def sampler_ignores_features(monkeypatch):
     monkeypatch.setattr(sampling.Sampler, "groups", lambda self, feature: groups(self, None))
 
 
+def _map_tree(root: TreeNode, change) -> TreeNode:
+    """The tree with every input replaced by ``change(input)`` (children mapped first, sharing kept)."""
+    done: dict[int, TreeNode] = {}
+
+    def visit(node: TreeNode) -> TreeNode:
+        if id(node) not in done:
+            inputs = tuple(change(replace(i, child=visit(i.child))) for i in node.inputs)
+            done[id(node)] = replace(node, inputs=inputs, pieces=tuple(visit(p) for p in node.pieces))
+        return done[id(node)]
+
+    return visit(root)
+
+
+def _broken_evaluator(monkeypatch, trees=lambda root: root, data=lambda a: a):
+    """``evaluate_many`` on changed trees and assignments: the engine's own code, fed what a bug would feed it."""
+    evaluate_many = evaluator.evaluate_many
+
+    def broken(model, roots, datas, clean, *args, **kwargs):
+        datas = [Assignments({p: data(a) for p, a in d.by_path.items()}, d.options) for d in datas]
+        return evaluate_many(model, [trees(r) for r in roots], datas, clean, *args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "evaluate_many", broken)
+
+
 @pytest.fixture
 def reads_clean_for_resampled(monkeypatch):
     """The evaluator reads every unclaimed input on the node's own datum (the clean run) instead of its draw."""
-    plan = evaluator._plan
+    def own(a):
+        return replace(a, other=a.datum, unclaimed=None if a.unclaimed is None else dict.fromkeys(a.unclaimed, a.datum))
 
-    def broken(ctx, job, channel, drop=()):
-        a = job.a
-        own = None if a.unclaimed is None else {key: a.datum for key in a.unclaimed}
-        data = Assignments({**job.data.by_path, job.node.path: replace(a, other=a.datum, unclaimed=own)},
-                           job.data.options)
-        return plan(ctx, evaluator._Job(job.node, data, job.tree), channel, drop)
-
-    monkeypatch.setattr(evaluator, "_plan", broken)
+    _broken_evaluator(monkeypatch, data=own)
 
 
 @pytest.fixture
 def ignores_claims(monkeypatch):
-    """The evaluator treats every claimed input as unclaimed."""
-    plan = evaluator._plan
-    monkeypatch.setattr(evaluator, "_plan", lambda ctx, job, channel, drop=(): plan(ctx, job, channel, job.node.inputs))
+    """The evaluator treats every claimed input of the logits as unclaimed."""
+    _broken_evaluator(monkeypatch, trees=lambda root: replace(root, inputs=()))
 
 
 @pytest.fixture
 def qk_sides_swapped(monkeypatch):
     """The main and resampled sides of every query-key split are exchanged."""
-    alternatives = evaluator._alternatives
+    def swap(inp):
+        m = inp.qk_mask
+        return inp if m is None else replace(inp, qk_mask=QKMask(f"not {m.name}", lambda q, k, m=m: ~m.fn(q, k)))
 
-    def swapped(ctx, job, plans):
-        out = alternatives(ctx, job, plans)
-        return {c: (alt, QKMask(f"not {m.name}", lambda q, k, m=m: ~m.fn(q, k))) for c, (alt, m) in out.items()}
-
-    monkeypatch.setattr(evaluator, "_alternatives", swapped)
+    _broken_evaluator(monkeypatch, trees=lambda root: _map_tree(root, swap))
 
 
 @pytest.fixture
 def qk_masks_ignored(monkeypatch):
-    monkeypatch.setattr(evaluator, "_alternatives", lambda ctx, job, plans: {})
+    _broken_evaluator(monkeypatch, trees=lambda root: _map_tree(root, lambda inp: replace(inp, qk_mask=None)))
 
 
 @pytest.fixture
