@@ -16,7 +16,7 @@ from scrub.model.loading import SHIPPED_DIR
 
 HYPOTHESES = Path(__file__).resolve().parents[1] / "hypotheses"
 SHIPPED = sorted(p for p in HYPOTHESES.glob("*.py") if not p.name.startswith("_") and p.stem != "ioi_shape")
-FAST = ("induction_repeat_feature", "induction_restricted", "remix_k_prev_only")  # a feature, positions, masks
+FAST = ("induction_restricted", "remix_k_prev_only")  # positions masks, query-key masks (the feature file is slow)
 needs_model = pytest.mark.skipif(not SHIPPED_DIR.exists(), reason="the shipped model is not built")
 
 HEAD = """\
