@@ -15,7 +15,7 @@ the chunk mean +- t(0.975, chunks - 1) x standard error over chunks (chunks are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from scrub.claims.sites import Head, Mlp, parse_component
 from scrub.claims.structure import Structure
 from scrub.data.batches import induction_candidates
 from scrub.patching.paths import make_metric, patch_matrix, second_repeat_positions
+
+if TYPE_CHECKING:
+    from scrub.patching.paths import PatchPath
 
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086)  # t quantiles for 1..20 degrees of freedom (1.96 beyond)
@@ -119,7 +122,7 @@ def _interval(chunks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.no_grad()
 def composition(model: HookedTransformer, senders: tuple[str, ...], reference: Tensor, corrupted: Tensor,
-                metric_of: Callable[[Tensor, Tensor], object], *, data: str, chunk: int,
+                metric_of: Callable[[Tensor, Tensor], Any], *, data: str, chunk: int,
                 step: Callable[[], None] | None = None) -> Composition:
     """The matrix on each chunk of ``chunk`` rows of ``reference``/``corrupted`` [n, seq]; ``metric_of(ref,
     cor)`` builds the chunk's metric."""
@@ -171,7 +174,7 @@ class KPaths:
                           for r, p, route, v, lo, hi in self.paths]}
 
 
-def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str, object]]:
+def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str, PatchPath]]:
     """(receiver, previous-token head, route name, PatchPath) for the direct route and every route through
     one component between the two: a head (via its V) or an MLP. ``previous_of``: (receiver, head) pairs."""
     from scrub.claims.sites import Channel
@@ -194,7 +197,7 @@ def k_routes(model: HookedTransformer, previous_of) -> list[tuple[str, str, str,
 
 @torch.no_grad()
 def k_paths(model: HookedTransformer, previous_of, reference: Tensor, corrupted: Tensor,
-            metric_of: Callable[[Tensor, Tensor], object], *, data: str, chunk: int,
+            metric_of: Callable[[Tensor, Tensor], Any], *, data: str, chunk: int,
             step: Callable[[], None] | None = None) -> KPaths:
     """Every route of ``k_routes`` patched alone, on chunks of ``chunk`` rows."""
     from scrub.patching.paths import pair_run, patch_effects

@@ -69,6 +69,14 @@ def _increase(res: dict, head: str) -> tuple[float, float, float]:
     return inc, inc - 1.96 * err, inc + 1.96 * err
 
 
+def _full(res: dict, data: str, base: str = "induction_baseline", positions: str = "candidates") -> dict:
+    """The full graph's row, which every run has."""
+    row = _row(res, data, "full", base, positions)
+    if row is None:
+        raise KeyError(f"no full-graph row for {data}, {base}, {positions} in {res.get('command')}")
+    return row
+
+
 def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
     cols = [name for name, _ in results]
     L = ["| | " + " | ".join(f"[`{n}`]({n}/induction_study.md)" for n in cols) + " |", "|---|" + "---|" * len(cols)]
@@ -107,10 +115,10 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
          "claims; indirect routes whose interval excludes 0)", kpath)
     line("roles by fallback", lambda r: "; ".join(r["roles"]["fallbacks"]) or "none")
     line("clean loss, natural text (candidates / all)", lambda r: " / ".join(
-        f"{_row(r, 'natural', 'full', 'empty', p)['loss_clean']:.3f}" for p in ("candidates", "all")))
-    line("clean loss, RRT (candidates)", lambda r: f"{_row(r, 'rrt', 'full', 'empty')['loss_clean']:.3f}")
+        f"{_full(r, 'natural', 'empty', p)['loss_clean']:.3f}" for p in ("candidates", "all")))
+    line("clean loss, RRT (candidates)", lambda r: f"{_full(r, 'rrt', 'empty')['loss_clean']:.3f}")
     line("induction heads' inputs resampled: loss increase at candidates, natural / RRT (nats)", lambda r: " / ".join(
-        f"{_row(r, d, 'full')['loss_baseline'] - _row(r, d, 'full')['loss_clean']:.3f}" for d in ("natural", "rrt")))
+        f"{_full(r, d)['loss_baseline'] - _full(r, d)['loss_clean']:.3f}" for d in ("natural", "rrt")))
     for name in ("induction_minimal", "induction_refined"):
         for data in ("natural", "rrt"):
             line(f"{_label(results[0][1], name)} vs induction baseline, {data} (candidates)",

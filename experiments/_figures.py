@@ -129,10 +129,10 @@ def grouped_intervals(groups: list[str], series: list[str], values: list[list[tu
     ax.invert_yaxis()
     if clip is not None:
         flat = [x for row in values for triple in row for x in triple if x == x]
-        lo, hi = min(flat + [0.0]), max(flat + [1.0])
-        if lo < clip[0] or hi > clip[1]:
+        low, high = min(flat + [0.0]), max(flat + [1.0])
+        if low < clip[0] or high > clip[1]:
             xlabel += f" (axis cut at [{clip[0]}, {clip[1]}])"
-        ax.set_xlim(max(clip[0], lo - 0.05), min(clip[1], hi + 0.05))
+        ax.set_xlim(max(clip[0], low - 0.05), min(clip[1], high + 0.05))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="best", fontsize=7)

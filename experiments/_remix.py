@@ -144,6 +144,7 @@ def build_rungs(model: HookedTransformer, roles, load: Callable[[str], tuple[Cla
             if rung.file:
                 claim, doc = load(rung.name)
             else:
+                assert rung.build is not None, rung.name  # a rung is a file or a builder
                 spec = rung.build()
                 claim = validate(remix_graph(model, roles, spec), model)
                 args = ", ".join(f"{f.name}={getattr(spec, f.name)}" for f in fields(spec) if getattr(spec, f.name))

@@ -96,7 +96,7 @@ def _claim_graphs(res: StudyResults, out: Path, model) -> list[Path]:
         drawn = [h for h in drawn if h.name in QUICK_GRAPHS]
     figs = []
     for h in drawn:
-        def depth(n, g=h.graph) -> int:
+        def depth(n, g=h.graph) -> float:
             return parse_component(g.nodes[n].get("component", n), model.cfg).depth
 
         figs.append(claim_graph(h.graph, out / f"graph_{h.name}.png", depth=depth, focus=tuple(roles.induction),

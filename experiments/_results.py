@@ -9,8 +9,16 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
+
+if TYPE_CHECKING:  # (the study imports this module: types only)
+    from experiments._composition import Composition, KPaths
+    from experiments._context import Sensitivity
+    from experiments._evaluate import EffectSplit, Recovery
+    from experiments.induction_study import RrtScores, StudyConfig
+    from hypotheses._heads import HeadRoles
 
 REDWOOD_SOURCE = ("Chan, Garriga-Alonso, Goldowsky-Dill, Greenblatt, Lin, Nitishinskaya, Radhakrishnan, Shlegeris, "
                   "Thomas (Redwood Research), \"Causal scrubbing: results on induction heads\", AI Alignment Forum / "
@@ -47,24 +55,25 @@ class HypothesisInfo:
 
 @dataclass(frozen=True)
 class StudyResults:
-    config: object  # StudyConfig
+    config: StudyConfig
     command: str
-    roles: object  # hypotheses._heads.HeadRoles
-    scores_rrt: object  # anything with previous_token [n_layers, n_heads] on repeated random tokens
+    roles: HeadRoles
+    scores_rrt: RrtScores  # previous_token [n_layers, n_heads] on repeated random tokens
     hypotheses: tuple[HypothesisInfo, ...]
-    rows: tuple  # Recovery, one per (data, hypothesis, baseline, positions)
-    per_head: tuple  # Recovery of each behavioral head's mechanism (natural text)
-    sensitivity: object  # experiments._context.Sensitivity
+    rows: tuple[Recovery, ...]  # one per (data, hypothesis, baseline, positions)
+    per_head: tuple[Recovery, ...]  # each behavioral head's mechanism (natural text)
+    sensitivity: Sensitivity
     elapsed: float
     figures: tuple[str, ...]
-    model: dict = None  # experiments.induction_study.model_info
-    splits: tuple = ()  # experiments._evaluate.EffectSplit of each behavioral head (natural text)
-    composition: tuple = ()  # experiments._composition.Composition, natural text and RRT
-    timings: dict = None  # seconds per stage of the run
-    k_paths: tuple = ()  # experiments._composition.KPaths, natural text and RRT
+    model: dict | None = None  # experiments.induction_study.model_info
+    splits: tuple[EffectSplit, ...] = ()  # each behavioral head (natural text)
+    composition: tuple[Composition, ...] = ()  # natural text and RRT
+    timings: dict[str, float] | None = None  # seconds per stage of the run
+    k_paths: tuple[KPaths, ...] = ()  # natural text and RRT
     remix: dict | None = None  # experiments._remix.run_remix: Redwood's REMIX ladder (JSON-ready)
 
-    def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline", positions: str = "candidates"):
+    def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline",
+            positions: str = "candidates") -> Recovery:
         key = (data, hypothesis, baseline, positions)
         return next(r for r in self.rows if (r.data, r.hypothesis, r.baseline, r.positions) == key)
 

@@ -38,6 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 if not __package__:  # run as a script (python experiments/induction_study.py): make scrub, hypotheses and
     ROOT = str(Path(__file__).resolve().parents[1])  # experiments importable from the checkout
@@ -222,7 +223,7 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
 
     timings: dict[str, float] = {}
-    clock = [time.time(), "scores"]
+    clock: list[Any] = [time.time(), "scores"]  # [start, stage]
 
     threads = {torch.get_num_threads()}
 
@@ -299,11 +300,12 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     kpaths = tuple(k_paths(model, candidates, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
                    for data, (ref, cor, metric) in pairs.items())
     stage("figures")
+    about = model_info(model, cfg.model)
+    about["torch_threads"] = "-".join(str(t) for t in sorted(threads))
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
-                           sensitivity=sensitivity, elapsed=0.0, figures=(), model=model_info(model, cfg.model),
+                           sensitivity=sensitivity, elapsed=0.0, figures=(), model=about,
                            splits=splits, composition=comps, k_paths=kpaths, remix=remix)
-    results.model["torch_threads"] = "-".join(str(t) for t in sorted(threads))
     if out is None:
         out = default_out(cfg.quick) / (cfg.out or model_folder(cfg.model))
     figures = write_figures(results, out, model)
