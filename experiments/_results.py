@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 if TYPE_CHECKING:  # (the study imports this module: types only)
+    from experiments._claims import RrtScores
     from experiments._composition import Composition, KPaths
     from experiments._context import Sensitivity
     from experiments._evaluate import EffectSplit, Recovery
-    from experiments.induction_study import RrtScores, StudyConfig
+    from experiments.induction_study import StudyConfig
     from hypotheses._heads import HeadRoles
 
 REDWOOD_SOURCE = ("Chan, Garriga-Alonso, Goldowsky-Dill, Greenblatt, Lin, Nitishinskaya, Radhakrishnan, Shlegeris, "

@@ -1,6 +1,7 @@
 """The induction study (issues 4 and 12): how far the mechanistic definition of induction heads falls short
 of the behavioral one, on every shipped model (or the ones named). Owns the study's configuration and
-orchestration; scoring lives in ``scrub.heads.scores``, hypotheses in ``hypotheses/``, batched scrubbing in
+orchestration; scoring lives in ``scrub.heads.scores``, hypotheses in ``hypotheses/`` (the study's ladder of
+them, and the claims it builds itself, in ``experiments/_claims.py``), batched scrubbing in
 ``experiments/_evaluate.py``, Redwood's REMIX day-3 ladder rung by rung in ``experiments/_remix.py``, the
 context-sensitivity hooks in ``experiments/_context.py``, path patching
 from the induction heads in ``experiments/_composition.py``, the per-model report in
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import inspect
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
+from experiments._claims import load_claim, rrt_previous_token, study_claims  # noqa: E402
 from experiments._composition import composition, k_paths, natural_metric, rrt_metric  # noqa: E402
 from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
@@ -56,35 +56,12 @@ from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E4
 from experiments._remix import run_remix  # noqa: E402
 from experiments._report import write_report  # noqa: E402
 from experiments._report_figures import write_figures  # noqa: E402
-from experiments._results import HypothesisInfo, StudyResults, claimed_inputs  # noqa: E402
-from hypotheses._build import Mechanism, claim_k_via_mlp0, induction_baseline, mechanism_graph  # noqa: E402
-from hypotheses._heads import N_SEQUENCES, SEED, head_roles  # noqa: E402
-from scrub.claims.hypothesis import Claim, validate  # noqa: E402
+from experiments._results import StudyResults  # noqa: E402
+from hypotheses._heads import head_roles  # noqa: E402
 from scrub.cli.output import OutputFolder  # noqa: E402
 from scrub.data.batches import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
-from scrub.heads.scores import attention_patterns, previous_token_score  # noqa: E402
 from scrub.model.loading import SHIPPED_NAME, shipped_models  # noqa: E402
 
-HYPOTHESES = (  # (file stem in hypotheses/, label), in ladder order
-    ("full", "full graph"),
-    ("induction_v_only", "V only"),
-    ("induction_q_only", "Q only"),
-    ("induction_k_only", "K only"),
-    ("induction_minimal", "minimal mechanism (Q+K+V)"),
-    ("induction_prev_heads", "+ prev-token-like heads into K (ours)"),  # refinements: this project's, not Redwood's
-    ("induction_positions", "+ positions into Q/K (ours)"),
-    ("induction_long_prefix", "+ longer-prefix heads into K (ours)"),
-    ("induction_layer0_qv", "+ other earlier heads/MLPs into Q/V (ours)"),
-    ("induction_direct_k", "+ embedding into K (ours)"),
-    ("induction_restricted", "+ all K/V at no-match keys (ours)"),
-    ("induction_refined", "all refinements (ours)"),
-    ("induction_behavioral", "behavioral heads only"),
-    ("induction_baseline", "Redwood induction baseline"),
-    ("empty", "empty"),
-)
-OTHER_EMBEDDING = "induction_minimal_other_embedding"  # models with MLPs: the minimal mechanism with the other
-# choice of "token embedding" (mlp.0 in or out), built here: it tests the choice hypotheses/_heads.py made
-K_VIA_MLP0 = "induction_minimal_k_via_mlp0"  # models with MLPs: + previous-token heads through mlp.0 into K
 BASELINES = ("induction_baseline", "empty")
 MODES = ("candidates", "all")
 
@@ -133,60 +110,6 @@ def model_folder(name: str) -> str:
     return path.name if path.name not in ("", ".", "..") else "model"
 
 
-def load_claim(stem: str, model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
-    """Import ``hypotheses.<stem>`` and build its graph with the study's roles (one score computation)."""
-    module = importlib.import_module(f"hypotheses.{stem}")
-    takes_roles = "roles" in inspect.signature(module.hypothesis).parameters
-    graph = module.hypothesis(model, roles) if takes_roles else module.hypothesis(model)
-    claim = validate(graph, model, origin=str(module.__file__))
-    doc = (module.__doc__ or "").strip()
-    return claim, HypothesisInfo(stem, "", doc, claim.n_paths(), f"hypotheses/{stem}.py", graph,
-                                 claimed_inputs(graph, roles, model))
-
-
-def other_embedding_claim(model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
-    """The minimal mechanism with the other "token embedding": with mlp.0 if the roles left it out, without
-    it if they put it in."""
-    other = ("embed",) if "mlp.0" in roles.embedding else ("embed", "mlp.0")
-    flipped = replace(roles, embedding=other)
-    graph = mechanism_graph(model, flipped)
-    claim = validate(graph, model)
-    what = ("embedding and mlp.0 (reading the embedding only)" if "mlp.0" in other
-            else "embedding alone, mlp.0 not claimed")
-    label = "minimal, token embedding " + ("+ mlp.0" if "mlp.0" in other else "without mlp.0") + " (ours)"
-    doc = (f"The minimal mechanism with the other choice of token embedding than the roles made: wherever it "
-           f"claims the token embedding, this one claims the {what}. Built by the study "
-           f"(experiments/induction_study.py), not a hypothesis file.")
-    return claim, HypothesisInfo(OTHER_EMBEDDING, label, doc, claim.n_paths(), "", graph,
-                                 claimed_inputs(graph, roles, model))
-
-
-@dataclass(frozen=True)
-class RrtScores:
-    previous_token: torch.Tensor  # [n_layers, n_heads]
-
-
-def rrt_previous_token(model: HookedTransformer) -> RrtScores:
-    """Previous-token scores on the repeated random tokens of ``scrub.heads.scores.head_scores(data="rrt")`` (same
-    batch and seed), without recomputing the scores that do not depend on that batch."""
-    length = min(25, (model.cfg.n_ctx - 1) // 4)
-    rrt = repeated_random_tokens(N_SEQUENCES, length, 4, seed=SEED, vocab_size=model.cfg.d_vocab,
-                                 exclude_common=model.cfg.d_vocab // 20)  # [n, 1 + 4L]
-    return RrtScores(previous_token_score(attention_patterns(model, rrt)))
-
-
-def k_via_mlp0_claim(model: HookedTransformer, roles) -> tuple[Claim, HypothesisInfo]:
-    """The minimal mechanism plus the route layer-0 previous-token-like heads -> mlp.0 -> induction head K."""
-    graph = claim_k_via_mlp0(mechanism_graph(model, roles), model, roles)
-    claim = validate(graph, model)
-    doc = ("The minimal mechanism, and K also reads a copy of mlp.0 that reads the token embedding and the layer-0 "
-           "previous-token-like heads (each as the mechanism's copy: V the token embedding, Q/K positions): the "
-           "previous token can reach K through the first MLP. Built by the study "
-           "(hypotheses._build.claim_k_via_mlp0), not a hypothesis file.")
-    return claim, HypothesisInfo(K_VIA_MLP0, "+ prev-token heads through mlp.0 into K (ours)", doc, claim.n_paths(), "",
-                                 graph, claimed_inputs(graph, roles, model))
-
-
 def position_masks():
     return (("candidates", induction_candidates), ("all", all_positions),
             ("other", lambda tokens: ~induction_candidates(tokens)))
@@ -207,75 +130,81 @@ def model_info(model: HookedTransformer, name: str) -> dict:
             "rrt_frac": training_rrt_share(name)}
 
 
+class _Progress:
+    """The run's progress bar and its seconds per stage: ``begin(name)`` when a stage starts (its time since the
+    last call goes to the stage before), ``stage(name)`` when a counted step ends and ``name`` runs next,
+    ``tick()`` for a step inside a stage. Between stages torch's threads follow the machine's load."""
+
+    def __init__(self, total: int, desc: str, progress: bool):
+        self.bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress)
+        self.timings: dict[str, float] = {}
+        self.clock: list[Any] = [time.time(), "scores"]  # [start, stage]
+        self.threads = {torch.get_num_threads()}
+        self.bar.set_postfix_str("scores")
+
+    def begin(self, name: str) -> None:
+        now = time.time()
+        self.timings[self.clock[1]] = self.timings.get(self.clock[1], 0.0) + now - self.clock[0]
+        self.clock[:] = [now, name]
+        self.bar.set_postfix_str(name)
+        if not os.environ.get("OMP_NUM_THREADS"):  # the machine's load changes during a run: look again
+            _OWN_LOAD[0] = float(torch.get_num_threads())  # (this run's share of the load average)
+            torch.set_num_threads(study_threads())
+            self.threads.add(torch.get_num_threads())
+
+    def stage(self, name: str) -> None:
+        self.begin(name)
+        self.bar.update(1)
+
+    def tick(self) -> None:
+        self.bar.update(1)
+
+
+def patch_pairs(model: HookedTransformer, cfg: StudyConfig) -> dict[str, tuple]:
+    """(reference, corrupted, metric) of the path-patching runs, natural text and RRT."""
+    exclude = model.cfg.d_vocab // 20
+    return {"natural": (natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed),
+                        natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed + 1), natural_metric),
+            "rrt": tuple(repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed + k,
+                                                vocab_size=model.cfg.d_vocab, exclude_common=exclude)
+                         for k in (0, 1)) + (rrt_metric(cfg.rrt_length),)}
+
+
 def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True,
               out: Path | None = None) -> StudyResults:
     """One model: every hypothesis on natural text and RRT, per-head claims and effects, context sensitivity,
     composition with the induction heads; writes the model's report, results.json and figures to ``out``
     (default ``default_out(cfg.quick) / cfg.out``; the results record ``cfg.out``, relative to the output
-    folder: ``out`` is where a transactional run stages them)."""
+    folder: ``out`` is where a transactional run stages them). The stages run in the order the report reads,
+    one after the other (a longer function than most: it is the study's table of contents)."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     n_ctx = model.cfg.n_ctx  # smaller models (tests) get shorter sequences
     cfg = replace(cfg, seq_len=min(cfg.seq_len, n_ctx), rrt_length=min(cfg.rrt_length, (n_ctx - 1) // 2))
-    batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
+    n_batches = -(-cfg.n_natural // cfg.batch_size) + -(-cfg.n_rrt // cfg.batch_size)
     chunks = -(-cfg.n_patch // cfg.patch_chunk)
-    total = 6 + 2 * (batches(cfg.n_natural) + batches(cfg.n_rrt)) + model.cfg.n_layers * model.cfg.n_heads + 4 * chunks
-    bar = tqdm(total=total, desc=f"study {model_folder(cfg.model)}", file=sys.stderr, disable=not progress)
-
-    timings: dict[str, float] = {}
-    clock: list[Any] = [time.time(), "scores"]  # [start, stage]
-
-    threads = {torch.get_num_threads()}
-
-    def begin(name: str) -> None:  # ``name`` runs next: the time since the last call goes to the stage before
-        now = time.time()
-        timings[clock[1]] = timings.get(clock[1], 0.0) + now - clock[0]
-        clock[:] = [now, name]
-        bar.set_postfix_str(name)
-        if not os.environ.get("OMP_NUM_THREADS"):  # the machine's load changes during a run: look again
-            _OWN_LOAD[0] = float(torch.get_num_threads())  # (this run's share of the load average)
-            torch.set_num_threads(study_threads())
-            threads.add(torch.get_num_threads())
-
-    def stage(name: str) -> None:  # one finished step; ``name`` is what runs next
-        begin(name)
-        bar.update(1)
-
-    tick = lambda: bar.update(1)  # noqa: E731
-    bar.set_postfix_str("scores")
+    total = 6 + 2 * n_batches + model.cfg.n_layers * model.cfg.n_heads + 4 * chunks
+    run = _Progress(total, f"study {model_folder(cfg.model)}", progress)
     roles = head_roles(model)  # the fixed seed of hypotheses/_heads.py: the same heads the files pick on their own
     scores_rrt = rrt_previous_token(model)
-    stage("hypotheses")
-    infos, claims = [], []
-    for stem, label in HYPOTHESES:
-        claim, info = load_claim(stem, model, roles)
-        claims.append(replace(claim, name=stem))
-        infos.append(replace(info, label=label))
-        if stem == "induction_minimal" and roles.mlp0_token_share is not None:
-            for claim, info in (other_embedding_claim(model, roles), k_via_mlp0_claim(model, roles)):
-                claims.append(replace(claim, name=info.name))
-                infos.append(info)
+    run.stage("hypotheses")
+    claims, infos, head_claims = study_claims(model, roles)
     per_head = roles.behavioral_receivers()
-    head_claims = []
-    for head in per_head:
-        for name, graph in ((f"mechanism {head}", mechanism_graph(model, roles, Mechanism(), (head,))),
-                            (f"baseline {head}", induction_baseline(model, roles, (head,)))):
-            head_claims.append(replace(validate(graph, model), name=name))
-    stage("natural text")
+    run.stage("natural text")
     natural = natural_batch(cfg.n_natural, cfg.seq_len, seed=cfg.seed)  # [n, seq]
     rrt = repeated_random_tokens(cfg.n_rrt, cfg.rrt_length, 2, seed=cfg.seed, vocab_size=model.cfg.d_vocab,
                                  exclude_common=model.cfg.d_vocab // 20)  # [n, 1 + 2L]
     nat = scrub_many(model, tuple(claims) + tuple(head_claims), natural, position_masks(), seed=cfg.seed,
-                     batch_size=cfg.batch_size, step=tick)
-    begin("repeated random tokens")
+                     batch_size=cfg.batch_size, step=run.tick)
+    run.begin("repeated random tokens")
     rep = scrub_many(model, tuple(claims), rrt, position_masks()[:2], seed=cfg.seed, batch_size=cfg.batch_size,
-                     step=tick)
-    begin("REMIX ladder")
+                     step=run.tick)
+    run.begin("REMIX ladder")
     baseline = next(c for c in claims if c.name == "induction_baseline")
     remix = run_remix(model, roles, baseline, {"natural": natural, "rrt": rrt},
                       lambda stem: (lambda ci: (ci[0], ci[1].description))(load_claim(stem, model, roles)),
-                      seed=cfg.seed, batch_size=cfg.batch_size, n_bootstrap=cfg.n_bootstrap, step=tick)
-    begin("loss recovered")
+                      seed=cfg.seed, batch_size=cfg.batch_size, n_bootstrap=cfg.n_bootstrap, step=run.tick)
+    run.begin("loss recovered")
     names = [c.name for c in claims]
     rows = recoveries(nat, names, "natural", cfg) + recoveries(rep, names, "rrt", cfg)
     heads = [replace(nat.recovery(f"mechanism {h}", f"baseline {h}", mode, n_bootstrap=cfg.n_bootstrap,
@@ -283,25 +212,21 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
              for h in per_head for mode in (*MODES, "other")]
     splits = tuple(replace(effect_split(nat, f"baseline {h}", n_bootstrap=cfg.n_bootstrap, seed=cfg.seed), name=h)
                    for h in per_head)
-    stage("context sensitivity")
-    sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed, step=tick)
-    begin("composition")
-    exclude = model.cfg.d_vocab // 20
-    pairs = {"natural": (natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed),
-                         natural_batch(cfg.n_patch, cfg.seq_len, seed=cfg.seed + 1), natural_metric),
-             "rrt": tuple(repeated_random_tokens(cfg.n_patch, cfg.rrt_length, 2, seed=cfg.seed + k,
-                                                 vocab_size=model.cfg.d_vocab, exclude_common=exclude)
-                          for k in (0, 1)) + (rrt_metric(cfg.rrt_length),)}  # (reference, corrupted, metric)
-    comps = tuple(composition(model, per_head, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
+    run.stage("context sensitivity")
+    sensitivity = context_sensitivity(model, natural[: cfg.n_context], window=cfg.window, seed=cfg.seed,
+                                      step=run.tick)
+    run.begin("composition")
+    pairs = patch_pairs(model, cfg)
+    comps = tuple(composition(model, per_head, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=run.tick)
                   for data, (ref, cor, metric) in pairs.items())
-    begin("K path")
+    run.begin("K path")
     candidates = [(r, p) for r in roles.induction  # the claimed previous-token head first, then the other
                   for p in dict.fromkeys([roles.previous_for(r), *roles.early(roles.previous_like, r)])]  # prev-like
-    kpaths = tuple(k_paths(model, candidates, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=tick)
+    kpaths = tuple(k_paths(model, candidates, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=run.tick)
                    for data, (ref, cor, metric) in pairs.items())
-    stage("figures")
+    run.stage("figures")
     about = model_info(model, cfg.model)
-    about["torch_threads"] = "-".join(str(t) for t in sorted(threads))
+    about["torch_threads"] = "-".join(str(t) for t in sorted(run.threads))
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=about,
@@ -309,11 +234,11 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
     if out is None:
         out = default_out(cfg.quick) / (cfg.out or model_folder(cfg.model))
     figures = write_figures(results, out, model)
-    stage("report")
-    results = replace(results, figures=tuple(figures), elapsed=time.time() - start, timings=timings)
+    run.stage("report")
+    results = replace(results, figures=tuple(figures), elapsed=time.time() - start, timings=run.timings)
     write_report(results, out)
-    stage("done")
-    bar.close()
+    run.stage("done")
+    run.bar.close()
     return results
 
 
