@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from scrub.errors import ScrubError
+
 SPEC_ATTRIBUTE = "scrub_testing_spec"  # where a built model keeps its spec (an instance attribute)
+
+
+class ModelSpecError(ScrubError):
+    """A ``ModelSpec`` that describes no model TransformerLens can build."""
 
 
 class Positions(str, Enum):
@@ -66,9 +72,9 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.parallel and self.mlp == MlpKind.NONE:
-            raise ValueError("ModelSpec: parallel attention and MLP blocks need an MLP (mlp='plain' or 'gated')")
+            raise ModelSpecError("ModelSpec: parallel attention and MLP blocks need an MLP (mlp='plain' or 'gated')")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"ModelSpec: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+            raise ModelSpecError(f"ModelSpec: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
 
     def __repr__(self) -> str:
         default = ModelSpec()
