@@ -133,6 +133,14 @@ def _head_scores(model):
     return head_scores(model, data="rrt", n=2)
 
 
+def _patch_matrix(model):
+    from scrub.patching.paths import make_metric, patch_matrix
+
+    tokens = _tokens(2, 9)
+    metric = make_metric("loss", tokens, tokens.flip(0), torch.tensor([5, 6, 7]))
+    return patch_matrix(model, tokens, tokens.flip(0), metric, progress=False)
+
+
 def _save(dtype):
     def save(tmp_path):
         return save_checkpoint(tiny_model(), tmp_path / "ckpt", dtype=dtype)
@@ -151,6 +159,8 @@ API_CASES = [  # (id, call(tmp_path), exception type, regex)
     ("run: tokens on meta", lambda t: run(tiny_model(), _graph(), _tokens().to("meta"), progress=False), ScrubError,
      r"token ids are on the meta device"),
     ("head_scores: NaN weight in memory", lambda t: _head_scores(_nan_model()), NonFiniteError,
+     r"the model: weight blocks.0.attn.W_K \[3, 16, 4\] holds 1 non-finite"),
+    ("patch_matrix: NaN weight in memory", lambda t: _patch_matrix(_nan_model()), NonFiniteError,
      r"the model: weight blocks.0.attn.W_K \[3, 16, 4\] holds 1 non-finite"),
     ("save_checkpoint(dtype=int8)", _save(torch.int8), ScrubError, r"dtype int8 is not a floating-point dtype"),
     ("save_checkpoint(dtype='int64')", _save("int64"), ScrubError, r"dtype int64 is not a floating-point dtype"),

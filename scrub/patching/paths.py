@@ -43,6 +43,7 @@ from scrub.engine.compute import CleanRun, check_supported, clean_run
 from scrub.engine.evaluator import evaluate_many
 from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
 from scrub.errors import ScrubError
+from scrub.model.finite import check_weights
 from scrub.patching.matrix import matrix_values
 
 MetricKind = Literal["loss", "logit_diff"]  # what a ``Metric`` measures (see ``Metric``)
@@ -335,6 +336,7 @@ def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
     way). ``metric``: a ``Metric`` (anything with ``positions`` and ``__call__`` on [batch, n_pos, d_vocab]
     logits; a ``many`` method on [paths, batch, n_pos, d_vocab] is used when present). ``progress``: a tqdm
     bar on stderr (shown on a terminal only)."""
+    check_weights(model, "the model")  # else a table of nan
     senders = matrix_components(model, senders, include_mlps, "senders")
     receivers = matrix_components(model, receivers, include_mlps, "receivers")
     channels = head_channels(channels)
