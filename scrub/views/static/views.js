@@ -4,6 +4,7 @@
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
   var CHANNEL_COLOURS = {q: "#1f77b4", k: "#ff7f0e", v: "#2ca02c", in: "#7f7f7f"};
+  var CHANNEL_OFFSETS = {q: -6, k: 0, v: 6, in: 0};
 
   function el(tag, attrs, parent, text) {
     var node = document.createElement(tag);
@@ -94,7 +95,8 @@
     data.nodes.forEach(function (n) { (cols[n.col] = cols[n.col] || []).push(n); });
     var colKeys = Object.keys(cols).map(Number).sort(function (a, b) { return a - b; });
     var tallest = Math.max.apply(null, colKeys.map(function (c) { return cols[c].length; }));
-    var dx = 130, dy = 30, width = 60 + dx * (colKeys.length - 1) + 80, height = 30 + dy * tallest;
+    var dx = Math.max(70, Math.min(240, 1000 / Math.max(1, colKeys.length - 1)));  /* fill the width, scroll past 15 */
+    var dy = 30, width = 60 + dx * (colKeys.length - 1) + 80, height = 30 + dy * tallest;
     var pos = {};
     colKeys.forEach(function (c, i) {
       var column = cols[c], top = (height - dy * column.length) / 2 + dy / 2;
@@ -119,9 +121,9 @@
         if (!a || !b) return;
         used[e.source] = used[e.target] = true;
         var width = e.value === null ? (e.claimed ? 2.5 : 1) : 1 + 5 * Math.abs(e.value) / biggest;
-        var mid = (a.x + b.x) / 2;
-        var path = svg("path", {d: "M" + (a.x + 22) + "," + a.y + " C" + mid + "," + a.y + " " + mid + "," + b.y + " " +
-                                   (b.x - 22) + "," + b.y,
+        var mid = (a.x + b.x) / 2, by = b.y + (CHANNEL_OFFSETS[e.channel] || 0);  /* q, k, v enter apart */
+        var path = svg("path", {d: "M" + (a.x + 22) + "," + a.y + " C" + mid + "," + a.y + " " + mid + "," + by + " " +
+                                   (b.x - 22) + "," + by,
                                 stroke: CHANNEL_COLOURS[e.channel] || "#555", "stroke-width": width, fill: "none",
                                 "class": "scrub-edge " + (e.claimed ? "scrub-claimed" : "scrub-resampled")}, edgeLayer);
         if (e.value !== null && e.value < 0) path.setAttribute("stroke-dasharray", "5,3");
@@ -283,11 +285,14 @@
     data.heads.forEach(function (h, i) { el("option", {value: String(i)}, pick, h.name); });
     var note = el("div", {"class": "scrub-note"}, root);
     var box = el("div", {"class": "scrub-attention-box"}, root);
+    var top = 1;  /* the colour scale ends at the largest weight off the first (BOS) column of either panel */
     function panel(title, pattern) {
       var p = el("div", {"class": "scrub-attention-panel"}, box);
       el("div", {"class": "scrub-panel-title"}, p, title);
       if (!pattern) { el("div", {"class": "scrub-note"}, p, "not recomputed in the scrubbed run"); return; }
-      matrixCanvas(p, pattern, {size: 380, cls: "scrub-attention", colour: function (v) { return sequential(Math.sqrt(v)); }, describe: function (i, j) {
+      matrixCanvas(p, pattern, {size: 520, cls: "scrub-attention",
+                                colour: function (v) { return sequential(Math.sqrt(v / top)); },
+                                describe: function (i, j) {
         return "query " + i + " " + JSON.stringify(data.tokens[i]) + " \u2192 key " + j + " " +
           JSON.stringify(data.tokens[j]) + ": " + fmt(pattern[i][j], 3);
       }});
@@ -295,7 +300,13 @@
     function show(i) {
       var h = data.heads[i];
       while (box.firstChild) box.removeChild(box.firstChild);
-      note.textContent = "example #" + data.index + "; rows: queries, columns: keys. " + (h.note || "");
+      top = 0;
+      [h.clean, h.scrubbed].forEach(function (m) {
+        (m || []).forEach(function (row) { row.slice(1).forEach(function (v) { if (v !== null && v > top) top = v; }); });
+      });
+      top = top || 1;
+      note.textContent = "example #" + data.index + "; rows: queries, columns: keys; colour: square root of the weight, " +
+        "white 0 \u2013 blue " + fmt(top, 2) + " (larger weights, often on the first token, saturate). " + (h.note || "");
       panel("clean", h.clean);
       panel("scrubbed", h.scrubbed);
     }
@@ -316,15 +327,11 @@
     var step = (hi - lo) / nBins, counts = [];
     for (var b = 0; b < nBins; b++) counts.push(0);
     values.forEach(function (v) { counts[Math.max(0, Math.min(nBins - 1, Math.floor((v - lo) / step)))] += 1; });
-    var W = 620, H = 220, left = 40, bottom = 30, top = 10;
+    var W = 720, H = 240, left = 48, bottom = 30, top = 10;
     var most = Math.max.apply(null, counts);
     var canvas = svg("svg", {width: W, height: H, "class": "scrub-histogram", viewBox: "0 0 " + W + " " + H}, root);
     var x = function (v) { return left + (v - lo) / (hi - lo) * (W - left - 10); };
     var y = function (c) { return H - bottom - c / most * (H - bottom - top); };
-    if (data.ci_low !== null && data.ci_high !== null) {
-      svg("rect", {x: x(Math.max(lo, data.ci_low)), y: top, height: H - bottom - top, "class": "scrub-ci",
-                   width: Math.max(1, x(Math.min(hi, data.ci_high)) - x(Math.max(lo, data.ci_low)))}, canvas);
-    }
     counts.forEach(function (c, i) {
       var a = lo + i * step;
       var bar = svg("rect", {x: x(a) + 0.5, y: y(c), width: Math.max(1, x(a + step) - x(a) - 1), height: H - bottom - y(c),
@@ -334,9 +341,21 @@
       bar.addEventListener("mousemove", function (ev) { tip.show(ev, c + " examples with " + data.label + " " + edge); });
       bar.addEventListener("mouseleave", tip.hide);
     });
+    if (data.ci_low !== null && data.ci_high !== null) {  /* over the bars, translucent */
+      svg("rect", {x: x(Math.max(lo, data.ci_low)), y: top, height: H - bottom - top, "class": "scrub-ci",
+                   width: Math.max(1, x(Math.min(hi, data.ci_high)) - x(Math.max(lo, data.ci_low)))}, canvas);
+    }
     [0, 1].forEach(function (v) {
       if (v >= lo && v <= hi) svg("line", {x1: x(v), x2: x(v), y1: top, y2: H - bottom, "class": "scrub-ref"}, canvas);
     });
+    svg("line", {x1: left, x2: left, y1: top, y2: H - bottom, stroke: "#333"}, canvas);
+    ticks(0, most, 4).forEach(function (c) {
+      var label = svg("text", {x: left - 5, y: y(c) + 3, "text-anchor": "end", "class": "scrub-tick"}, canvas);
+      label.textContent = String(Math.round(c));
+    });
+    var axis = svg("text", {x: 10, y: top + (H - bottom - top) / 2, "class": "scrub-tick",
+                            transform: "rotate(-90 10," + (top + (H - bottom - top) / 2) + ")", "text-anchor": "middle"}, canvas);
+    axis.textContent = "examples";
     if (data.overall !== null) {
       svg("line", {x1: x(data.overall), x2: x(data.overall), y1: top, y2: H - bottom, "class": "scrub-overall"}, canvas);
     }
