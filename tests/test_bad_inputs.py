@@ -21,7 +21,8 @@ import torch
 from scrub.claims.features import Feature
 from scrub.claims.hypothesis import HypothesisError, full_graph
 from scrub.cli import main
-from scrub.experiment.runner import RunInputError, ScrubResult, UndefinedRecoveryError, run
+from scrub.experiment.inputs import RunInputError
+from scrub.experiment.runner import ScrubResult, UndefinedRecoveryError, run
 from tests.helpers import partial_graph, save_tiny_checkpoint, tiny_model
 from tests.helpers import random_tokens as data
 

@@ -11,7 +11,8 @@ from transformer_lens import HookedTransformer
 
 from scrub.claims.hypothesis import empty_graph, full_graph
 from scrub.cli import main
-from scrub.experiment.runner import RunInputError, UndefinedRecoveryError, batch_bounds, run
+from scrub.experiment.inputs import RunInputError, batch_bounds
+from scrub.experiment.runner import UndefinedRecoveryError, run
 from scrub.model.loading import ArchSpec, save_checkpoint
 from tests.helpers import partial_graph, tiny_model
 from tests.helpers import random_tokens as tokens

@@ -12,7 +12,8 @@ from scrub.claims.hypothesis import add_path, validate
 from scrub.engine.compute import clean_run
 from scrub.engine.evaluator import evaluate
 from scrub.engine.treeify import SamplingOptions, assign_data, treeify
-from scrub.experiment.runner import RunInputError, run
+from scrub.experiment.inputs import RunInputError
+from scrub.experiment.runner import run
 from tests.helpers import tiny_model
 
 

@@ -99,7 +99,7 @@ def check_number(value: int, name: str, low: int, why: str = "", high: int | Non
 
 
 def check_seed(seed: int) -> int:
-    from scrub.experiment.runner import MAX_SEED
+    from scrub.experiment.inputs import MAX_SEED
 
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and 2**63 - 1 (got {seed})")

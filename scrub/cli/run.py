@@ -75,7 +75,7 @@ def scrub_data(model, kind: str, n: int, seq_len: int, seed: int):
 
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Everything about ``scrub run``'s arguments that can be told before the model loads."""
-    from scrub.experiment.runner import check_batch_size
+    from scrub.experiment.inputs import check_batch_size
 
     check_number(args.n, "--n", 2, "resampling draws inputs from the other examples")
     check_number(args.seq_len, "--seq-len", 3, "position 0 is BOS in every example, so at least two tokens must follow")

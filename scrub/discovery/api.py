@@ -30,7 +30,8 @@ from scrub.discovery.search import Decision, How, Search, Verdict, greedy
 from scrub.discovery.setup import Counterfactuals, paired, resampled
 from scrub.engine.compute import check_supported, clean_run_batched
 from scrub.errors import ScrubError
-from scrub.experiment.runner import Positions, check_seed, run, score_mask
+from scrub.experiment.inputs import Positions, check_seed, score_mask
+from scrub.experiment.runner import run
 from scrub.metrics import MetricName, check_metric
 
 METHODS: tuple[Method, ...] = get_args(Method)

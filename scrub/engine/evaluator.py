@@ -1,13 +1,14 @@
 """The batched evaluator: logits of a treeified claim, given the data every node reads.
 
-This is where activations are resampled, in one step (``_plan``): a node's input on a channel is the sum,
-over every component that feeds it (``structure``), of that component's clean output on the datum the
-node's draws say (its unclaimed datum, or the datum a claimed child is clean on), plus the recomputed
-outputs of claimed children that differ from any clean run. Sources read on the same datum map are
-summed once (the clean residual minus the few that differ), so a node costs one component's
-computation, not a forward pass, whatever the number of paths. A node whose input is the clean input
-on one datum map is read from the clean run instead of recomputed; the rest are stacked per layer and
-computed in one batched call. ``reference.py`` does the same literally, for the tests.
+Where activations are resampled is one step, ``_reads``: for a node's input on a channel, every component
+that feeds it (``structure``) is read clean on the node's unclaimed datum, unless the claim names it; a
+claimed child replaces it (everywhere, or at its claimed positions). The rest is optimisation, kept apart:
+``_plan`` groups those reads by the datum they are read on (the clean residual minus the few sources that
+differ, so a node costs one component's computation whatever the number of paths), ``_recompute`` stacks
+the nodes of a layer into one batched call, nodes whose every input is the clean input on one datum map
+are read from the clean run, and ``_factored_logits`` unembeds the root's reads d_head-wide. The query-key
+split reads the same ``_reads`` with the masked claims dropped. ``testing/reference.py`` does the same
+literally, for the tests.
 """
 
 from __future__ import annotations
@@ -138,34 +139,44 @@ def evaluate_many(model: HookedTransformer, roots: list[TreeNode], datas: list[A
     for depth in sorted({j.node.component.depth for j in jobs if not isinstance(j.node.component, (Embed, Pos))}):
         todo: list[_Todo] = []
         for job in (j for j in jobs if j.node.component.depth == depth):
-            plans = [_plan(ctx, job, c) for c in ctx.structure.channels(job.node.component)]
-            alts = _alternatives(ctx, job, plans)
-            ons = [p.clean_on() for p in plans]
-            # clean on one datum map: read from the clean run. A per-position map [rows, seq] only qualifies for
-            # an MLP (position by position); a head mixes positions whose inputs come from different data.
-            on = ons[0]
-            if (on is not None and not alts and (on.dim() == 1 or isinstance(job.node.component, Mlp))
-                    and all(o is not None and torch.equal(o, on) for o in ons[1:])):
+            plans, alts = _inputs(ctx, job)
+            on = _clean_input(job, plans, alts)
+            if on is not None:
                 ctx.values[job.key] = _Value(clean_on=on)
             else:
                 todo.append(_Todo(job, plans, alts))
         recomputed += len(todo)
         _recompute(ctx, todo)
-    outputs = []
     factored = FactoredUnembed.of(model) if positions is not None else None
-    for i, (root, data) in enumerate(zip(roots, datas, strict=True)):
-        job = _Job(root, data, i)
-        plan = _plan(ctx, job, Channel.IN)
-        on = plan.clean_on()
-        if on is not None:
-            logits = _take(clean.logits, on, positions)  # [batch, seq or n_pos, d_vocab]
-        elif factored is not None and positions is not None and not data.options.independent:
-            logits = _factored_logits(ctx, job, factored, positions)  # [batch, n_pos, d_vocab]
-        else:
-            resid = _build(ctx, root.component, plan)  # [batch, seq, d_model]
-            logits = unembed(model, resid if positions is None else resid[:, positions])
-        outputs.append(logits if reduce is None else reduce(logits))
+    outputs = [_logits(ctx, _Job(root, data, i), factored, positions)
+               for i, (root, data) in enumerate(zip(roots, datas, strict=True))]
+    outputs = outputs if reduce is None else [reduce(logits) for logits in outputs]
     return outputs, EvalStats(copies=len(jobs), recomputed=recomputed)
+
+
+def _clean_input(job: _Job, plans: list[_Plan], alts: dict) -> Tensor | None:
+    """The datum map a node's output can be read from the clean run on, if its every input is the clean input on
+    that map. A per-position map [rows, seq] only qualifies for an MLP (position by position); a head mixes
+    positions whose inputs come from different data."""
+    ons = [p.clean_on() for p in plans]
+    on = ons[0]
+    if (on is None or alts or (on.dim() != 1 and not isinstance(job.node.component, Mlp))
+            or not all(o is not None and torch.equal(o, on) for o in ons[1:])):
+        return None
+    return on
+
+
+def _logits(ctx: _Context, job: _Job, factored: FactoredUnembed | None, positions: Tensor | None) -> Tensor:
+    """The root's logits [batch, seq or n_pos, d_vocab]: read from the clean run, unembedded in factored form,
+    or unembedded from the built final residual."""
+    plan = _plan(ctx, job, _reads(ctx, job, Channel.IN))
+    on = plan.clean_on()
+    if on is not None:
+        return _take(ctx.clean.logits, on, positions)  # [batch, seq or n_pos, d_vocab]
+    if factored is not None and positions is not None and not job.data.options.independent:
+        return _factored_logits(ctx, job, factored, positions)  # [batch, n_pos, d_vocab]
+    resid = _build(ctx, job.node.component, plan)  # [batch, seq, d_model]
+    return unembed(ctx.model, resid if positions is None else resid[:, positions])
 
 
 def _take(t: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
@@ -222,71 +233,94 @@ class _Todo:
     alts: dict[Channel, tuple[_Plan, QKMask]]
 
 
-def _alternatives(ctx: _Context, job: _Job, plans: list[_Plan]) -> dict[Channel, tuple[_Plan, QKMask]]:
-    """Per head input with query-key masked claims: the input with those claims resampled, and the mask
-    (one per input, as validation ensures). Masks that change nothing (equal plans, or a mask true at every
-    causal pair) are left out; a mask false at every causal pair replaces the input by the resampled one
-    (``plans`` is updated in place), so both trivial masks give exactly the unmasked or unclaimed result."""
-    out = {}
+def _inputs(ctx: _Context, job: _Job) -> tuple[list[_Plan], dict[Channel, tuple[_Plan, QKMask]]]:
+    """A node's input plan per channel, and for head inputs with query-key masked claims the plan with those
+    claims resampled and the mask (one per input, as validation ensures). Masks that change nothing (equal
+    plans, or a mask true at every causal pair) are left out; a mask false at every causal pair makes the
+    resampled plan the input, so both trivial masks give exactly the unmasked or unclaimed result."""
+    plans, alts = [], {}
     seq = ctx.clean.embed.shape[1]
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()  # [q, k]
-    for i, channel in enumerate(ctx.structure.channels(job.node.component)):
+    for channel in ctx.structure.channels(job.node.component):
+        plan = _plan(ctx, job, _reads(ctx, job, channel))
         masked = tuple(inp for inp in job.node.inputs if inp.channel == channel and inp.qk_mask is not None)
-        if not masked:
-            continue
-        alt = _plan(ctx, job, channel, drop=masked)
-        mask = masked[0].qk_mask
-        assert mask is not None  # selected above
-        matrix = mask.matrix(seq) & causal  # [q, k] the pairs attention can use
-        if alt.key == plans[i].key or bool(matrix.eq(causal).all()):
-            continue
-        if not bool(matrix.any()):
-            plans[i] = alt
-        else:
-            out[channel] = (alt, mask)
-    return out
+        if masked:
+            alt = _plan(ctx, job, _reads(ctx, job, channel, drop=masked))
+            mask = masked[0].qk_mask
+            assert mask is not None  # selected above
+            matrix = mask.matrix(seq) & causal  # [q, k] the pairs attention can use
+            if not bool(matrix.any()):
+                plan = alt
+            elif alt.key != plan.key and not bool(matrix.eq(causal).all()):
+                alts[channel] = (alt, mask)
+        plans.append(plan)
+    return plans, alts
 
 
-def _plan(ctx: _Context, job: _Job, channel: Channel, drop: tuple[TreeInput, ...] = ()) -> _Plan:
-    """How ``job``'s input on ``channel`` is made: where activations are resampled. Each source feeding the
-    node is read clean on the node's unclaimed datum, unless it is claimed: a claimed child that is
-    clean on some datum map is read clean there, a recomputed one is added as it is; position-restricted
-    (and repeated) claims add their difference to the unclaimed value at the claimed positions. Claims in
-    ``drop`` are treated as unclaimed (the resampled side of a query-key mask)."""
+@dataclass(frozen=True)
+class _Claimed:
+    """A claimed child's output entering a node: ``value`` as the node's rows read it, at the positions of
+    ``mask`` [rows, seq, 1] (None: at every position)."""
+
+    inp: TreeInput
+    value: _Value
+    mask: Tensor | None
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One source's part of a node's input: its clean output on datum map ``on`` (the node's unclaimed datum),
+    replaced by ``claims`` where they apply."""
+
+    source: Component
+    on: Tensor
+    claims: tuple[_Claimed, ...]
+
+
+def _reads(ctx: _Context, job: _Job, channel: Channel, drop: tuple[TreeInput, ...] = ()) -> list[_Read]:
+    """Where activations are resampled: each source feeding ``job``'s input on ``channel`` is read clean on the
+    node's unclaimed datum (one draw per node, or per input and source with independent draws), and each claim
+    of it replaces it with the claimed child's value at the claimed positions. Claims in ``drop`` count as
+    unclaimed (the resampled side of a query-key mask); shortformer or rotary positions feed no residual."""
     node, data = job.node, job.data
-    comp = node.component
-    claimed: dict[Component, list] = {}
+    claimed: dict[Component, list[_Claimed]] = {}
     for inp in node.inputs:
-        if any(inp is d for d in drop):
-            continue
-        if inp.channel == channel and not (isinstance(inp.child.component, Pos) and ctx.structure.pos != "standard"):
-            claimed.setdefault(inp.child.component, []).append(inp)  # shortformer positions: not a residual source
+        if inp.channel == channel and _feeds_residual(ctx, inp.child.component) and not any(inp is d for d in drop):
+            mask = (None if inp.positions is None  # the node's own data's tokens [rows, seq] -> [rows, seq, 1]
+                    else inp.positions(ctx.clean.tokens[job.a.datum])[..., None])
+            claimed.setdefault(inp.child.component, []).append(_Claimed(inp, _child(ctx, job, inp.child), mask))
+    return [_Read(source, data.unclaimed(node, channel, str(source)) if data.options.independent else job.a.other,
+                  tuple(claimed.get(source, ())))
+            for source in ctx.structure.residual_senders(node.component)]
+
+
+def _feeds_residual(ctx: _Context, comp: Component) -> bool:
+    """Whether a component's output is a residual addend (positions are not, in shortformer or rotary models)."""
+    return not (isinstance(comp, Pos) and ctx.structure.pos != "standard")
+
+
+def _plan(ctx: _Context, job: _Job, reads: list[_Read]) -> _Plan:
+    """Group a node's reads into batched work: sources read clean on one datum map are summed once; a lone
+    unrestricted claim is read clean on its child's map or added as the child's recomputed output; restricted
+    (and repeated) claims add their difference to the unclaimed read at the claimed positions."""
     groups: dict[bytes, tuple[Tensor, set[Component]]] = {}
     deltas: list[_Delta] = []
-    tokens = None
 
     def read_on(index: Tensor, source: Component) -> None:
         groups.setdefault(ctx.mkey(index), (index, set()))[1].add(source)
 
-    for source in ctx.structure.residual_senders(comp):
-        inputs = claimed.get(source, [])
-        other = data.unclaimed(node, channel, str(source)) if data.options.independent else job.a.other
-        if len(inputs) == 1 and inputs[0].positions is None:
-            value = _child(ctx, job, inputs[0].child)
-            if value.clean_on is not None:
-                read_on(value.clean_on, source)
+    for read in reads:
+        if len(read.claims) == 1 and read.claims[0].inp.positions is None:
+            claim = read.claims[0]
+            if claim.value.clean_on is not None:
+                read_on(claim.value.clean_on, read.source)
             else:
-                deltas.append(_delta(ctx, job, inputs[0].child, value))
+                deltas.append(_delta(ctx, job, claim.inp.child, claim.value))
             continue
-        read_on(other, source)
-        for inp in inputs:  # restricted to positions, or several claims of one component: add differences
-            value = _child(ctx, job, inp.child)
-            if tokens is None:
-                tokens = ctx.clean.tokens[job.a.datum]  # [rows, seq] the node's own data
-            mask = None if inp.positions is None else inp.positions(tokens)[..., None]  # [rows, seq, 1]
-            deltas.append(_difference(ctx, job, inp, value, other, mask))
+        read_on(read.on, read.source)
+        deltas.extend(_difference(ctx, job, claim, read.on) for claim in read.claims)
     ordered = tuple((index, frozenset(sources)) for index, sources in groups.values())
-    key = (residual_slot(comp), tuple((k, s) for k, (_, s) in zip(groups, ordered, strict=True)),
+    key = (residual_slot(job.node.component), tuple((k, s) for k, (_, s) in zip(groups, ordered, strict=True)),
            tuple(d.key for d in deltas))
     return _Plan(ordered, tuple(deltas), key)
 
@@ -300,12 +334,14 @@ def _delta(ctx: _Context, job: _Job, child: TreeNode, value: _Value) -> _Delta:
     return _Delta(key, tensor=value.tensor)
 
 
-def _difference(ctx: _Context, job: _Job, inp, value: _Value, other: Tensor, mask: Tensor | None) -> _Delta:
-    """The claimed value minus the unclaimed one (source clean on ``other``), at the ``mask`` positions."""
+def _difference(ctx: _Context, job: _Job, claim: _Claimed, other: Tensor) -> _Delta:
+    """The claimed value minus the unclaimed one (source clean on ``other``), at the claim's positions."""
+    inp, value, mask = claim.inp, claim.value, claim.mask
     src = inp.child.component
     if value.clean_on is not None:
         diff = _take(ctx.clean.out(src), value.clean_on) - ctx.clean.out(src)[other]  # [rows, seq, d_model]
     elif value.z is not None:
+        assert isinstance(src, Head)  # only heads are recomputed as z
         diff = einops.einsum(value.z - ctx.clean.z[src.layer][other][:, :, src.head],  # -> [rows, seq, d_model]
                              ctx.model.blocks[src.layer].attn.W_O[src.head], "b s h, h d -> b s d")
     else:
@@ -419,19 +455,17 @@ def _recompute(ctx: _Context, todo: list[_Todo]) -> None:
 
 
 def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positions: Tensor) -> Tensor:
-    """The logits ``_build`` + ``unembed`` would give at ``positions``, with each head's difference kept
-    d_head-wide (``unembed.FactoredUnembed``); the clean base is unembedded once per call."""
-    node, clean = job.node, ctx.clean
-    other = job.a.other
-    base = ctx.clean.resid_before(node.component)[other][:, positions]  # [batch, n_pos, d_model]
-    tokens = clean.tokens[job.a.datum]  # [batch, seq]
+    """The logits ``_build`` + ``unembed`` would give at ``positions``, from the same reads, with each head's
+    difference kept d_head-wide (``unembed.FactoredUnembed``); the clean base is unembedded once per call.
+    Every source is read on the root's one unclaimed datum (draws are not independent here)."""
+    clean, other = ctx.clean, job.a.other
+    base = clean.resid_before(job.node.component)[other][:, positions]  # [batch, n_pos, d_model]
+    order = {id(inp): i for i, inp in enumerate(job.node.inputs)}  # terms in input order
+    claims = sorted((c for r in _reads(ctx, job, Channel.IN) for c in r.claims), key=lambda c: order[id(c.inp)])
     terms = []
-    for inp in node.inputs:
-        src = inp.child.component
-        if isinstance(src, Pos) and ctx.structure.pos != "standard":
-            continue
-        mask = None if inp.positions is None else inp.positions(tokens)[:, positions, None]  # [batch, n_pos, 1]
-        value = _child(ctx, job, inp.child)
+    for claim in claims:
+        src, value = claim.inp.child.component, claim.value
+        mask = None if claim.mask is None else claim.mask[:, positions]  # [batch, n_pos, 1]
         if isinstance(src, Head):
             z_clean = clean.z[src.layer][:, :, src.head]  # [data, seq, d_head]
             z = (value.z[:, positions] if value.z is not None
@@ -443,4 +477,4 @@ def _factored_logits(ctx: _Context, job: _Job, factored: FactoredUnembed, positi
                    else _take(clean.out(src), _clean_on(value), positions))  # [batch, n_pos, d_model]
             delta = out - clean.out(src)[other][:, positions]  # [batch, n_pos, d_model]
             terms.append(Term(resid=delta if mask is None else delta * mask.to(delta.dtype)))
-    return factored.logits(base, (node.component.depth, ctx.mkey(other)), terms)
+    return factored.logits(base, (job.node.component.depth, ctx.mkey(other)), terms)

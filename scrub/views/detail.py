@@ -25,7 +25,8 @@ from scrub.engine.evaluator import evaluate
 from scrub.engine.sampling import Sampler
 from scrub.engine.treeify import Assignments, SamplingOptions, TreeNode, assign, localize, treeify
 from scrub.errors import ScrubError
-from scrub.experiment.runner import Positions, ScrubResult, as_claim, score_mask
+from scrub.experiment.inputs import Positions, as_claim, score_mask
+from scrub.experiment.runner import ScrubResult
 from scrub.metrics import MetricName, token_kl, token_losses
 from scrub.model.tokenizer import Tokenizer
 from scrub.views.attention import HeadCall, clean_patterns, pattern_normed, recording
