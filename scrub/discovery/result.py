@@ -20,7 +20,7 @@ from typing import Literal
 import networkx as nx
 
 from scrub.discovery.curve import Curve
-from scrub.discovery.edges import Edge, path_steps
+from scrub.discovery.edges import Edge
 from scrub.experiment.runner import ScrubResult
 
 Method = Literal["eap", "eap-ig", "acdc", "eap-ig+verify"]
@@ -153,9 +153,8 @@ class Discovery:
 
 
 def _steps(r: EdgeRecord) -> tuple:
-    if r.receiver.replace(".", "").isdigit():
-        return (r.sender, (r.receiver, r.input))
-    return (r.sender, r.receiver)
+    """The ``add_path`` steps of one edge: into a head with its input, else straight."""
+    return (r.sender, (r.receiver, r.input)) if r.input != "in" else (r.sender, r.receiver)
 
 
 def _comment(r: EdgeRecord) -> str:
@@ -186,4 +185,4 @@ def _plain(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-__all__ = ["Discovery", "EdgeRecord", "Passes", "atomic_write", "path_steps"]
+__all__ = ["Discovery", "EdgeRecord", "Passes", "atomic_write"]
