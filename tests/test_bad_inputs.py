@@ -205,7 +205,7 @@ API_CASES = [  # (id, call(model), exception type, regex)
     ("seed None", lambda m: scrub(m, seed=None), RunInputError, r"seed must be a whole number .* got None"),
     ("seed 1.5", lambda m: scrub(m, seed=1.5), RunInputError, r"seed must be a whole number .* got 1.5"),
     ("seed True", lambda m: scrub(m, seed=True), RunInputError, r"seed must be a whole number"),
-    ("seed -1", lambda m: scrub(m, seed=-1), RunInputError, r"seed must be between 0 and 2\*\*63 - 1, got -1"),
+    ("seed -1", lambda m: scrub(m, seed=-1), RunInputError, r"seed must be between 0 and 2\*\*63 - 1 \(got -1\)"),
     ("seed 10**23", lambda m: scrub(m, seed=10**23), RunInputError, r"seed must be between 0 and 2\*\*63 - 1"),
     ("zero-length sequences", lambda m: scrub(m, tokens=torch.zeros(8, 0, dtype=torch.long)), RunInputError,
      r"sequences of length 0 have no next token to predict"),

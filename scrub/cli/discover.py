@@ -18,6 +18,7 @@ from pathlib import Path
 from scrub.cli.common import UsageError, check_data_memory, check_number, check_seed, dump_json, quiet_load
 from scrub.cli.output import OutputFolder
 from scrub.model.loading import SHIPPED_NAME
+from scrub.progress import bar as progress_bar
 
 FILES = ("discovered.py", "edges.csv", "curve.png")
 
@@ -88,14 +89,12 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace, folder: OutputFolder | None) -> int:
-    from tqdm import tqdm
-
     from scrub.discovery import discover
 
     model = quiet_load(args.model)
     held, found, corrupted = _data(model, args)
     receivers = None if args.receivers is None else [r for r in args.receivers.split(",") if r.strip()]
-    bar = tqdm(total=0, desc="scrub discover", unit="edge", file=sys.stderr, disable=None, leave=False)
+    bar = progress_bar(0, "scrub discover", unit="edge")
 
     def progress(done: int, total: int) -> None:
         bar.total = total

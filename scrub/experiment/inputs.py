@@ -120,7 +120,7 @@ def check_seed(seed: object, name: str = "seed") -> int:
         raise RunInputError(f"{name} must be a whole number (0 to 2**63 - 1), got {seed!r}: runs are reproducible "
                             f"only from a given seed")
     if not 0 <= seed <= MAX_SEED:
-        raise RunInputError(f"{name} must be between 0 and 2**63 - 1, got {seed}")
+        raise RunInputError(f"{name} must be between 0 and 2**63 - 1 (got {seed})")
     return seed
 
 

@@ -27,14 +27,12 @@ run, so the recovered fraction is (KL_baseline − KL_scrubbed) / KL_baseline). 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import torch
 from torch import Tensor
-from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from scrub.claims.hypothesis import Claim, check_on, empty_graph
@@ -59,6 +57,7 @@ from scrub.experiment.inputs import (
     same_claim,
     score_mask,
 )
+from scrub.jsonable import plain
 from scrub.metrics import (
     METRIC_LABELS,
     BatchScores,
@@ -70,6 +69,7 @@ from scrub.metrics import (
     score_batch,
     token_view,
 )
+from scrub.progress import each
 
 SELF_DRAW_WARNING = 0.1  # warn when a node's feature draws return the datum itself for more than this share
 WHOLE_RUN_SHARE = 0.25  # keep the whole dataset's clean run when it needs less than this share of free memory
@@ -122,7 +122,7 @@ class ScrubResult:
         if not per_example:
             for key in ("per_example_clean", "per_example_baseline", "per_example_scrubbed"):
                 out.pop(key)
-        return {key: _plain(value) for key, value in out.items()}
+        return {key: plain(value) for key, value in out.items()}
 
     def _repr_html_(self) -> str:
         """The notebook view: the numbers and the per-example distribution (``scrub.views.report``; the claim
@@ -157,16 +157,6 @@ class ScrubResult:
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
-def _plain(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 @torch.no_grad()
 def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, data: Tensor, *,
         baseline: Claim | nx.DiGraph | str | Path | None = None, positions: Positions = "all", seed: int = 0,
@@ -192,7 +182,7 @@ def run(model: HookedTransformer, hypothesis: Claim | nx.DiGraph | str | Path, d
     current = distributed.setup(setup.device)  # None for one process
     batches = distributed.shard(setup.bounds, current)  # this rank's (i, (start, stop))
     done = [(i, _scrub_batch(setup, i, start, stop))
-            for i, (start, stop) in tqdm(batches, desc=f"scrub {setup.claim.name}", disable=not progress, leave=False)]
+            for i, (start, stop) in each(batches, f"scrub {setup.claim.name}", unit="batch", show=progress)]
     check = None if current is None else checks.rank_check(  # the claims' content and the data, labelled
         setup.claim, setup.base, setup.data, setup.data[slice(*setup.bounds[0])].to(setup.device), seed=seed,
         batch_size=batch_size, options=options, n_bootstrap=n_bootstrap, metric=metric,

@@ -28,7 +28,6 @@ tree engine) and ``scrub.testing.oracles.hooked_patch_logits`` (literal hooks); 
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -40,6 +39,7 @@ from scrub.claims.sites import Channel, Component, Head, Mlp
 from scrub.claims.structure import Structure
 from scrub.engine.compute import CleanRun, heads_z_normed, mlp_forward, normalise
 from scrub.engine.unembed import FactoredUnembed, unembed
+from scrub.progress import bar as progress_bar
 
 MATRIX_BUDGET = 1 << 22  # floats in one stacked receiver input (or attention scores) of a chunk of copies
 UNEMBED_BUDGET = 1 << 21  # floats of logits per metric call: small chunks stay in cache (~3x faster than 20 MB)
@@ -310,8 +310,4 @@ class _NoBar:
 
 def _bar(total: int, progress: bool):
     """A tqdm bar on stderr (shown on a terminal only), or nothing."""
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="path patching", unit="path", file=sys.stderr, disable=None, leave=False)
+    return progress_bar(total, "path patching", unit="path") if progress else _NoBar()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
+
+from scrub.jsonable import dumps, plain
 
 
 class ViewKind(str, Enum):
@@ -45,19 +46,6 @@ class Html:
 Part = View | Html
 
 
-def plain(value: Any) -> Any:
-    """``value`` with tuples as lists and non-finite floats as None, so ``json.dumps`` never writes NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, Enum):
-        return value.value
-    return value
-
-
 def rounded(values: Any, digits: int = 5) -> Any:
     """A float, or nested lists of them, to ``digits`` significant digits (None where not finite): payloads of
     big matrices stay small."""
@@ -74,7 +62,7 @@ def _asset(name: str) -> str:
 
 def view_html(view: View, view_id: str) -> str:
     """The view's element: a titled div holding its payload as JSON (``</`` escaped so it cannot end the script)."""
-    payload = json.dumps({**plain(view.data), "kind": view.kind.value}, allow_nan=False, separators=(",", ":"))
+    payload = dumps({**plain(view.data), "kind": view.kind.value}, separators=(",", ":"))
     payload = payload.replace("</", "<\\/")
     note = f'<div class="scrub-note">{html.escape(view.note)}</div>' if view.note else ""
     return (f'<div class="scrub-section"><h3>{html.escape(view.title)}</h3>{note}'
