@@ -10,6 +10,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> integer view
+_PERIOD = 65521  # the position weights of ``checksum`` repeat with this period (a prime)
 
 
 def checksum(tensor: torch.Tensor) -> tuple[int, int]:
@@ -18,9 +19,19 @@ def checksum(tensor: torch.Tensor) -> tuple[int, int]:
     flat = tensor.detach().contiguous().reshape(-1)  # [numel]
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
-    bits = flat.view(_INT_VIEW[flat.element_size()]).long()  # [numel] the bytes as integers
-    weights = torch.arange(bits.numel(), device=bits.device) % 65521 + 1  # [numel]
-    return int(bits.sum()), int((bits * weights).sum())
+    bits = flat.view(_INT_VIEW[flat.element_size()])  # [numel] the bytes as integers
+    # Σ bits[i] and Σ bits[i] (i mod P + 1) in int64 (wrapping as int64 does), in one pass over the bytes: the
+    # position weight repeats every P entries, so whole blocks of P are summed column by column first
+    full = bits.numel() // _PERIOD * _PERIOD
+    tail = bits[full:].long()  # [numel mod P]
+    weights = torch.arange(1, _PERIOD + 1, device=bits.device)  # [P]
+    plain, weighted = tail.sum(), (tail * weights[: tail.numel()]).sum()
+    if full:
+        columns = torch.zeros(_PERIOD, dtype=torch.long, device=bits.device)  # [P]
+        for block in bits[:full].view(-1, _PERIOD):  # [P] each: elementwise adds (integer sums are slow on CPU)
+            columns += block
+        plain, weighted = plain + columns.sum(), weighted + (columns * weights).sum()
+    return int(plain), int(weighted)
 
 
 @dataclass(frozen=True)
