@@ -84,7 +84,12 @@ class Structure:
 
     @cached_property
     def _residual_senders(self) -> dict[Component, tuple[Component, ...]]:
-        return {r: tuple(s for s in self.sources if self._before(s, r)) for r in self.receivers}
+        by_slot: dict[tuple[type, float], tuple[Component, ...]] = {}  # receivers of one kind and layer read the same
+        for r in self.receivers:
+            slot = (type(r), getattr(r, "layer", float("inf")))
+            if slot not in by_slot:
+                by_slot[slot] = tuple(s for s in self.sources if self._before(s, r))
+        return {r: by_slot[(type(r), getattr(r, "layer", float("inf")))] for r in self.receivers}
 
     def senders(self, receiver: Component, channel: Channel | None = None) -> tuple[Component, ...]:
         """Every component whose output can enter ``receiver`` (through ``channel`` if given): the residual
@@ -101,7 +106,11 @@ class Structure:
 
     @cached_property
     def _sender_sets(self) -> dict[Component, frozenset[Component]]:
-        return {r: frozenset(s) for r, s in self._residual_senders.items()}
+        sets: dict[int, frozenset[Component]] = {}  # one set per slot (receivers of a slot share one tuple)
+        for senders in self._residual_senders.values():
+            if id(senders) not in sets:
+                sets[id(senders)] = frozenset(senders)
+        return {r: sets[id(s)] for r, s in self._residual_senders.items()}
 
     def why_not(self, sender: Component, receiver: Component, channel: Channel | None = None) -> str:
         """Why ``sender`` cannot enter ``receiver`` (through ``channel``), in words, with the fix."""
