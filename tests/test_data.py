@@ -84,16 +84,16 @@ def test_induction_candidates_and_masks():
 
 
 def test_sizes_that_cannot_fit_are_refused_before_allocating(monkeypatch):
-    import scrub.data.batches as data
+    import scrub.memory as memory
 
-    monkeypatch.setattr(data, "available_memory", lambda device="cpu": 2**20)  # 1 MB
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)  # 1 MB
     with pytest.raises(ValueError, match=r"1000000 windows of 128 tokens needs about [\d.]+ GB of memory but 1 MB"):
         natural_batch(10**6, 128, tokens=torch.arange(1, 1000))
     with pytest.raises(ValueError, match=r"needs about .* of memory .* ask for fewer or shorter sequences"):
         repeated_random_tokens(10**6, 50, vocab_size=100)
     assert natural_batch(2, 8, tokens=torch.arange(1, 100)).shape == (2, 8)  # small batches still fit
-    monkeypatch.setattr(data, "available_memory", lambda device="cpu": None)  # unknown: no guard
-    data.check_memory(10**15, "anything", "no fix")
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": None)  # unknown: no guard
+    memory.check_memory(10**15, "anything", "no fix")
 
 
 @pytest.mark.parametrize("call, message", [

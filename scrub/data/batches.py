@@ -11,7 +11,6 @@ position has no label; ``loss_mask`` removes it before a mask is used to average
 from __future__ import annotations
 
 import numbers
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from scrub.errors import ScrubError
+from scrub.memory import check_memory
 from scrub.model.loading import ASSETS
 from scrub.model.tokenizer import load_tokenizer
 
@@ -31,38 +31,6 @@ def load_val_tokens(path: str | Path = VAL_TOKENS_PATH) -> torch.Tensor:
     if not path.exists():
         raise ScrubError(f"no validation tokens at {path}; rebuild them with `python training/prepare_corpus.py`")
     return torch.from_numpy(np.load(path).astype(np.int64))  # [stream]
-
-
-def available_memory(device: torch.device | str = "cpu") -> int | None:
-    """Bytes that may still be allocated on ``device`` (free GPU memory, or the system's available memory);
-    None when it cannot be told."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(needed: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
-    """``ValueError`` if about ``needed`` bytes exceed the memory ``device`` has available: a guard against sizes
-    that cannot fit (which would otherwise fail deep in torch, or swap for hours), not a measurement."""
-    have = available_memory(device)
-    if have is not None and needed > have:
-        raise ScrubError(f"{what} needs about {_size(needed)} of memory but {_size(have)} is available; {fix}")
-
-
-def _size(n: int) -> str:
-    gb = n / 2**30
-    return f"{gb:,.0f} GB" if gb >= 100 else f"{gb:.3g} GB" if gb >= 0.125 else f"{n / 2**20:.3g} MB"
 
 
 def _check_count(name: str, value: object, low: int) -> None:

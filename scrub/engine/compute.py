@@ -183,18 +183,6 @@ def clean_run(model: HookedTransformer, tokens: Tensor) -> CleanRun:
     )
 
 
-def clean_run_bytes(cfg, n: int, seq: int) -> int:
-    """About how many bytes a ``CleanRun`` of n sequences of ``seq`` tokens keeps (every source's output, z,
-    logits, the cached residuals each receiver reads): for deciding whether a whole dataset's clean run may be
-    kept."""
-    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
-    mlps = 0 if cfg.attn_only else cfg.n_layers * cfg.d_model
-    residuals = (cfg.n_layers * (1 if cfg.attn_only else 2) + 1) * cfg.d_model
-    per_position = (2 * cfg.d_model + cfg.n_layers * cfg.n_heads * (cfg.d_model + cfg.d_head) + mlps + cfg.d_vocab
-                    + residuals)
-    return n * seq * per_position * itemsize
-
-
 @torch.no_grad()
 def clean_run_batched(model: HookedTransformer, tokens: Tensor, batch_size: int) -> CleanRun:
     """``clean_run`` of many sequences, ``batch_size`` at a time (bounding the forward pass's own memory)."""

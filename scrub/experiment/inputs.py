@@ -21,7 +21,7 @@ from scrub.data.batches import all_positions, induction_candidates
 from scrub.data.candidates import GoodCandidates
 from scrub.engine.treeify import SamplingOptions
 from scrub.errors import ScrubError
-from scrub.metrics import MetricName, check_metric
+from scrub.metrics import check_metric
 
 
 class RunInputError(ScrubError):
@@ -138,16 +138,6 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
-
-
-def batch_memory(cfg, batch_size: int, seq_len: int, metric: MetricName = "loss") -> int:
-    """About how many bytes one batch of ``run`` needs at its peak: the clean run's component outputs, the
-    clean, scrubbed and baseline logits and a log-softmax (with "kl": three more vocabulary-wide tensors),
-    and attention patterns. A guard against sizes that cannot fit, not a measurement."""
-    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
-    vocab_wide = 7 if metric == "kl" else 4  # logits and log-softmaxes (KL: both distributions, a product)
-    per_position = vocab_wide * cfg.d_vocab + cfg.n_layers * (cfg.n_heads + 4) * cfg.d_model + 2 * cfg.n_heads * seq_len
-    return batch_size * seq_len * per_position * itemsize
 
 
 def same_claim(a: Claim, b: Claim) -> bool:

@@ -37,9 +37,8 @@ from transformer_lens import HookedTransformer
 
 from scrub.claims.hypothesis import Claim, check_on, empty_graph
 from scrub.claims.structure import Structure
-from scrub.data.batches import available_memory, check_memory
 from scrub.data.candidates import GoodCandidates
-from scrub.engine.compute import CleanRun, check_supported, clean_run, clean_run_batched, clean_run_bytes
+from scrub.engine.compute import CleanRun, check_supported, clean_run, clean_run_batched
 from scrub.engine.evaluator import evaluate
 from scrub.engine.sampling import Sampler
 from scrub.engine.treeify import SamplingOptions, TreeNode, assign, localize, treeify
@@ -50,7 +49,6 @@ from scrub.experiment.inputs import (
     RunInputError,
     as_claim,
     batch_bounds,
-    batch_memory,
     check_arguments,
     check_model,
     check_tokens,
@@ -58,6 +56,7 @@ from scrub.experiment.inputs import (
     score_mask,
 )
 from scrub.jsonable import plain
+from scrub.memory import available_memory, check_memory, clean_run_bytes, run_batch_bytes
 from scrub.metrics import (
     METRIC_LABELS,
     BatchScores,
@@ -246,7 +245,7 @@ def _prepare(model, hypothesis, data, baseline, positions, seed, batch_size, opt
             else as_claim(baseline, model, name="baseline"))
     bounds = batch_bounds(data.shape[0], batch_size)
     largest = max(stop - start for start, stop in bounds)
-    check_memory(batch_memory(model.cfg, largest, data.shape[1], metric),
+    check_memory(run_batch_bytes(model.cfg, largest, data.shape[1], metric),
                  f"a batch of {largest} x {data.shape[1]} tokens",
                  "use a smaller batch_size (--batch-size) or shorter sequences (--seq-len)", model_device)
     masks = _score_masks(data, bounds, positions, model_device)
