@@ -84,12 +84,16 @@ class Structure:
 
     @cached_property
     def _residual_senders(self) -> dict[Component, tuple[Component, ...]]:
-        by_slot: dict[tuple[type, float], tuple[Component, ...]] = {}  # receivers of one kind and layer read the same
+        """Each receiver's senders are the ``sources`` before it, a prefix of them in computation order that
+        grows receiver by receiver: one pass finds them all, and receivers of one slot share one tuple."""
+        out: dict[Component, tuple[Component, ...]] = {}
+        prefixes: dict[int, tuple[Component, ...]] = {}
+        n = 0
         for r in self.receivers:
-            slot = (type(r), getattr(r, "layer", float("inf")))
-            if slot not in by_slot:
-                by_slot[slot] = tuple(s for s in self.sources if self._before(s, r))
-        return {r: by_slot[(type(r), getattr(r, "layer", float("inf")))] for r in self.receivers}
+            while n < len(self.sources) and self._before(self.sources[n], r):
+                n += 1
+            out[r] = prefixes.setdefault(n, self.sources[:n])
+        return out
 
     def senders(self, receiver: Component, channel: Channel | None = None) -> tuple[Component, ...]:
         """Every component whose output can enter ``receiver`` (through ``channel`` if given): the residual
