@@ -10,6 +10,7 @@ fewer layers and heads, the first architecture, fewer edges, no features or mask
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
@@ -138,47 +139,61 @@ def _add_copy(draw, g: nx.DiGraph, model: HookedTransformer, index: int) -> None
         g.add_edge(alias, dst, **dict(attrs))
 
 
-def _decorate(draw, g: nx.DiGraph, model: HookedTransformer, *, with_features: bool, per_position: bool,
-              with_positions: bool, with_masks: bool) -> None:
+@dataclass(frozen=True)
+class _Pieces:
+    """The strategies ``claims`` draws its decorations from, built once per ``claims`` call (a strategy built
+    inside every draw costs hypothesis more than the draw itself)."""
+
+    whole: st.SearchStrategy = field(default_factory=lambda: st.one_of(st.none(), features(per_position=False)))
+    either: st.SearchStrategy = field(default_factory=lambda: st.one_of(st.none(), features(per_position=None)))
+    masks: st.SearchStrategy = field(default_factory=lambda: st.one_of(st.none(), qk_masks()))
+    positions: st.SearchStrategy = field(default_factory=positions_functions)
+    kinds: st.SearchStrategy = field(default_factory=lambda: st.sampled_from(["plain", "positions", "mask"]))
+
+
+def _decorate(draw, g: nx.DiGraph, model: HookedTransformer, pieces: _Pieces, *, with_features: bool,
+              per_position: bool, with_positions: bool, with_masks: bool) -> None:
     """Features on nodes, positions restrictions and query-key masks (one per head input) on edges."""
     heads = {n for n in g.nodes if n not in ("embed", "pos", "logits")
              and not str(g.nodes[n].get("component", n)).startswith("mlp")}
     if with_features:
         for n in sorted(g.nodes):
             if n not in ("logits", "pos"):
-                fancy = per_position and n != "embed"
-                chosen = draw(st.one_of(st.none(), features(per_position=None if fancy else False)))
+                chosen = draw(pieces.either if per_position and n != "embed" else pieces.whole)
                 if chosen is not None:
                     g.nodes[n]["feature"] = chosen
-    masks = {(n, c): draw(st.one_of(st.none(), qk_masks())) if with_masks else None
-             for n in sorted(heads) for c in "qkv"}
+    masks = {(n, c): draw(pieces.masks) if with_masks else None for n in sorted(heads) for c in "qkv"}
     shortformer = Structure.of(model).pos == "shortformer"
     for src, dst, attrs in sorted(g.edges(data=True), key=lambda e: (e[0], e[1])):
-        kind = draw(st.sampled_from(["plain", "positions", "mask"]))
+        kind = draw(pieces.kinds)
         if kind == "positions" and with_positions and not (src == "pos" and shortformer):
-            attrs["positions"] = draw(positions_functions())
+            attrs["positions"] = draw(pieces.positions)
         elif kind == "mask" and dst in heads:
             chosen = {c: masks[(dst, c)] for c in attrs["via"] if masks[(dst, c)] is not None}
             if chosen:
                 attrs["qk_mask"] = chosen
 
 
-@st.composite
-def claims(draw, model: HookedTransformer, *, max_edges: int = 8, with_features: bool = True,
-           per_position: bool = True, with_positions: bool = True, with_masks: bool = True,
-           max_copies: int = 1) -> nx.DiGraph:
+def claims(model: HookedTransformer, *, max_edges: int = 8, with_features: bool = True, per_position: bool = True,
+           with_positions: bool = True, with_masks: bool = True, max_copies: int = 1) -> st.SearchStrategy[nx.DiGraph]:
     """A random hypothesis graph ``validate`` accepts: up to ``max_edges`` channel-edges of ``full_graph``,
     pruned to what reaches the logits, up to ``max_copies`` ``component=`` copies, then features (per position
     unless ``per_position`` is False: copy mode refuses them), positions masks and query-key masks."""
     edges = _channel_edges(model)
-    picked = draw(st.lists(st.sampled_from(range(len(edges))), max_size=max_edges, unique=True))
-    g = _graph([edges[i] for i in sorted(picked)])
-    for i in range(draw(st.integers(0, max_copies))):
-        _add_copy(draw, g, model, i)
-    g = prune_graph(g)
-    _decorate(draw, g, model, with_features=with_features, per_position=per_position,
-              with_positions=with_positions, with_masks=with_masks)
-    return g
+    pieces = _Pieces()
+    picks = st.lists(st.sampled_from(range(len(edges))), max_size=max_edges, unique=True)
+
+    @st.composite
+    def graph(draw) -> nx.DiGraph:
+        g = _graph([edges[i] for i in sorted(draw(picks))])
+        for i in range(draw(st.integers(0, max_copies))):
+            _add_copy(draw, g, model, i)
+        g = prune_graph(g)
+        _decorate(draw, g, model, pieces, with_features=with_features, per_position=per_position,
+                  with_positions=with_positions, with_masks=with_masks)
+        return g
+
+    return graph()
 
 
 @st.composite
