@@ -24,7 +24,8 @@ from transformer_lens import HookedTransformer
 from scrub.claims.sites import Head, Mlp, parse_component
 from scrub.claims.structure import Structure
 from scrub.data.batches import induction_candidates
-from scrub.patching.paths import make_metric, patch_matrix, second_repeat_positions
+from scrub.metrics import Metric, make_metric, masked_loss
+from scrub.patching.paths import patch_matrix, second_repeat_positions
 
 if TYPE_CHECKING:
     from scrub.patching.paths import PatchPath
@@ -34,33 +35,9 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 CHANNELS = ("q", "k", "v")
 
 
-@dataclass(frozen=True)
-class MaskedLoss:
-    """Mean next-token loss over the scored tokens of each row (``weights`` [batch, n_pos], 0/1) at sequence
-    positions ``positions`` [n_pos]; the ``Metric`` interface of ``scrub.patching.paths`` (``many`` included)."""
-
-    positions: Tensor  # [n_pos]
-    labels: Tensor  # [batch, n_pos]
-    weights: Tensor  # [batch, n_pos]
-    kind: str = "loss"
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        """logits [batch, n_pos, d_vocab] -> scalar."""
-        return self.many(logits[None])[0]
-
-    def many(self, logits: Tensor) -> Tensor:
-        """logits [paths, batch, n_pos, d_vocab] -> [paths]."""
-        labels = self.labels.expand(logits.shape[0], *self.labels.shape)[..., None]  # [paths, batch, n_pos, 1]
-        picked = logits.gather(-1, labels)[..., 0]  # [paths, batch, n_pos]
-        lse = torch.logsumexp(logits, -1)  # [paths, batch, n_pos]
-        return ((lse - picked) * self.weights).flatten(1).sum(1) / self.weights.sum()
-
-
-def candidate_metric(tokens: Tensor) -> MaskedLoss:
+def candidate_metric(tokens: Tensor) -> Metric:
     """Loss at each row's induction-candidate prediction positions of ``tokens`` [batch, seq]."""
-    mask = induction_candidates(tokens)[:, :-1]  # [batch, seq-1]
-    positions = torch.nonzero(mask.any(0))[:, 0]  # [n_pos]
-    return MaskedLoss(positions, tokens[:, positions + 1], mask[:, positions].float())
+    return masked_loss(tokens, induction_candidates(tokens)[:, :-1])  # mask [batch, seq-1]
 
 
 @dataclass(frozen=True)
@@ -150,7 +127,7 @@ def rrt_metric(length: int):
     return lambda ref, cor: make_metric("loss", ref, cor, second_repeat_positions(length))
 
 
-def natural_metric(ref: Tensor, cor: Tensor) -> MaskedLoss:
+def natural_metric(ref: Tensor, cor: Tensor) -> Metric:
     return candidate_metric(ref)
 
 

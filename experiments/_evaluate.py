@@ -21,7 +21,7 @@ from scrub.engine.compute import clean_run_batched
 from scrub.engine.evaluator import evaluate_many
 from scrub.engine.sampling import Sampler
 from scrub.engine.treeify import assign, localize, treeify
-from scrub.metrics import ExampleLosses, bootstrap_recovered, recovered, token_losses
+from scrub.metrics import ExampleLosses, MetricName, bootstrap_recovered, recovered, token_metric
 
 MaskFn = Callable[[Tensor], Tensor]
 
@@ -78,22 +78,10 @@ def scrub_many(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor
     return scrub_metrics(model, claims, data, masks, seed=seed, batch_size=batch_size, step=step)["loss"]
 
 
-def _token_metric(metric: str, logits: Tensor, clean_logits: Tensor, tokens: Tensor) -> Tensor:
-    """Per-token ``metric`` of ``logits`` [batch, seq, d_vocab]: [batch, seq-1]. "loss": cross-entropy against
-    ``tokens``; "kl": KL(clean ‖ logits) (``scrub.metrics.token_kl``), 0 for the clean run itself."""
-    if metric == "loss":
-        return token_losses(logits, tokens)
-    if metric == "kl":
-        from scrub.metrics import token_kl  # noqa: PLC0415 (the KL metric of scrub.run)
-
-        return token_kl(clean_logits, logits)
-    raise ValueError(f"metric must be 'loss' or 'kl', got {metric!r}")
-
-
 @torch.no_grad()
 def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Tensor,
                   masks: tuple[tuple[str, MaskFn], ...], *, seed: int, batch_size: int,
-                  metrics: tuple[str, ...] = ("loss",),
+                  metrics: tuple[MetricName, ...] = ("loss",),
                   step: Callable[[], None] | None = None) -> dict[str, ManyLosses]:
     """``scrub_many`` for several per-token metrics ("loss", "kl") from one evaluation of every claim: the same
     draws, per-example sums and position modes, one ``ManyLosses`` per metric. With "kl" the clean sums are
@@ -110,14 +98,14 @@ def scrub_metrics(model: HookedTransformer, claims: tuple[Claim, ...], data: Ten
         clean_logits = whole.logits[ids]  # [batch, seq, d_vocab]
 
         def reduce(lg: Tensor, clean_logits: Tensor = clean_logits, tokens: Tensor = tokens) -> Tensor:
-            return torch.stack([_token_metric(m, lg, clean_logits, tokens) for m in metrics])  # [metric, batch, seq-1]
+            return torch.stack([token_metric(m, lg, clean_logits, tokens) for m in metrics])  # [metric, batch, seq-1]
 
         values, _ = evaluate_many(model, trees, datas, whole, reduce=reduce)
         stacked = torch.stack(values)  # [tree, metric, batch, seq-1]
         mask = torch.stack([fn(tokens)[:, :-1] for _, fn in masks]).float()  # [mode, batch, seq-1]
         for k, m in enumerate(metrics):
             totals, cleans, counts = parts[m]
-            clean_value = _token_metric(m, clean_logits, clean_logits, tokens) if m == "loss" else \
+            clean_value = token_metric(m, clean_logits, clean_logits, tokens) if m == "loss" else \
                 torch.zeros_like(stacked[0, k])  # [batch, seq-1]
             totals.append(torch.einsum("tbs,mbs->tmb", stacked[:, k], mask))
             cleans.append(torch.einsum("bs,mbs->mb", clean_value, mask))

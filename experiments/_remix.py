@@ -27,6 +27,7 @@ from experiments._evaluate import scrub_metrics
 from hypotheses._build import Remix, remix_graph
 from scrub.claims.hypothesis import Claim, validate
 from scrub.data.batches import induction_candidates
+from scrub.metrics import MetricName
 
 REMIX_SOURCE = ("Redwood Research, REMIX day 3, \"Replicating Results on Induction Heads\" (github.com/redwoodresearch/"
                 "remix_public, remix_d3_instructions.md; Chan et al. 2022, \"Causal scrubbing: results on induction "
@@ -82,7 +83,7 @@ RUNGS = LADDER + OWN
 SHORT = {"remix_v": "V", "remix_q": "Q", "remix_k": "K", "remix_k_prev_only": "K with the previous position only",
          "remix_all": "V + Q + K", "remix_all_prev_only": "V + Q + K with the previous position only"}
 MODES = ("candidates", "good")  # the study's induction candidates; REMIX-comparable good candidates
-METRICS = ("loss", "kl")
+METRICS: tuple[MetricName, ...] = ("loss", "kl")
 
 
 def position_masks():
@@ -163,21 +164,13 @@ def build_rungs(model: HookedTransformer, roles, load: Callable[[str], tuple[Cla
     return built, skipped
 
 
-def available_metrics() -> tuple[str, ...]:
-    try:
-        from scrub.metrics import token_kl  # noqa: F401, PLC0415
-    except ImportError:
-        return ("loss",)
-    return METRICS
-
-
 def run_remix(model: HookedTransformer, roles, baseline: Claim, datasets: dict[str, torch.Tensor],
               load: Callable[[str], tuple[Claim, str]], *, seed: int, batch_size: int, n_bootstrap: int,
               step: Callable[[], None] | None = None) -> dict:
     """Every rung on every dataset (``{"natural": tokens, "rrt": tokens}``), both metrics, both scorings, against
     ``baseline`` (the induction baseline claim). Returns the JSON-ready section of ``results.json``."""
     built, skipped = build_rungs(model, roles, load)
-    metrics = available_metrics()
+    metrics = METRICS
     claims = (replace(baseline, name=BASELINE),) + tuple(b.claim for b in built)
     rows = []
     for data, tokens in datasets.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ from scrub.errors import ScrubError
 GAP_STANDARD_ERRORS = 2.0  # warn when baseline − clean is within this many standard errors of zero
 
 MetricName = Literal["loss", "kl"]  # next-token cross-entropy, or KL divergence from the clean run's predictions
+MetricKind = Literal["loss", "logit_diff"]  # what a path-patching ``Metric`` measures (see ``Metric``)
+METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
 METRIC_LABELS: dict[str, str] = {"loss": "loss", "kl": "KL"}  # how each metric is named in summaries and warnings
 TOKEN_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # the quantiles of the per-token differences in ``TokenView``
 
@@ -51,6 +53,14 @@ def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
     p = p_log.exp()  # [batch, seq-1, d_vocab]
     terms = torch.where(p > 0, p * (p_log - q_log), torch.zeros((), dtype=dtype))  # [batch, seq-1, d_vocab]
     return terms.sum(-1).clamp(min=0)  # [batch, seq-1]
+
+
+def token_metric(metric: MetricName, logits: Tensor, clean_logits: Tensor, tokens: Tensor) -> Tensor:
+    """The per-token ``metric`` [batch, seq-1] of ``logits`` [batch, seq, d_vocab]: next-token loss against
+    ``tokens`` [batch, seq], or KL(clean ‖ logits), 0 for the clean run itself. Differentiable."""
+    if check_metric(metric) == "loss":
+        return token_losses(logits, tokens)  # [batch, seq-1]
+    return token_kl(clean_logits, logits)  # [batch, seq-1]
 
 
 @dataclass(frozen=True)
@@ -260,3 +270,72 @@ def _chunks(n_resamples: int, n: int) -> list[int]:
     """Resample counts per chunk: the same random stream as one [n_resamples, n] draw when it fits one chunk."""
     per = max(1, BOOTSTRAP_CHUNK // max(n, 1))
     return [min(per, n_resamples - start) for start in range(0, n_resamples, per)]
+
+
+# --- the path-patching metric: a scalar of the logits at a few positions --------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar of logits at prediction positions ``positions`` [n_pos] (scored on tokens[t + 1]): the mean
+    next-token ``loss`` against ``labels``, or the mean ``logit_diff`` = logit(label) - logit(foil), over every
+    (row, position) pair, or over those ``weights`` [batch, n_pos] (0/1) marks when rows score different
+    positions (the study's induction candidates)."""
+
+    kind: MetricKind
+    positions: Tensor  # [n_pos] sequence indices t, scored on tokens[t + 1]
+    labels: Tensor  # [batch, n_pos] reference next tokens
+    foils: Tensor  # [batch, n_pos] corrupted next tokens
+    weights: Tensor | None = None  # [batch, n_pos] which pairs count; None: all of them
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """logits [batch, n_pos, d_vocab] -> scalar."""
+        if self.weights is not None:
+            return self.many(logits[None])[0]
+        if self.kind == "loss":
+            logprobs = logits.log_softmax(-1)  # [batch, n_pos, d_vocab]
+            return -logprobs.gather(-1, self.labels[..., None]).mean()
+        return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
+
+    def many(self, logits: Tensor, *, overwrite: bool = False, centred: bool = False) -> Tensor:
+        """The metric of many patched runs at once: logits [paths, batch, n_pos, d_vocab] -> [paths].
+        ``overwrite=True`` lets it use ``logits`` as scratch space (no second d_vocab-wide tensor).
+        ``centred=True``: the caller has already moved each row of logits by a constant near its maximum
+        (both metrics ignore a constant per row), so the loss skips its own max subtraction; the values
+        are then non-finite if that constant was too far off, and the caller retries with plain logits."""
+        labels = self.labels.expand(logits.shape[0], *self.labels.shape)[..., None]  # [paths, batch, n_pos, 1]
+        if self.kind == "loss":
+            picked = logits.gather(-1, labels)[..., 0]  # [paths, batch, n_pos]
+            if centred:
+                top = torch.zeros_like(picked)  # [paths, batch, n_pos]
+                shifted = logits if overwrite else logits.clone()  # [paths, batch, n_pos, d_vocab]
+            else:
+                top = logits.amax(-1)  # [paths, batch, n_pos]
+                shifted = logits.sub_(top[..., None]) if overwrite else logits - top[..., None]
+            lse = shifted.exp_().sum(-1).log_() + top  # logsumexp (torch's is ~3x slower on CPU)
+            return self._mean(lse - picked)
+        foils = self.foils.expand(logits.shape[0], *self.foils.shape)[..., None]  # [paths, batch, n_pos, 1]
+        return self._mean((logits.gather(-1, labels) - logits.gather(-1, foils))[..., 0])
+
+    def _mean(self, values: Tensor) -> Tensor:
+        """values [paths, batch, n_pos] -> [paths]: the mean over the scored pairs."""
+        if self.weights is None:
+            return values.flatten(1).mean(1)
+        return (values * self.weights).flatten(1).sum(1) / self.weights.sum()
+
+
+def make_metric(kind: MetricKind, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
+    """The ``kind`` metric of ``reference`` against ``corrupted`` [batch, seq] at prediction ``positions``
+    [n_pos] (each < seq - 1): labels the reference's next tokens, foils the corrupted ones."""
+    if kind not in METRIC_KINDS:  # a plain string from the command line or an untyped caller
+        raise ScrubError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
+    if positions.numel() == 0 or int(positions.max()) >= reference.shape[1] - 1:
+        raise ScrubError("metric positions must be non-empty prediction positions below seq - 1")
+    return Metric(kind, positions, reference[:, positions + 1], corrupted[:, positions + 1])
+
+
+def masked_loss(tokens: Tensor, mask: Tensor) -> Metric:
+    """Mean next-token loss of ``tokens`` [batch, seq] over the prediction positions ``mask`` [batch, seq-1]
+    marks (each row its own positions); the positions any row scores are the metric's ``positions``."""
+    positions = torch.nonzero(mask.any(0))[:, 0]  # [n_pos]
+    labels = tokens[:, positions + 1]  # [batch, n_pos]
+    return Metric("loss", positions, labels, labels, mask[:, positions].float())  # weights [batch, n_pos]

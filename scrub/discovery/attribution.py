@@ -22,10 +22,10 @@ from transformer_lens import HookedTransformer
 from scrub.claims.sites import Channel, Component, FwdHook, Logits, Mlp
 from scrub.claims.structure import Structure
 from scrub.discovery.edges import Edge
-from scrub.discovery.setup import Counterfactuals, Draw, token_metric
+from scrub.discovery.setup import Counterfactuals, Draw
 from scrub.engine.compute import CleanRun
 from scrub.errors import ScrubError
-from scrub.metrics import MetricName
+from scrub.metrics import MetricName, token_metric
 from scrub.patching.paths import split_qkv_copy
 
 AttributionMethod = Literal["eap", "eap-ig"]

@@ -23,7 +23,7 @@ from torch import Tensor
 from scrub.claims.sites import Component, Logits
 from scrub.claims.structure import Structure
 from scrub.engine.sampling import Sampler
-from scrub.metrics import MetricName, token_kl, token_losses
+from scrub.metrics import MetricName, token_metric
 
 CounterfactualKind = Literal["paired", "resample"]
 
@@ -69,14 +69,6 @@ def resampled(tokens: Tensor, structure: Structure, seed: int, n_draws: int) -> 
         others = {r: sampler.agreeing(None, ids, ("node", str(r)), "unclaimed").datum for r in structure.receivers}
         draws.append(Draw(others, others[Logits()]))
     return Counterfactuals("resample", tokens, tokens.shape[0], tuple(draws), seeds)
-
-
-def token_metric(metric: MetricName, logits: Tensor, clean_logits: Tensor, tokens: Tensor) -> Tensor:
-    """The per-token metric [batch, seq-1] of logits [batch, seq, d_vocab]: next-token loss against ``tokens``
-    [batch, seq], or KL(clean ‖ logits). Differentiable (used under autograd by attribution)."""
-    if metric == "loss":
-        return token_losses(logits, tokens)  # [batch, seq-1]
-    return token_kl(clean_logits, logits)  # [batch, seq-1]
 
 
 def example_totals(metric: MetricName, logits: Tensor, clean_logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence, get_args
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -43,11 +43,9 @@ from scrub.engine.compute import CleanRun, check_supported, clean_run
 from scrub.engine.evaluator import evaluate_many
 from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
 from scrub.errors import ScrubError
+from scrub.metrics import METRIC_KINDS, Metric, MetricKind, make_metric  # noqa: F401 (defined in scrub.metrics; importable here as before)
 from scrub.model.finite import check_weights
 from scrub.patching.matrix import matrix_values
-
-MetricKind = Literal["loss", "logit_diff"]  # what a ``Metric`` measures (see ``Metric``)
-METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
 
 TREES_PER_CALL = 64  # trees stacked into one evaluate_many call (bounds the stacked q/k/v inputs)
 
@@ -147,59 +145,6 @@ def patch_assignments(root: TreeNode, senders: frozenset[tuple[str, ...]], n: in
         d = corr if node.path in senders else ref
         out.by_path[node.path] = Assignment(d, d, no, torch.ones(n, dtype=torch.bool))
     return out
-
-
-# --- metrics ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Metric:
-    """A scalar of logits at ``positions`` (prediction positions, [n_pos]): mean next-token ``loss`` against
-    the reference labels, or mean ``logit_diff`` = logit(reference next token) - logit(corrupted next token)."""
-
-    kind: MetricKind
-    positions: Tensor  # [n_pos] sequence indices t, scored on tokens[t + 1]
-    labels: Tensor  # [batch, n_pos] reference next tokens
-    foils: Tensor  # [batch, n_pos] corrupted next tokens
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        """logits [batch, n_pos, d_vocab] -> scalar."""
-        if self.kind == "loss":
-            logprobs = logits.log_softmax(-1)  # [batch, n_pos, d_vocab]
-            return -logprobs.gather(-1, self.labels[..., None]).mean()
-        if self.kind == "logit_diff":
-            return (logits.gather(-1, self.labels[..., None]) - logits.gather(-1, self.foils[..., None])).mean()
-        raise ScrubError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
-
-    def many(self, logits: Tensor, *, overwrite: bool = False, centred: bool = False) -> Tensor:
-        """The metric of many patched runs at once: logits [paths, batch, n_pos, d_vocab] -> [paths].
-        ``overwrite=True`` lets it use ``logits`` as scratch space (no second d_vocab-wide tensor).
-        ``centred=True``: the caller has already moved each row of logits by a constant near its maximum
-        (both metrics ignore a constant per row), so the loss skips its own max subtraction; the values
-        are then non-finite if that constant was too far off, and the caller retries with plain logits."""
-        labels = self.labels.expand(logits.shape[0], *self.labels.shape)[..., None]  # [paths, batch, n_pos, 1]
-        if self.kind == "loss":
-            picked = logits.gather(-1, labels)[..., 0]  # [paths, batch, n_pos]
-            if centred:
-                top = torch.zeros_like(picked)  # [paths, batch, n_pos]
-                shifted = logits if overwrite else logits.clone()  # [paths, batch, n_pos, d_vocab]
-            else:
-                top = logits.amax(-1)  # [paths, batch, n_pos]
-                shifted = logits.sub_(top[..., None]) if overwrite else logits - top[..., None]
-            lse = shifted.exp_().sum(-1).log_() + top  # logsumexp (torch's is ~3x slower on CPU)
-            return (lse - picked).flatten(1).mean(1)
-        if self.kind == "logit_diff":
-            foils = self.foils.expand(logits.shape[0], *self.foils.shape)[..., None]  # [paths, batch, n_pos, 1]
-            return (logits.gather(-1, labels) - logits.gather(-1, foils)).flatten(1).mean(1)
-        raise ScrubError(f"unknown metric {self.kind!r}: use 'loss' or 'logit_diff'")
-
-
-def make_metric(kind: MetricKind, reference: Tensor, corrupted: Tensor, positions: Tensor) -> Metric:
-    """``positions`` [n_pos]: prediction positions (each < seq - 1)."""
-    if kind not in METRIC_KINDS:  # a plain string from the command line or an untyped caller
-        raise ScrubError(f"unknown metric {kind!r}: use 'loss' or 'logit_diff'")
-    if positions.numel() == 0 or int(positions.max()) >= reference.shape[1] - 1:
-        raise ScrubError("metric positions must be non-empty prediction positions below seq - 1")
-    return Metric(kind, positions, reference[:, positions + 1], corrupted[:, positions + 1])
 
 
 def second_repeat_positions(length: int) -> Tensor:
