@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from scrub.errors import ScrubError
+from scrub.jsonable import dumps
 from scrub.model.loading import SHIPPED_NAME
 
 LOCK = ".scrub-lock"  # the file that marks an --out folder in use (``output.OutputFolder``)
@@ -78,16 +77,7 @@ def check_html(path: Path | None) -> None:
 
 def dump_json(obj: dict) -> None:
     """Print ``obj`` as one line of strict JSON: NaN and infinities become null."""
-    def plain(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    print(json.dumps(plain(obj), allow_nan=False))
+    print(dumps(obj))
 
 
 def check_number(value: int, name: str, low: int, why: str = "", high: int | None = None) -> int:
@@ -99,17 +89,16 @@ def check_number(value: int, name: str, low: int, why: str = "", high: int | Non
 
 
 def check_seed(seed: int) -> int:
-    from scrub.experiment.inputs import MAX_SEED
+    """``--seed`` checked as ``scrub.run`` checks a seed (one rule, named as the option)."""
+    from scrub.experiment.inputs import check_seed as check
 
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and 2**63 - 1 (got {seed})")
-    return seed
+    return check(seed, "--seed")
 
 
 def check_data_memory(n: int, seq_len: int) -> None:
     """Refuse, before the model loads, ``n`` examples of ``seq_len`` tokens that cannot fit in memory (the
     batch is built in a few int64 copies)."""
-    from scrub.data.batches import check_memory
+    from scrub.memory import check_memory, token_bytes
 
-    check_memory(n * seq_len * 8 * 4 + n * 256, f"--n {n} examples of {seq_len} tokens",
+    check_memory(token_bytes(n, seq_len), f"--n {n} examples of {seq_len} tokens",
                  "use a smaller --n or --seq-len")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import asdict
 
 from scrub.cli.common import (
@@ -19,6 +18,7 @@ from scrub.cli.common import (
     quiet_load,
 )
 from scrub.cli.output import OutputFolder
+from scrub.progress import bar as progress_bar
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,20 +70,8 @@ def command(args: argparse.Namespace) -> int:
         return _heads(args, folder)
 
 
-def head_memory(cfg, n: int, seq_len: int) -> int:
-    """About how many bytes the head scores need at their peak: the attention patterns of every head on the
-    largest batch, held twice (the cache and the stacked copy), and the ICL logits."""
-    import torch
-
-    itemsize = max(4, torch.empty((), dtype=cfg.dtype).element_size())  # scores are computed in at least float32
-    patterns = 2 * n * cfg.n_layers * cfg.n_heads * seq_len * seq_len * itemsize
-    return patterns + 2 * n * cfg.n_ctx * cfg.d_vocab * itemsize
-
-
 def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
-    from tqdm import tqdm
-
-    from scrub.data.batches import check_length, check_memory, default_exclude_common, natural_batch
+    from scrub.data.batches import check_length, default_exclude_common, natural_batch
     from scrub.heads.scores import (
         SCORE_NAMES,
         Thresholds,
@@ -92,6 +80,7 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
         in_context_learning,
         previous_token_heads,
     )
+    from scrub.memory import check_memory, head_scores_bytes
     from scrub.model.tokenizer import check_compatible, load_tokenizer
     from scrub.views.plots import head_heatmap
 
@@ -102,7 +91,7 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
         check_compatible(tokenizer, model)
     seq_len = min(128, model.cfg.n_ctx) if args.seq_len is None else args.seq_len
     check_length(seq_len, model)
-    check_memory(head_memory(model.cfg, args.n, max(seq_len, min(101, model.cfg.n_ctx))),
+    check_memory(head_scores_bytes(model.cfg, args.n, max(seq_len, min(101, model.cfg.n_ctx))),
                  f"head scores on --n {args.n} sequences", "use a smaller --n or --seq-len")
     exclude = args.exclude_common if args.exclude_common is not None else default_exclude_common(model)
     defaults = Thresholds()
@@ -111,7 +100,7 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
         prefix_matching=defaults.prefix_matching if args.prefix_threshold is None else args.prefix_threshold,
         copying=defaults.copying if args.copying_threshold is None else args.copying_threshold,
     )
-    bar = tqdm(total=6, desc="scrub heads", file=sys.stderr, disable=None, leave=False)  # 4 score steps, ICL, figures
+    bar = progress_bar(6, "scrub heads")  # 4 score steps, ICL, figures
 
     def steps(names):
         for name in names:
