@@ -5,11 +5,11 @@ Each estimate is a guard, not a measurement: it counts the large tensors of the 
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import torch
 
 from scrub.errors import ScrubError
+from scrub.metrics import MetricName
 
 
 def available_memory(device: torch.device | str = "cpu") -> int | None:
@@ -62,7 +62,7 @@ def clean_run_bytes(cfg, n: int, seq: int) -> int:
     return n * seq * per_position * _itemsize(cfg)
 
 
-def run_batch_bytes(cfg, batch_size: int, seq_len: int, metric: Literal["loss", "kl"] = "loss") -> int:
+def run_batch_bytes(cfg, batch_size: int, seq_len: int, metric: MetricName = "loss") -> int:
     """One batch of ``scrub.run`` at its peak: the clean run's component outputs, the clean, scrubbed and
     baseline logits and a log-softmax (with "kl": three more vocabulary-wide tensors), attention patterns."""
     vocab_wide = 7 if metric == "kl" else 4  # logits and log-softmaxes (KL: both distributions, a product)

@@ -110,11 +110,11 @@ class Structure:
 
     @cached_property
     def _sender_sets(self) -> dict[Component, frozenset[Component]]:
-        sets: dict[int, frozenset[Component]] = {}  # one set per slot (receivers of a slot share one tuple)
+        sets: dict[int, frozenset[Component]] = {}  # one set per prefix of the sources, keyed by its length
         for senders in self._residual_senders.values():
-            if id(senders) not in sets:
-                sets[id(senders)] = frozenset(senders)
-        return {r: sets[id(s)] for r, s in self._residual_senders.items()}
+            if len(senders) not in sets:
+                sets[len(senders)] = frozenset(senders)
+        return {r: sets[len(s)] for r, s in self._residual_senders.items()}
 
     def why_not(self, sender: Component, receiver: Component, channel: Channel | None = None) -> str:
         """Why ``sender`` cannot enter ``receiver`` (through ``channel``), in words, with the fix."""

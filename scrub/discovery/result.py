@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import networkx as nx
 from scrub.discovery.curve import Curve
 from scrub.discovery.edges import Edge
 from scrub.experiment.runner import ScrubResult
+from scrub.jsonable import plain
 
 Method = Literal["eap", "eap-ig", "acdc", "eap-ig+verify"]
 CSV_COLUMNS = ("edge", "sender", "receiver", "input", "score", "effect", "ci_low", "ci_high", "verdict", "how",
@@ -89,9 +89,9 @@ class Discovery:
         return {
             "method": self.method, "metric": self.metric, "counterfactual": self.counterfactual,
             "threshold": self.threshold, "seed": self.seed, "n_examples": self.n_examples,
-            "edges": [_plain(asdict(r)) for r in self.edges], "claim_edges": list(self.claim_edges),
-            "loss_recovered": None if held is None else _finite(held.loss_recovered),
-            "ci": None if held is None else [_finite(held.ci_low), _finite(held.ci_high)],
+            "edges": [plain(asdict(r)) for r in self.edges], "claim_edges": list(self.claim_edges),
+            "loss_recovered": None if held is None else plain(held.loss_recovered),
+            "ci": None if held is None else plain([held.ci_low, held.ci_high]),
             "heldout": None if held is None else held.to_dict(),
             "curve": None if self.curve is None else self.curve.to_dict(),
             "passes": asdict(self.passes), "skipped": self.skipped, "spot_checked": self.spot_checked,
@@ -175,14 +175,6 @@ def atomic_write(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _plain(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 __all__ = ["Discovery", "EdgeRecord", "Passes", "atomic_write"]
