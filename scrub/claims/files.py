@@ -2,7 +2,7 @@
 
 Errors (syntax, an exception while importing or inside ``hypothesis``, a wrong signature, a bad graph) are
 one-line ``HypothesisError``s naming the file and, where there is one, the line; whatever the file prints
-goes to stderr, so stdout stays the command's output. The graph rules are in ``scrub.claims.hypothesis``.
+goes to stderr, so stdout stays the command's output. The graph rules are in ``scrub.claims.validation``.
 """
 
 from __future__ import annotations
