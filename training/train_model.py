@@ -156,6 +156,7 @@ def monitor(model: HookedTransformer, val: np.ndarray, bos: int, seed: int) -> d
 
 
 def main() -> None:
+    """Parse the options, train, evaluate and save: one script read top to bottom (longer than most functions)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=32)

@@ -42,7 +42,8 @@ def _source_out(model: HookedTransformer, cache: ActivationCache, source: Compon
 def naive_logits(model: HookedTransformer, root: TreeNode, data: Assignments, tokens: Tensor) -> Tensor:
     """Logits [batch, seq, d_vocab] of the treeified claim, computed literally (a node-mode graph is first
     unrolled into one copy per path, each on the data its node's draws give it). ``tokens`` are the run's
-    data [data, seq] that the assignments index (the batch first)."""
+    data [data, seq] that the assignments index (the batch first). Long on purpose: the oracle reads top to
+    bottom like the write-up, one hooked forward per copy, with no helper shared with the engine."""
     if root.shared:
         root, data = unroll(root, data)
     patched = copy.deepcopy(model)
