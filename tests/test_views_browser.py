@@ -136,3 +136,39 @@ def test_cli_run_page_renders(browser, tmp_path, capsys):
     assert shot.errors == ()
     assert shot.counts[".scrub-graph path.scrub-claimed"] == 4 and shot.counts[".scrub-text .scrub-token"] == 24
     assert shot.counts["canvas.scrub-attention"] >= 2
+
+
+def test_discovery_page_renders_verdicts_hover_and_curve(browser, tmp_path):
+    from scrub.discovery import discover
+
+    model = tiny_model(dtype=torch.float64, scale=0.4)
+    d = discover(model, random_tokens(16, 10, seed=7), metric="loss", threshold=0.001, draws=1, n_bootstrap=50)
+    page = d.to_html(tmp_path / "discovery.html")
+    paths = [".scrub-graph path.scrub-kept", ".scrub-graph path.scrub-uncertain", ".scrub-graph path.scrub-dropped",
+             ".scrub-lines circle.scrub-point", ".scrub-histogram rect.scrub-bar"]
+    hover = ("var p = document.querySelector('.scrub-graph path.scrub-kept'), r = p.getBoundingClientRect();"
+             "p.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: r.x + 2, clientY: r.y + 2}));"
+             "return [p.getAttribute('stroke-dasharray'), document.querySelector('.scrub-graph path.scrub-uncertain')"
+             ".getAttribute('stroke-dasharray'), document.getElementById('scrub-tooltip').textContent];")
+
+    def hide_faint(driver):
+        driver.execute_script("var c = document.querySelector('.scrub-show-resampled'); c.checked = false;"
+                              "c.dispatchEvent(new Event('change'));")
+
+    shot = browser.open(page, paths, actions=lambda driver: driver.execute_script(hover))
+    hidden = browser.open(page, paths, actions=hide_faint)
+    assert shot.errors == () and hidden.errors == ()
+    counts, shown = shot.counts, min(max(TOP_K, len(d.claim_edges)), len(d.edges))
+    assert counts[".scrub-graph path.scrub-kept"] == sum(r.verdict == "kept" for r in d.edges) > 0
+    assert counts[".scrub-graph path.scrub-uncertain"] > 0 and counts[".scrub-graph path.scrub-dropped"] > 0
+    assert sum(counts[p] for p in paths[:3]) == shown  # the top k of every edge, dropped ones faint
+    assert counts[".scrub-lines circle.scrub-point"] == 2 * len(d.curve.points)
+    assert counts[".scrub-histogram rect.scrub-bar"] >= 8
+    dash, dotted, tip = shot.value
+    kept = max((r for r in d.edges if r.verdict == "kept"), key=lambda r: abs(r.effect))
+    assert dotted == "2,3" and dash != "2,3"
+    assert tip.startswith(f"{kept.sender} \u2192 ") and "effect " in tip and "[95% CI " in tip and "score " in tip
+    assert hidden.counts[".scrub-graph path.scrub-dropped"] == 0
+    assert hidden.counts[".scrub-graph path.scrub-kept"] + hidden.counts[".scrub-graph path.scrub-uncertain"] == \
+        len(d.claim_edges)
+    assert share_not_blank(shot.png) > 0.02

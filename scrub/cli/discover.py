@@ -5,7 +5,8 @@ Data: the held-out examples are exactly those ``scrub run FILE --data D --n N --
 the discovery examples (``--n-discover``) are disjoint from them (natural text: the next windows of the same
 seeded tiling; RRT: another seed). ``--out DIR`` receives ``discovered.py``, ``edges.csv`` and ``curve.png``,
 written through ``OutputFolder`` (locked before any work, staged in a sibling, renamed into place when
-complete), so an interrupted run leaves no half-written output.
+complete), so an interrupted run leaves no half-written output. ``--html FILE`` also writes the result's
+interactive views as one page (``scrub.views.discovery``), its path checked before any work.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from scrub.cli.common import UsageError, check_data_memory, check_number, check_seed, dump_json, quiet_load
+from scrub.cli.common import (
+    UsageError,
+    add_html_argument,
+    check_data_memory,
+    check_html,
+    check_number,
+    check_seed,
+    dump_json,
+    quiet_load,
+)
 from scrub.cli.output import OutputFolder
 from scrub.model.loading import SHIPPED_NAME
 from scrub.progress import bar as progress_bar
@@ -45,6 +55,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out folder that holds other files (they stay)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_html_argument(parser)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -57,6 +68,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.threshold < 0:
         raise UsageError(f"--threshold must be ≥ 0 (got {args.threshold}): it is an effect size in the metric's units")
     check_data_memory(args.n + 2 * args.n_discover, args.seq_len)
+    check_html(args.html)
 
 
 def _data(model, args: argparse.Namespace):
@@ -111,10 +123,11 @@ def _discover(args: argparse.Namespace, folder: OutputFolder | None) -> int:
     if folder is not None:
         _write(d, folder.work)
     hypothesis = None if folder is None else str(folder.final(FILES[0]))
+    page = {} if args.html is None else {"html": str(d.to_html(args.html))}
     if args.json:
         dump_json(d.to_dict() | {"hypothesis_file": hypothesis, "model": str(args.model), "data": args.data,
                                  "n": args.n, "n_discover": args.n_discover, "seq_len": args.seq_len,
-                                 "positions": args.positions})
+                                 "positions": args.positions, **page})
         return 0
     print(d.summary())
     for r in sorted(d.kept, key=lambda r: -abs(r.effect or 0.0))[:15]:
@@ -123,6 +136,8 @@ def _discover(args: argparse.Namespace, folder: OutputFolder | None) -> int:
         print(f"  {r.edge:<22} {r.verdict:<9} {effect}")
     if folder is not None:
         print(f"wrote {', '.join(str(folder.final(name)) for name in FILES)}")
+    if page:
+        print(f"html: {page['html']}")
     return 0
 
 

@@ -112,6 +112,19 @@ class Discovery:
             lines.append(f"faithfulness curve: CPR {self.curve.cpr:.3f}, CMD {self.curve.cmd:.3f}")
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
+    def _repr_html_(self) -> str:
+        """The notebook view: summary, the edges on the model's graph, the curve, the held-out run
+        (``scrub.views.discovery``)."""
+        from scrub.views.discovery import discovery_html
+
+        return discovery_html(self)
+
+    def to_html(self, path: str | Path) -> Path:
+        """The notebook view as one self-contained HTML page at ``path``."""
+        from scrub.views.discovery import write_discovery
+
+        return write_discovery(self, path)
+
     def hypothesis_text(self) -> str:
         """The hypothesis file: docstring (how it was found), one ``add_path`` line per claimed edge."""
         records = {r.edge: r for r in self.edges}

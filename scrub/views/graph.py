@@ -38,16 +38,21 @@ def kind(component: Component) -> str:
     return "mlp" if isinstance(component, Mlp) else "head"
 
 
-def _node(node_id: str, component: Component, n_layers: int, *, claimed: bool, note: str = "") -> dict[str, Any]:
+def graph_node(node_id: str, component: Component, n_layers: int, *, claimed: bool,
+               note: str = "") -> dict[str, Any]:
     return {"id": node_id, "label": node_id, "col": column(component, n_layers), "kind": kind(component),
             "claimed": claimed, "note": note}
 
 
-def _edge(source: str, target: str, channel: Channel, *, claimed: bool, value: float | None = None,
-          low: float | None = None, high: float | None = None, note: str = "") -> dict[str, Any]:
-    return {"source": source, "target": target, "channel": channel.value, "claimed": claimed,
-            "value": None if value is None else rounded(value), "low": None if low is None else rounded(low),
-            "high": None if high is None else rounded(high), "note": note}
+def graph_edge(source: str, target: str, channel: Channel, *, claimed: bool, value: float | None = None,
+               low: float | None = None, high: float | None = None, note: str = "", status: str | None = None,
+               label: str | None = None) -> dict[str, Any]:
+    """One edge of a graph view; ``note`` is shown on hover, ``status`` styles it (``uncertain``: dotted),
+    ``label`` names its value where it is not the view's ``value_label``."""
+    out = {"source": source, "target": target, "channel": channel.value, "claimed": claimed,
+           "value": None if value is None else rounded(value), "low": None if low is None else rounded(low),
+           "high": None if high is None else rounded(high), "note": note}
+    return out | ({} if status is None else {"status": status}) | ({} if label is None else {"label": label})
 
 
 def claim_graph(claim: Claim, structure: Structure, *, title: str | None = None) -> View:
@@ -56,13 +61,13 @@ def claim_graph(claim: Claim, structure: Structure, *, title: str | None = None)
     n_layers = structure.n_layers
     components: list[Component] = [*structure.sources, Logits()]
     claimed_ids = {n.id for n in claim.nodes}
-    nodes = [_node(str(c), c, n_layers, claimed=str(c) in claimed_ids) for c in components]
-    nodes += [_node(n.id, n.component, n_layers, claimed=True, note=f"({n.component} with a feature)")
+    nodes = [graph_node(str(c), c, n_layers, claimed=str(c) in claimed_ids) for c in components]
+    nodes += [graph_node(n.id, n.component, n_layers, claimed=True, note=f"({n.component} with a feature)")
               for n in claim.nodes if n.id != str(n.component)]
     edges = []
     for e in claim.edges:
         where = ("at positions " + getattr(e.positions, "__name__", "fn")) if e.positions is not None else ""
-        edges.append(_edge(e.source, e.target, e.channel, claimed=True,
+        edges.append(graph_edge(e.source, e.target, e.channel, claimed=True,
                            note=where + (" with a query-key mask" if e.qk_mask is not None else "")))
     for node in claim.nodes:
         receiver = node.component
@@ -70,7 +75,7 @@ def claim_graph(claim: Claim, structure: Structure, *, title: str | None = None)
             continue
         for channel in structure.channels(receiver):
             kept = {str(claim.node(e.source).component) for e in claim.inputs_of(node.id) if e.channel == channel}
-            edges += [_edge(str(s), node.id, channel, claimed=False) for s in structure.senders(receiver, channel)
+            edges += [graph_edge(str(s), node.id, channel, claimed=False) for s in structure.senders(receiver, channel)
                       if str(s) not in kept]
     n_claimed = len(claim.edges)
     note = (f"{n_claimed} claimed edges; resampled inputs of the claimed nodes faint. Hover an edge or a node."
@@ -85,7 +90,7 @@ def matrix_graph(matrix: PatchMatrix, n_layers: int, *, title: str = "Path-patch
     its value; the view shows the top k by |effect| (dashed: negative)."""
     components: dict[str, Component] = {str(c): c for c in (*matrix.senders, *matrix.receivers)}
     components["logits"] = Logits()
-    nodes = [_node(name, c, n_layers, claimed=False) for name, c in components.items()]
+    nodes = [graph_node(name, c, n_layers, claimed=False) for name, c in components.items()]
     edges = []
     effects = matrix.effects.double()  # [sender, receiver, channel]
     finite = ~torch.isnan(effects)
@@ -94,9 +99,9 @@ def matrix_graph(matrix: PatchMatrix, n_layers: int, *, title: str = "Path-patch
         if isinstance(receiver, Mlp) and k > 0:
             continue  # an MLP's one input is written to every channel column
         channel = Channel.IN if isinstance(receiver, Mlp) else matrix.channels[k]
-        edges.append(_edge(str(matrix.senders[i]), str(receiver), channel, claimed=True,
+        edges.append(graph_edge(str(matrix.senders[i]), str(receiver), channel, claimed=True,
                            value=float(effects[i, j, k])))
-    edges += [_edge(str(s), "logits", Channel.IN, claimed=True, value=float(v))
+    edges += [graph_edge(str(s), "logits", Channel.IN, claimed=True, value=float(v))
               for s, v in zip(matrix.senders, matrix.to_logits.tolist(), strict=True)]
     note = (f"{len(edges)} paths ({matrix.metric}: patched − clean; clean {matrix.clean:.4g}, corrupted "
             f"{matrix.corrupted:.4g}); width: |effect|, dashed: negative. Move the slider to show more.")

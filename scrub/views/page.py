@@ -24,6 +24,7 @@ class ViewKind(str, Enum):
     ATTENTION = "attention"
     HISTOGRAM = "histogram"
     INTERVALS = "intervals"
+    LINES = "lines"
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,13 @@
                             value: String(Math.min(data.top_k, valued.length)), "class": "scrub-topk"}, controls);
       var kText = el("span", {"class": "scrub-k-value"}, controls);
     }
-    var nResampled = data.edges.filter(function (e) { return !e.claimed && e.value === null; }).length;
+    var nResampled = data.edges.filter(function (e) { return !e.claimed; }).length;  /* faint: unclaimed edges */
     if (nResampled) {
       var lab = el("label", {}, controls);
       resampled = el("input", {type: "checkbox", "class": "scrub-show-resampled"}, lab);
       resampled.checked = nResampled <= data.resampled_limit;
-      lab.appendChild(document.createTextNode(" show the " + nResampled + " resampled inputs (faint)"));
+      lab.appendChild(document.createTextNode(" show the " + nResampled + " " + (data.faint_label || "resampled inputs") +
+                                              " (faint)"));
     }
     var legend = el("div", {"class": "scrub-legend"}, controls);
     ["q", "k", "v", "in"].forEach(function (c) {
@@ -108,13 +109,13 @@
     var sorted = valued.slice().sort(function (a, b) { return Math.abs(b.value) - Math.abs(a.value); });
     function render() {
       while (edgeLayer.firstChild) edgeLayer.removeChild(edgeLayer.firstChild);
+      var faint = !!(resampled && resampled.checked);
+      var candidates = sorted.filter(function (e) { return e.claimed || faint; });  /* the slider ranks these */
       var k = kInput ? Number(kInput.value) : 0;
-      if (kInput) kText.textContent = String(k) + " of " + valued.length;
-      var shown = sorted.slice(0, k);
+      if (kInput) kText.textContent = String(Math.min(k, candidates.length)) + " of " + candidates.length;
+      var shown = candidates.slice(0, k);
       var biggest = shown.length ? Math.abs(shown[0].value) || 1 : 1;
-      var rest = data.edges.filter(function (e) {
-        return e.value === null && (e.claimed || (resampled && resampled.checked));
-      });
+      var rest = data.edges.filter(function (e) { return e.value === null && (e.claimed || faint); });
       var used = {};
       rest.concat(shown).forEach(function (e) {
         var a = pos[e.source], b = pos[e.target];
@@ -125,11 +126,14 @@
         var path = svg("path", {d: "M" + (a.x + 22) + "," + a.y + " C" + mid + "," + a.y + " " + mid + "," + by + " " +
                                    (b.x - 22) + "," + by,
                                 stroke: CHANNEL_COLOURS[e.channel] || "#555", "stroke-width": width, fill: "none",
-                                "class": "scrub-edge " + (e.claimed ? "scrub-claimed" : "scrub-resampled")}, edgeLayer);
-        if (e.value !== null && e.value < 0) path.setAttribute("stroke-dasharray", "5,3");
+                                "class": "scrub-edge " + (e.claimed ? "scrub-claimed" : "scrub-resampled") +
+                                         (e.status ? " scrub-" + e.status : "")}, edgeLayer);
+        if (e.status === "uncertain") path.setAttribute("stroke-dasharray", "2,3");  /* dotted: uncertain */
+        else if (e.value !== null && e.value < 0) path.setAttribute("stroke-dasharray", "5,3");
         var text = e.source + " \u2192 " + e.target + (e.channel === "in" ? "" : ":" + e.channel) +
-          (e.value === null ? (e.claimed ? "  (claimed)" : "  (resampled)") :
-            "  " + data.value_label + " " + fmt(e.value, 4) + interval(e.low, e.high));
+          (e.value === null ? (e.status ? "" : e.claimed ? "  (claimed)" : "  (resampled)") :
+            "  " + (e.label || data.value_label) + " " + fmt(e.value, 4) + interval(e.low, e.high)) +
+          (e.note ? "\n" + e.note : "");
         path.addEventListener("mousemove", function (ev) { tip.show(ev, text); });
         path.addEventListener("mouseleave", tip.hide);
       });
@@ -426,8 +430,67 @@
     });
   }
 
+  /* ---- lines through points (e.g. a faithfulness curve): one polyline per series, hover a point ---- */
+  function drawLines(root, data) {
+    var tip = tooltip();
+    var colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"];
+    var legend = el("div", {"class": "scrub-legend"}, el("div", {"class": "scrub-controls"}, root));
+    data.series.forEach(function (s, i) {
+      var item = el("span", {"class": "scrub-legend-item"}, legend);
+      el("span", {"class": "scrub-swatch", style: "background:" + colours[i % colours.length]}, item);
+      item.appendChild(document.createTextNode(s.name));
+    });
+    var finite = function (v) { return v !== null && v !== undefined && isFinite(v); };
+    var xs = [], ys = (data.refs || []).slice();
+    data.series.forEach(function (s) {
+      s.points.forEach(function (p) { if (finite(p.x) && finite(p.y)) { xs.push(p.x); ys.push(p.y); } });
+    });
+    if (!xs.length) { el("div", {"class": "scrub-note"}, root, "no finite values"); return; }
+    var xlo = Math.min.apply(null, xs), xhi = Math.max.apply(null, xs);
+    var ylo = Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
+    if (xhi <= xlo) xhi = xlo + 1;
+    if (yhi <= ylo) yhi = ylo + 1;
+    var pad = 0.05 * (yhi - ylo);
+    ylo -= pad; yhi += pad;
+    var W = 720, H = 300, left = 52, right = 14, top = 10, bottom = 40;
+    var canvas = svg("svg", {width: W, height: H, "class": "scrub-lines", viewBox: "0 0 " + W + " " + H}, root);
+    var x = function (v) { return left + (v - xlo) / (xhi - xlo) * (W - left - right); };
+    var y = function (v) { return H - bottom - (v - ylo) / (yhi - ylo) * (H - bottom - top); };
+    (data.refs || []).forEach(function (v) {
+      svg("line", {x1: left, x2: W - right, y1: y(v), y2: y(v), "class": "scrub-ref"}, canvas);
+    });
+    svg("line", {x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, stroke: "#333"}, canvas);
+    svg("line", {x1: left, x2: left, y1: top, y2: H - bottom, stroke: "#333"}, canvas);
+    ticks(xlo, xhi, 8).forEach(function (v) {
+      var t = svg("text", {x: x(v), y: H - bottom + 15, "text-anchor": "middle", "class": "scrub-tick"}, canvas);
+      t.textContent = fmt(v, 2);
+    });
+    ticks(ylo, yhi, 5).forEach(function (v) {
+      var t = svg("text", {x: left - 5, y: y(v) + 3, "text-anchor": "end", "class": "scrub-tick"}, canvas);
+      t.textContent = fmt(v, 2);
+    });
+    var xl = svg("text", {x: left + (W - left - right) / 2, y: H - 5, "text-anchor": "middle", "class": "scrub-tick"}, canvas);
+    xl.textContent = data.x_label;
+    var my = top + (H - bottom - top) / 2;
+    var yl = svg("text", {x: 11, y: my, "text-anchor": "middle", "class": "scrub-tick", transform: "rotate(-90 11," + my + ")"}, canvas);
+    yl.textContent = data.y_label;
+    data.series.forEach(function (s, i) {
+      var colour = colours[i % colours.length];
+      var kept = s.points.filter(function (p) { return finite(p.x) && finite(p.y); });
+      var line = svg("polyline", {points: kept.map(function (p) { return x(p.x) + "," + y(p.y); }).join(" "),
+                                  fill: "none", stroke: colour, "stroke-width": 2, "class": "scrub-line"}, canvas);
+      if (s.dashed) line.setAttribute("stroke-dasharray", "6,4");
+      kept.forEach(function (p) {
+        var dot = svg("circle", {cx: x(p.x), cy: y(p.y), r: 4, fill: colour, "class": "scrub-point"}, canvas);
+        var text = s.name + ": " + (p.text || (data.x_label + " " + fmt(p.x) + ", " + data.y_label + " " + fmt(p.y)));
+        dot.addEventListener("mousemove", function (ev) { tip.show(ev, text); });
+        dot.addEventListener("mouseleave", tip.hide);
+      });
+    });
+  }
+
   var DRAW = {graph: drawGraph, tokens: drawTokens, heatmap: drawHeatmap, attention: drawAttention,
-              histogram: drawHistogram, intervals: drawIntervals};
+              histogram: drawHistogram, intervals: drawIntervals, lines: drawLines};
 
   function init() {
     var roots = document.querySelectorAll(".scrub-view:not([data-ready])");
