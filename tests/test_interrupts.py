@@ -30,9 +30,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def interrupt(argv: list[str], out: Path, *, after: float) -> subprocess.CompletedProcess:
+def interrupt(argv: list[str], out: Path, *, after: float, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
     """Start ``python -m scrub argv``, wait until it writes its partial sibling of ``out``, let it run ``after``
-    seconds more, send SIGINT and return the finished process."""
+    seconds more, send ``sig`` (SIGINT: Ctrl-C) and return the finished process."""
     proc = subprocess.Popen([sys.executable, "-m", "scrub", *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -42,17 +42,18 @@ def interrupt(argv: list[str], out: Path, *, after: float) -> subprocess.Complet
         time.sleep(0.05)
     time.sleep(after)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def assert_interrupted(done: subprocess.CompletedProcess, command: str) -> None:
-    assert done.returncode == 130, done.stderr
+def assert_interrupted(done: subprocess.CompletedProcess, command: str, word: str = "interrupted",
+                       code: int = 130) -> None:
+    assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    lines = [line for line in re.split(r"[\r\n]", done.stderr) if "interrupted" in line]
+    lines = [line for line in re.split(r"[\r\n]", done.stderr) if word in line]
     assert len(lines) == 1, done.stderr  # after a progress bar's last update, or alone
-    assert lines[0].endswith(f"scrub {command}: interrupted; nothing written"), done.stderr
+    assert lines[0].endswith(f"scrub {command}: {word}; nothing written"), done.stderr
 
 
 def assert_left_as_before(out: Path, before: dict[str, bytes]) -> None:
@@ -146,3 +147,107 @@ def test_the_current_folder_is_refused_as_out(ckpt, tmp_path, capsys, monkeypatc
         err = capsys.readouterr().err
         assert "is the current folder or holds it" in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+# --- round 2: kill, SIGTERM, killed runs' leftovers, locks held by flock, staged --html ------------------------
+
+def test_sigterm_during_heads_leaves_the_earlier_figures_and_page(ckpt, tmp_path, capsys):
+    out, page = tmp_path / "figs", tmp_path / "pages" / "heads.html"
+    assert main(["heads", "--model", str(ckpt), "--n", "2", "--out", str(out), "--html", str(page)]) == 0
+    capsys.readouterr()
+    before, page_before = snapshot(out), page.read_bytes()
+    done = interrupt(["heads", "--model", str(ckpt), "--n", "512", "--seed", "1", "--out", str(out), "--html",
+                      str(page)], out, after=0.3, sig=signal.SIGTERM)
+    assert_interrupted(done, "heads", "terminated", 143)
+    assert_left_as_before(out, before)
+    assert page.read_bytes() == page_before and sorted(p.name for p in page.parent.iterdir()) == ["heads.html"]
+
+
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _killed_run(out: Path) -> None:
+    """What a run killed by SIGKILL (or a power cut) leaves: its lock and its half-written sibling."""
+    (out / ".scrub-lock").write_text(_dead_pid())
+    partial = out.parent / f".{out.name}.scrub-partial-{_dead_pid().strip()}"
+    partial.mkdir()
+    (partial / "copying.png").write_bytes(b"half a figure")
+
+
+def _flocked(out: Path) -> None:
+    """A lock file held (flock) by a running process although its text names a process that has ended."""
+    import fcntl
+
+    fd = os.open(out / ".scrub-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, _dead_pid().encode())  # (closed at the end of the test process)
+
+
+HEADS = ["heads", "--n", "2"]
+FOLDER_CASES = [  # (id, prepare(out), extra argv, exit code, regex of the error line or None)
+    ("a killed run's lock and sibling are cleared", _killed_run, [], 0, None),
+    ("a lock held by flock is in use, whatever its text", _flocked, [], 2,
+     r"--out .*figs is in use by another scrub run"),
+    ("--html under a file is refused before any work", lambda out: None, ["--html", "{tmp}/afile/page.html"], 2,
+     r"cannot write .*afile/page.html: .*afile is a file, not a folder"),
+    ("--html inside --out, twice", lambda out: None, ["--html", "{out}/page.html"], 0, None),
+]
+
+
+@pytest.mark.parametrize("prepare, extra, code, pattern", [c[1:] for c in FOLDER_CASES],
+                         ids=[c[0] for c in FOLDER_CASES])
+def test_output_folder_states(ckpt, tmp_path, capsys, monkeypatch, prepare, extra, code, pattern):
+    out = tmp_path / "figs"
+    out.mkdir()
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    prepare(out)
+    if code == 2:
+        no_model(monkeypatch)
+    argv = [*HEADS, "--model", str(ckpt), "--out", str(out), *[a.format(tmp=tmp_path, out=out) for a in extra]]
+    for _ in range(2 if "{out}" in " ".join(extra) else 1):
+        assert main(argv) == code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        if pattern:
+            assert re.search(pattern, err) and len([x for x in err.splitlines() if ": error: " in x]) == 1, err
+    if code == 0:
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".figs.")]  # no sibling left
+        assert not (out / ".scrub-lock").exists()
+        assert snapshot(out)["copying.png"] != b"half a figure"
+    if "{out}" in " ".join(extra):
+        assert (out / "page.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_two_folders_swap_in_one_step(tmp_path):
+    from scrub.cli.output import _exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b" / "y").write_text("b")
+    if not _exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no renameat2(RENAME_EXCHANGE) here: OutputFolder renames twice")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["y"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["x"]
+
+
+def test_a_folder_stays_locked_while_it_is_swapped(tmp_path):
+    """The lock enters the new folder with it: another run is refused until this one has released it."""
+    from scrub.cli.output import OutputFolder
+
+    out = tmp_path / "figs"
+    first = OutputFolder(out, "heads", ["a.png"])
+    with first:
+        (first.work / "a.png").write_bytes(b"new")
+        real = first._commit
+
+        def commit():
+            real()
+            with pytest.raises(Exception, match="in use by another scrub run"):
+                OutputFolder(out, "heads", ["a.png"]).__enter__()
+        first._commit = commit
+    assert (out / "a.png").read_bytes() == b"new" and not (out / ".scrub-lock").exists()
+    with OutputFolder(out, "heads", ["a.png"]):  # free again
+        pass

@@ -5,9 +5,9 @@ Owns the error policy: bad input (a ``ScrubError``, an ``OSError`` such as a mis
 own errors) prints one line to stderr and exits 2; numbers are checked before the model loads wherever
 they can be. Anything else is a bug in scrub: its traceback is shown with a line asking to report it, and
 the exit code is 1. Ctrl-C prints "interrupted; nothing written" (output folders are written whole or not at
-all) and exits 130. Progress bars go to stderr only, so ``--json`` stdout is exactly one JSON object
-(non-finite numbers as ``null``). A reader that closes the pipe early (``scrub heads | head``) ends the
-command quietly.
+all) and exits 130; SIGTERM (``kill``) prints "terminated; nothing written" and exits 143. Progress bars go
+to stderr only, so ``--json`` stdout is exactly one JSON object (non-finite numbers as ``null``). A reader
+that closes the pipe early (``scrub heads | head``) ends the command quietly.
 
 To add a subcommand, write a module with ``arguments(parser)`` and ``command(args) -> int`` and add a
 ``Command`` to ``COMMANDS``.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from scrub.cli import check, discover, heads, patch, run, study
@@ -60,6 +62,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (output folders restored, locks released), then exit 143."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def _stdout_closed() -> int:
     """The reader of stdout went away (``scrub heads | head``): stop quietly, like a program ended by SIGPIPE."""
     try:
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {command.name: command.run for command in COMMANDS}[args.command]
     several = distributed.launched()  # torchrun started this process as one of several
     where = f" [rank {os.environ.get('RANK', '?')}]" if several else ""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         if several and args.command not in SHARDED:
             raise UsageError(f"only {', '.join(f'`scrub {c}`' for c in SHARDED)} shares its work across processes; "
@@ -100,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: every output folder is written whole or not at all (``OutputFolder``)
         print(f"scrub {args.command}{where}: interrupted; nothing written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"scrub {args.command}{where}: terminated; nothing written", file=sys.stderr)
+        return 143
     except (ScrubError, OSError) as err:
         print(f"scrub {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               f"report it with the command line and the traceback above at {ISSUES}", file=sys.stderr)
         return 1
     finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
 
 

@@ -66,7 +66,8 @@ def command(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be a finite number (got {value})")
     check_data_memory(args.n, max(args.seq_len or 128, 101))  # the natural and the repeated-random batches
     check_html(args.html)
-    with OutputFolder(args.out, "heads", [f"{name}.png" for name in SCORE_NAMES], overwrite=args.overwrite) as folder:
+    with OutputFolder(args.out, "heads", [f"{name}.png" for name in SCORE_NAMES], overwrite=args.overwrite,
+                      files=[args.html]) as folder:
         return _heads(args, folder)
 
 
@@ -124,7 +125,9 @@ def _heads(args: argparse.Namespace, folder: OutputFolder) -> int:
         figures.append(str(folder.final(f"{name}.png")))
     bar.update(1)
     bar.close()
-    page = {} if args.html is None else {"html": str(scores.to_html(args.html))}
+    if args.html is not None:
+        scores.to_html(folder.staged(args.html))  # in place with the figures, once the run is complete
+    page = {} if args.html is None else {"html": str(args.html)}
     if args.json:
         dump_json({
             "model": str(args.model), "data": args.data, "n": args.n,

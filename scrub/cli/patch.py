@@ -35,7 +35,7 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be ≥ 1 and --length ≥ 2 (got {args.n}, {args.length})")
     channels = head_channels(args.input)  # checked before the model loads
     check_html(args.html)
-    with OutputFolder(args.out, "patch", [FIGURE], overwrite=args.overwrite) as folder:
+    with OutputFolder(args.out, "patch", [FIGURE], overwrite=args.overwrite, files=[args.html]) as folder:
         return _patch(args, channels, folder)
 
 
@@ -62,7 +62,9 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
     matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, receivers=receivers, channels=channels)
     patch_heatmap(matrix, folder.work / FIGURE, title=f"path patching ({args.model}, {args.metric}, n={args.n})")
     figure = folder.final(FIGURE)
-    page = {} if args.html is None else {"html": str(matrix.to_html(args.html))}
+    if args.html is not None:
+        matrix.to_html(folder.staged(args.html))  # in place with the figure, once the run is complete
+    page = {} if args.html is None else {"html": str(args.html)}
     if args.json:
         print(json.dumps({"model": str(args.model), "n": args.n, "length": args.length, "seed": args.seed,
                           **matrix.to_dict(), "figure": str(figure), **page}))
