@@ -141,6 +141,11 @@ def _patch_matrix(model):
     return patch_matrix(model, tokens, tokens.flip(0), metric, progress=False)
 
 
+def _a_file(tmp_path):
+    (tmp_path / "afile").write_text("not a folder\n")
+    return tmp_path / "afile"
+
+
 def _save(dtype):
     def save(tmp_path):
         return save_checkpoint(tiny_model(), tmp_path / "ckpt", dtype=dtype)
@@ -165,6 +170,16 @@ API_CASES = [  # (id, call(tmp_path), exception type, regex)
     ("save_checkpoint(dtype=int8)", _save(torch.int8), ScrubError, r"dtype int8 is not a floating-point dtype"),
     ("save_checkpoint(dtype='int64')", _save("int64"), ScrubError, r"dtype int64 is not a floating-point dtype"),
     ("save_checkpoint(dtype='float17')", _save("float17"), ScrubError, r"dtype 'float17' is not a torch dtype"),
+    ("save_checkpoint(dtype='float16') beyond its range", lambda t: save_checkpoint(
+        tiny_model(scale=1e5), t / "ckpt", dtype="float16"), ScrubError,
+     r"weight embed.W_E holds values up to 3.15e\+05, beyond the range of float16 \(largest 6.55e\+04\); save in "
+     r"float32"),
+    ("save_checkpoint(a name, not a model)", lambda t: save_checkpoint("scrub-attn-2l", t / "ckpt"), ScrubError,
+     r"save_checkpoint takes a HookedTransformer .* got str"),
+    ("save_checkpoint(model on meta)", lambda t: save_checkpoint(_meta_model(), t / "ckpt"), ScrubError,
+     r"weights are on the meta device .* nothing to save"),
+    ("save_checkpoint(into a file)", lambda t: save_checkpoint(tiny_model(), _a_file(t)), ScrubError,
+     r"afile is a file; a checkpoint is a folder"),
 ]
 if not torch.cuda.is_available():
     API_CASES.append(("load_model(device='cuda') without CUDA", lambda t: load_model(device="cuda"), ModelLoadError,

@@ -130,19 +130,43 @@ def save_checkpoint(model: HookedTransformer, directory: str | Path, *, meta: di
     change no logit; float16 halves the file, as for the shipped models, and the loaded model is the rounded
     one); buffers (attention masks, rotary tables) are rebuilt from the config. Returns the directory.
     """
+    if not isinstance(model, HookedTransformer):
+        raise ScrubError(f"save_checkpoint takes a HookedTransformer (e.g. from scrub.load_model), got "
+                         f"{type(model).__name__}")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ScrubError("save_checkpoint: the model's weights are on the meta device (shapes without values), so "
+                         "there is nothing to save: load or train real weights first")
     dtype = save_dtype(dtype, model)
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ScrubError(f"save_checkpoint: {directory} is a file; a checkpoint is a folder (config.json and "
+                         f"weights.pt): choose a folder path")
     config = config_to_dict(model.cfg)
     payload = {"format": CHECKPOINT_FORMAT, "config": config, "meta": meta or {}}
     text = json.dumps(payload, indent=2, default=str) + "\n"
     state = {k: v.detach().to(dtype).cpu().clone() for k, v in model.named_parameters()}
+    _check_rounding(model, state, dtype)
     directory.mkdir(parents=True, exist_ok=True)
     # write then rename, so an interrupted save never leaves a truncated weights.pt behind a good config
-    tmp = directory / "weights.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, directory / "weights.pt")
-    (directory / "config.json").write_text(text)
+    for name, write in (("weights.pt", lambda tmp: torch.save(state, tmp)),
+                        ("config.json", lambda tmp: tmp.write_text(text))):
+        tmp = directory / f"{name}.tmp"
+        write(tmp)
+        os.replace(tmp, directory / name)
     return directory
+
+
+def _check_rounding(model: HookedTransformer, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Refuse a save whose rounding to ``dtype`` turns finite weights into infinities (float16 tops out at
+    65504): the checkpoint could not be loaded."""
+    for name, param in model.named_parameters():
+        was = torch.isfinite(param.detach())  # [...]
+        now = torch.isfinite(state[name])  # [...]
+        if bool((was & ~now).any()):
+            biggest = float(param.detach().abs()[was].max())
+            raise ScrubError(f"save_checkpoint: weight {name} holds values up to {biggest:.3g}, beyond the range of "
+                             f"{str(dtype).removeprefix('torch.')} (largest {torch.finfo(dtype).max:.3g}); save in "
+                             f"float32 or bfloat16 (dtype=None keeps the model's own)")
 
 
 def _read_config(config_path: Path) -> HookedTransformerConfig:
