@@ -133,6 +133,12 @@ def _head_scores(model):
     return head_scores(model, data="rrt", n=2)
 
 
+def _icl(model):
+    from scrub.heads.scores import in_context_learning
+
+    return in_context_learning(model, _tokens(2, 64))
+
+
 def _patch_matrix(model):
     from scrub.patching.paths import make_metric, patch_matrix
 
@@ -167,6 +173,16 @@ API_CASES = [  # (id, call(tmp_path), exception type, regex)
      r"the model: weight blocks.0.attn.W_K \[3, 16, 4\] holds 1 non-finite"),
     ("patch_matrix: NaN weight in memory", lambda t: _patch_matrix(_nan_model()), NonFiniteError,
      r"the model: weight blocks.0.attn.W_K \[3, 16, 4\] holds 1 non-finite"),
+    ("head_scores: model on meta", lambda t: _head_scores(_meta_model()), ScrubError,
+     r"weights are on the meta device .* load real weights"),
+    ("head_scores: model.half()", lambda t: _head_scores(tiny_model(n_ctx=128).half()), ScrubError,
+     r"weights are float16 but model.cfg.dtype is float32 .* model.to\(torch.float16\)"),
+    ("head_scores: a name, not a model", lambda t: _head_scores("scrub-attn-2l"), ScrubError,
+     r"head_scores takes a HookedTransformer .* got str"),
+    ("in_context_learning: model.half()", lambda t: _icl(tiny_model(n_ctx=128).half()), ScrubError,
+     r"weights are float16 but model.cfg.dtype is float32"),
+    ("run: model.half()", lambda t: run(tiny_model().half(), _graph(), _tokens(), progress=False), ScrubError,
+     r"weights are float16 but model.cfg.dtype is float32 .* model.to\(torch.float16\)"),
     ("save_checkpoint(dtype=int8)", _save(torch.int8), ScrubError, r"dtype int8 is not a floating-point dtype"),
     ("save_checkpoint(dtype='int64')", _save("int64"), ScrubError, r"dtype int64 is not a floating-point dtype"),
     ("save_checkpoint(dtype='float17')", _save("float17"), ScrubError, r"dtype 'float17' is not a torch dtype"),

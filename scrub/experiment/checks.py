@@ -14,6 +14,7 @@ from transformer_lens import HookedTransformer
 from scrub.data import sanity
 from scrub.errors import ScrubError
 from scrub.model.finite import NonFiniteError, check_weights
+from scrub.model.loading import check_model
 
 if TYPE_CHECKING:
     from scrub.engine.treeify import Assignments, SamplingOptions, TreeNode
@@ -25,11 +26,12 @@ class PlacementError(ScrubError):
 
 
 def check_placement(model: HookedTransformer, data: object) -> None:
-    """Refuse a model or tokens on the meta device (shapes without values), naming how to get real ones."""
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise PlacementError("the model's weights are on the meta device (shapes without values), so nothing can be "
-                             "computed: load real weights (scrub.load_model, or model.to_empty(device='cpu') then "
-                             "load_state_dict)")
+    """Refuse a model or tokens on the meta device (shapes without values), and weights whose dtype is not
+    the config's (``model.half()``), naming how to get real ones."""
+    try:
+        check_model(model, "scrub.run")
+    except ScrubError as err:
+        raise PlacementError(str(err)) from None
     if isinstance(data, Tensor) and data.device.type == "meta":
         raise PlacementError("the token ids are on the meta device (a shape without values): pass real token ids, "
                              "e.g. scrub.natural_batch(n, seq_len) or a tensor on the CPU")

@@ -23,6 +23,7 @@ from scrub.engine.compute import norm_linear
 from scrub.errors import ScrubError
 from scrub.metrics import token_losses
 from scrub.model.finite import check_weights
+from scrub.model.loading import check_model
 
 SCORE_NAMES = ("previous_token", "prefix_matching", "duplicate_token", "copying", "ov_eigenvalue")
 
@@ -273,6 +274,7 @@ def in_context_learning(model: HookedTransformer, tokens: torch.Tensor, *, early
                         late: int | None = None) -> IclScore:
     """Loss at prediction position ``late`` (default min(200, last)) minus at ``early`` (default
     min(50, late // 4)), on natural text ``tokens`` [batch, seq]. Olsson et al. used 500 and 50."""
+    check_model(model, "in_context_learning")
     check_length(tokens, model)
     last = tokens.shape[1] - 2  # the last position with a label
     late = min(200, last) if late is None else late
@@ -298,6 +300,7 @@ def head_scores(model: HookedTransformer, *, data: str = "natural", n: int = 32,
     """
     if data not in ("natural", "rrt"):
         raise ScrubError(f"unknown data {data!r}: use 'natural' (validation text) or 'rrt' (repeated random tokens)")
+    check_model(model, "head_scores")  # not a model, meta weights, model.half(): refused naming the fix
     check_weights(model, "the model")  # a NaN weight would end in an eigenvalue traceback, not a score
     cfg = model.cfg
     seq_len = min(128, cfg.n_ctx) if seq_len is None else seq_len

@@ -252,6 +252,24 @@ def _load_checkpoint_dir(directory: Path, device: str) -> HookedTransformer:
     return model.to(device, print_details=False).eval()
 
 
+def check_model(model: object, who: str) -> None:
+    """Refuse a model no computation can run, naming the fix: not a ``HookedTransformer``, weights on the
+    meta device, or weights in another dtype than ``model.cfg.dtype`` (``model.half()`` leaves the config)."""
+    if not isinstance(model, HookedTransformer):
+        raise ScrubError(f"{who} takes a HookedTransformer (e.g. from scrub.load_model), got {type(model).__name__}")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ScrubError("the model's weights are on the meta device (shapes without values), so nothing can be "
+                         "computed: load real weights (scrub.load_model, or model.to_empty(device='cpu') then "
+                         "load_state_dict)")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {model.cfg.dtype}:
+        names = sorted(str(d).removeprefix("torch.") for d in dtypes)
+        want = str(model.cfg.dtype).removeprefix("torch.")
+        raise ScrubError(f"the model's weights are {', '.join(names)} but model.cfg.dtype is {want} (model.half() "
+                         f"or a submodule's .to() changes the weights, not the config), so TransformerLens mixes "
+                         f"dtypes: convert the whole model with model.to(torch.{names[0]})")
+
+
 def shipped_models() -> list[str]:
     """The names of the checkpoints shipped in ``scrub/assets/`` (each a folder holding config.json)."""
     if not ASSETS.is_dir():
