@@ -230,11 +230,36 @@ def test_head_scores_work_in_half_precision(dtype):
         assert all(v is None or v == v for v in values.values()), name  # finite numbers, no NaN
 
 
-def test_patch_refuses_a_pair_that_cannot_connect(root, capsys):
-    line = refused(capsys, ["patch", "--model", str(root / "ckpt"), "--senders", "1.3", "--receivers", "0.3",
-                            "--n", "2", "--length", "4", "--out", str(root / "out-unconnected")])
-    assert re.search(r"no sender feeds any receiver: 0.3 reads only the components computed before it, and 1.3", line)
-    assert not (root / "out-unconnected").exists()
+PATCH_CASES = [  # (id, --senders/--receivers argv, regex of the error line, or of a stdout line where it runs)
+    ("receiver computed before the sender", ["--senders", "1.3", "--receivers", "0.3"],
+     r"error: no sender feeds any receiver: 0.3 \(layer 0\) is computed before 1.3 \(layer 1\); choose the pair the "
+     r"other way round \(--senders 0.3 --receivers 1.3\); no head or MLP feeds 0.3, which reads only the embeddings"),
+    ("one layer", ["--senders", "0.3", "--receivers", "0.2"],
+     r"error: no sender feeds any receiver: 0.3 and 0.2 are in one layer, and 0.2 reads the residual stream before "
+     r"0.3 writes; choose receivers after the senders \(e.g. --receivers 1.0\)"),
+    ("a head into itself", ["--senders", "1.3", "--receivers", "1.3"],
+     r"error: no sender feeds any receiver: 1.3 cannot feed itself; choose senders before the receivers \(e.g. "
+     r"--senders 0.0\); leave --receivers out for the paths of 1.3 straight to the logits"),
+    ("layer-0 receivers from every sender", ["--receivers", "0.3"],
+     r"error: no sender feeds any receiver: 0.0 and 0.3 are in one layer"),
+    ("a last-layer sender into every receiver", ["--senders", "1.3"],
+     r"^no receiver comes after 1.3: only the paths straight to the logits$"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", [c[1:] for c in PATCH_CASES], ids=[c[0] for c in PATCH_CASES])
+def test_patch_names_why_a_pair_cannot_connect(root, tmp_path, capsys, argv, pattern):
+    out = tmp_path / "out"
+    command = ["patch", "--model", str(root / "ckpt"), *argv, "--n", "2", "--length", "4", "--out", str(out)]
+    if "error" in pattern:
+        assert re.search(pattern, refused(capsys, command))
+        assert not out.exists()
+        return
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert any(re.search(pattern, line) for line in captured.out.splitlines()), captured.out
+    assert re.search(r"^1.3 +-?\d+\.\d{3}$", captured.out, re.M)  # its path to the logits
 
 
 # --- data warnings -----------------------------------------------------------------------------------------

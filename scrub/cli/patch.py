@@ -51,7 +51,7 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
     cfg = model.cfg
     senders = matrix_components(model, args.senders, args.mlps, "senders")
     receivers = matrix_components(model, args.receivers, args.mlps, "receivers")
-    check_connects(model, senders, receivers)
+    connected = check_connects(model, senders, receivers, receivers_given=args.receivers is not None)
     check_length(1 + 2 * args.length, model)
     exclude = default_exclude_common(model)
     reference = repeated_random_tokens(args.n, args.length, 2, seed=args.seed, vocab_size=cfg.d_vocab,
@@ -85,6 +85,8 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
             if not all(v.isnan() for v in cells):
                 print(f"{str(s):<5} " + " ".join("      ." if v.isnan() else f"{float(v):>7.3f}" for v in cells))
 
+    if not connected:
+        print(f"\nno receiver comes after {', '.join(map(str, senders))}: only the paths straight to the logits")
     for k, channel in enumerate(matrix.channels):
         table(f"sender -> receiver:{channel.value} -> logits", Head, k)
     table("sender -> mlp -> logits", Mlp, 0)

@@ -1,5 +1,6 @@
 """Checks of a path-patching request that only the model's structure can tell: a sender -> receiver pair that
-cannot connect (the receiver is computed before the sender, or in the same layer) is refused, naming why."""
+cannot connect (the receiver is computed before the sender, or in the same layer) is refused, naming why and
+a pair that does connect."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Sequence
 
 from transformer_lens import HookedTransformer
 
-from scrub.claims.sites import Component
+from scrub.claims.sites import Component, Head, Mlp
 from scrub.claims.structure import Structure
 from scrub.errors import ScrubError
 
@@ -16,14 +17,36 @@ class UnconnectedError(ScrubError):
     """No sender feeds any receiver: every sender -> receiver cell would be empty."""
 
 
-def check_connects(model: HookedTransformer, senders: Sequence[Component], receivers: Sequence[Component]) -> None:
-    """Refuse ``senders`` and ``receivers`` of which no pair connects (each receiver reads only components
-    computed before it); a request where some pairs connect is patched on those."""
+def check_connects(model: HookedTransformer, senders: Sequence[Component], receivers: Sequence[Component], *,
+                   receivers_given: bool = True) -> bool:
+    """Whether some sender feeds some receiver (each receiver reads only components computed before it). None
+    does: refused where the receivers were named (``receivers_given``); else False (every receiver was asked
+    for and none comes after the senders: only their paths straight to the logits remain)."""
     structure = Structure.of(model)
-    if any(s in structure.residual_senders(r) for r in receivers for s in senders if r in structure.receivers):
-        return
+    if any(structure.feeds(s, r) for r in receivers for s in senders if r in structure.receivers):
+        return True
+    if not receivers_given:
+        return False
     sender, receiver = senders[0], receivers[0]
-    raise UnconnectedError(f"no sender feeds any receiver: {receiver} reads only the components computed before it, "
-                           f"and {sender} is not one of them ({receiver} comes first or in the same layer); choose "
-                           f"senders in earlier layers than the receivers (e.g. --senders {receiver} --receivers "
-                           f"{sender}), or leave --receivers out for every receiver a sender feeds")
+    if sender == receiver:
+        why = f"{sender} cannot feed itself"
+    elif sender.layer == receiver.layer:
+        why = (f"{sender} and {receiver} are in one layer, and {receiver} reads the residual stream before {sender} "
+               f"writes")
+    else:
+        why = f"{receiver} (layer {receiver.layer}) is computed before {sender} (layer {sender.layer})"
+    later = [r for r in structure.receivers if isinstance(r, (Head, Mlp)) and any(structure.feeds(s, r)
+                                                                                  for s in senders)]
+    earlier = [s for s in structure.sources if isinstance(s, (Head, Mlp)) and any(structure.feeds(s, r)
+                                                                                 for r in receivers)]
+    swapped = [f"the pair the other way round (--senders {receiver} --receivers {sender})"] if structure.feeds(
+        receiver, sender) else []
+    choices = swapped + ([f"receivers after the senders (e.g. --receivers {later[0]})"] if later else []) + (
+        [f"senders before the receivers (e.g. --senders {earlier[0]})"] if earlier else [])
+    fixes = [f"choose {' or '.join(choices)}"] if choices else []
+    if not earlier:
+        reads = "reads" if len(receivers) == 1 else "read"
+        fixes.append(f"no head or MLP feeds {', '.join(map(str, receivers))}, which {reads} only the embeddings")
+    if not later:
+        fixes.append(f"leave --receivers out for the paths of {', '.join(map(str, senders))} straight to the logits")
+    raise UnconnectedError(f"no sender feeds any receiver: {why}; " + "; ".join(fixes))
