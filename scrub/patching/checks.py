@@ -30,6 +30,8 @@ def check_connects(model: HookedTransformer, senders: Sequence[Component], recei
     sender, receiver = senders[0], receivers[0]
     if sender == receiver:
         why = f"{sender} cannot feed itself"
+    elif not (isinstance(sender, (Head, Mlp)) and isinstance(receiver, (Head, Mlp))):
+        why = structure.why_not(sender, receiver)  # (the command line passes heads and MLPs only)
     elif sender.layer == receiver.layer:
         why = (f"{sender} and {receiver} are in one layer, and {receiver} reads the residual stream before {sender} "
                f"writes")
