@@ -193,6 +193,7 @@ FOLDER_CASES = [  # (id, prepare(out), extra argv, exit code, regex of the error
     ("--html under a file is refused before any work", lambda out: None, ["--html", "{tmp}/afile/page.html"], 2,
      r"cannot write .*afile/page.html: .*afile is a file, not a folder"),
     ("--html inside --out, twice", lambda out: None, ["--html", "{out}/page.html"], 0, None),
+    ("--out a link to the folder", lambda out: None, ["--out", "{tmp}/link"], 0, None),
 ]
 
 
@@ -202,6 +203,7 @@ def test_output_folder_states(ckpt, tmp_path, capsys, monkeypatch, prepare, extr
     out = tmp_path / "figs"
     out.mkdir()
     (tmp_path / "afile").write_text("a file, not a folder\n")
+    (tmp_path / "link").symlink_to(out)  # written through: the link stays a link
     prepare(out)
     if code == 2:
         no_model(monkeypatch)
@@ -213,11 +215,12 @@ def test_output_folder_states(ckpt, tmp_path, capsys, monkeypatch, prepare, extr
         if pattern:
             assert re.search(pattern, err) and len([x for x in err.splitlines() if ": error: " in x]) == 1, err
     if code == 0:
-        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".figs.")]  # no sibling left
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".figs.", ".link."))]  # no sibling
         assert not (out / ".scrub-lock").exists()
         assert snapshot(out)["copying.png"] != b"half a figure"
     if "{out}" in " ".join(extra):
         assert (out / "page.html").read_text().startswith("<!DOCTYPE html>")
+    assert (tmp_path / "link").is_symlink()
 
 
 def test_two_folders_swap_in_one_step(tmp_path):

@@ -41,7 +41,7 @@ class OutputFolder:
     def __init__(self, path: Path | str, command: str, names: Iterable[str] | None = None, *,
                  overwrite: bool = False, files: Iterable[Path | str | None] = ()):
         self.path, self.command, self.overwrite = Path(path), command, overwrite
-        self._real = Path(os.path.abspath(self.path))  # what is swapped: never "." or a path ending in ".."
+        self._real = Path(os.path.realpath(self.path))  # what is swapped: never ".", "..", or a symlink to it
         self.work = self._real.parent / f".{self._real.name}{PARTIAL}-{os.getpid()}"
         self.files = tuple(Path(f) for f in files if f is not None)
         inside = [self._inside(f) for f in self.files]
@@ -62,7 +62,7 @@ class OutputFolder:
 
     def _inside(self, file: Path) -> Path | None:
         """``file`` relative to the folder, or None where it lies outside."""
-        absolute = Path(os.path.abspath(file))
+        absolute = Path(os.path.realpath(file))
         return absolute.relative_to(self._real) if absolute.is_relative_to(self._real) else None
 
     @staticmethod
