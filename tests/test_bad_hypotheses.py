@@ -72,8 +72,9 @@ def two_masks(first, second, via: str = "k") -> nx.DiGraph:
     return g
 
 
-def aliased(node_id: str, component: str) -> nx.DiGraph:
-    g = g_(["embed", ("0.0", "v"), "logits"], ["embed", (node_id, "q"), "logits"])
+def aliased(node_id: str, component: str, into: tuple = (("1.0", "k"),)) -> nx.DiGraph:
+    """0.0 (V reads the embedding) -> logits, and ``node_id`` (Q reads it) -> ``into`` -> logits."""
+    g = g_(["embed", ("0.0", "v"), "logits"], ["embed", (node_id, "q"), *into, "logits"])
     g.nodes[node_id]["component"] = component
     return g
 
@@ -283,6 +284,8 @@ CASES = [
     ("chain from two input-less heads", "mlp",
      lambda m: g_(["embed", "logits"], ["0.0", "mlp.1", "logits"], ["0.1", ("1.1", "v"), "mlp.1"]),
      r"node '1\.1' has claimed inputs.*start at '0\.1'"),
+    ("a component claimed twice into one input", "short", lambda m: aliased("0.0#q", "0.0", into=()),
+     r"edges '0\.0' -> 'logits' and '0\.0#q' -> 'logits' both claim 0\.0's output in the input of 'logits'"),
     ("parallel block head into same-layer MLP", "parallel", lambda m: g_(["embed", ("0.0", "v"), "mlp.0", "logits"]),
      r"parallel-block model mlp\.0 reads the same residual"),
 ]

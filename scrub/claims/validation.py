@@ -18,6 +18,9 @@ The rules, each checked with a one-line error (``HypothesisError``, a ``ValueErr
   of one node carry the same (equal) mask: an input is split once, into the pairs that read the claimed
   input and the pairs that read one resampled input. Unmasked edges into that input stay claimed at every
   pair. ``check_on`` builds every mask once for the batch's sequence length.
+- one node of a component per input: two nodes of one component (``"0.1"`` and a copy ``"0.1#b"``) may not
+  both enter one input of one node, even at other positions: the component's output enters that input once, so
+  two claims of it there describe no model run. A copy is for the receivers and inputs its original does not enter.
 - every node lies on a path to ``logits``; no cycles; every edge goes forward in the model and enters an
   input the receiver has (``Structure``).
 - paths start at inputs (``check_paths``; run by ``hypothesis_file.load_hypothesis`` and ``check_on``, not by
@@ -55,6 +58,7 @@ from scrub.claims.masks import MaskError, QKMask
 from scrub.claims.sites import (
     HEAD_CHANNELS,
     Channel,
+    Component,
     Embed,
     Head,
     Logits,
@@ -187,6 +191,7 @@ def validate(graph: nx.DiGraph, model: HookedTransformer | HookedTransformerConf
             raise HypothesisError(f"{where}node {n.id!r} lies on no path that reaches 'logits': add an edge from it "
                                   f"towards 'logits' or remove it")
     _check_one_mask_per_input(edges, where)
+    _check_one_claim_per_source(edges, by_id, where)
     name = Path(origin).stem if origin != "<graph>" else "graph"
     return Claim(name=name, nodes=tuple(nodes), edges=tuple(edges), root=roots[0] if roots else None, origin=origin)
 
@@ -306,6 +311,24 @@ def _check_one_mask_per_input(edges: list[ClaimEdge], where: str) -> None:
 
 
 # --- whole-claim and data checks, before any work ------------------------------------------------------
+
+def _check_one_claim_per_source(edges: list[ClaimEdge], by_id: dict[str, ClaimNode], where: str) -> None:
+    """One node of a component per input of a node: a component's output enters an input once (one node of the
+    treeified model), so two nodes of it claimed there (an original and a ``component=`` copy) are two claims
+    of one activation, which no model run computes."""
+    first: dict[tuple[str, Channel, Component], str] = {}
+    for e in edges:
+        component = by_id[e.source].component
+        source = first.setdefault((e.target, e.channel, component), e.source)
+        if source == e.source:
+            continue
+        into = f"the input of {e.target!r}" if e.channel == Channel.IN else f"{e.channel.value!r} of {e.target!r}"
+        raise HypothesisError(
+            f"{where}edges {source!r} -> {e.target!r} and {e.source!r} -> {e.target!r} both claim {component}'s "
+            f"output in {into}: a component's output enters an input once, so one node of it can be claimed there "
+            f"(even at other positions or query-key pairs); keep one of the two edges (a copy of a component claims "
+            f"it into the receivers and inputs that its other nodes do not enter)")
+
 
 def check_paths(claim: Claim) -> None:
     """Every node with claimed inputs must be reached by a path from an input (``embed`` or ``pos``).

@@ -196,6 +196,17 @@ def claims(model: HookedTransformer, *, max_edges: int = 8, with_features: bool 
     return graph()
 
 
+def _claimed_by_a_copy(g: nx.DiGraph, src: str, dst: str, channel: str | None) -> bool:
+    """Whether another node of ``src``'s component (a ``component=`` copy, or its original) enters ``dst``'s input
+    ``channel`` (None: the one input of an MLP or the logits)."""
+    if dst not in g:
+        return False
+    component = str(g.nodes[src].get("component", src)) if src in g else src
+    return any(other != src and str(g.nodes[other].get("component", other)) == component
+               and (channel is None or channel in attrs.get("via", ""))
+               for other, _, attrs in g.in_edges(dst, data=True))
+
+
 @st.composite
 def extensions(draw, model: HookedTransformer, graph: nx.DiGraph, *, max_extra: int = 4) -> nx.DiGraph:
     """``graph`` with up to ``max_extra`` more channel-edges of the full graph (features and masks kept)."""
@@ -203,6 +214,8 @@ def extensions(draw, model: HookedTransformer, graph: nx.DiGraph, *, max_extra: 
     edges = _channel_edges(model)
     for i in draw(st.lists(st.sampled_from(range(len(edges))), max_size=max_extra, unique=True)):
         src, dst, channel = edges[i]
+        if _claimed_by_a_copy(g, src, dst, channel):
+            continue  # a copy of src already enters that input: a second node of src there is refused
         if not g.has_edge(src, dst):
             g.add_edge(src, dst, **({} if channel is None else {"via": channel}))
         elif channel is not None and channel not in g.edges[src, dst].get("via", ""):
