@@ -30,11 +30,17 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def at_a_terminal() -> None:
+    """In the child: SIGINT as a terminal's Ctrl-C finds it. A suite started in the background (``pytest &``)
+    ignores SIGINT, the child inherits that, and Python then never raises KeyboardInterrupt: the run would finish."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(argv: list[str], out: Path, *, after: float, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
     """Start ``python -m scrub argv``, wait until it writes its partial sibling of ``out``, let it run ``after``
     seconds more, send ``sig`` (SIGINT: Ctrl-C) and return the finished process."""
     proc = subprocess.Popen([sys.executable, "-m", "scrub", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=at_a_terminal)
     deadline = time.time() + 240
     while not any(out.parent.glob(f".{out.name}.scrub-partial-*")):
         assert proc.poll() is None, proc.communicate()
