@@ -122,3 +122,14 @@ def test_cli_discover_bad_html_path_exits_2_before_work(tmp_path, capsys):
     assert main(["discover", "--model", str(tmp_path / "no-such-model"), "--html", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "--html" in err and "no .html suffix" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_command_and_the_rerun_show_on_their_own_lines():
+    from dataclasses import replace
+
+    from scrub.views.discovery import _summary
+
+    d = replace(made(), command="scrub discover --n 4\nRe-run held out: scrub run discovered.py --n 4")
+    markup = str(_summary(d))
+    assert '<div class="scrub-note"><code>scrub discover --n 4</code></div>' in markup
+    assert '<div class="scrub-note">Re-run held out: <code>scrub run discovered.py --n 4</code></div>' in markup

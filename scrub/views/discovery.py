@@ -92,8 +92,10 @@ def _summary(d: Discovery) -> Html:
     out = [f'<div class="scrub-headline"><b>{html.escape(lines[0])}</b></div>']
     out += [f"<div>{html.escape(line)}</div>" for line in lines[1:]]
     out += [f'<div class="scrub-warning">{html.escape(w)}</div>' for w in d.warnings]
-    if d.command:
-        out.append(f'<p class="scrub-note"><code>{html.escape(d.command)}</code></p>')
+    for line in (d.command or "").splitlines():  # the command, then how to re-run the held-out number
+        label, sep, rest = line.partition(": ")
+        said, code = (f"{label}: ", rest) if sep and not label.startswith("scrub ") else ("", line)
+        out.append(f'<div class="scrub-note">{html.escape(said)}<code>{html.escape(code)}</code></div>')
     return Html("\n".join(out))
 
 
