@@ -1,11 +1,15 @@
 """One JSON writer for every output (``--json``, results files, the data of HTML views): strict JSON, in
-which a non-finite number becomes ``null`` instead of the ``NaN`` that other readers reject."""
+which a non-finite number becomes ``null`` instead of the ``NaN`` that other readers reject; and one way to
+write a text file (pages, hypothesis files, tables) that is never left half-written."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +30,18 @@ def plain(value: Any) -> Any:
 def dumps(value: Any, **options: Any) -> str:
     """``json.dumps`` of ``plain(value)`` that refuses to write ``NaN`` (``options`` as ``json.dumps`` takes)."""
     return json.dumps(plain(value), allow_nan=False, **options)
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in its folder and a rename: a reader, a Ctrl-C or a
+    full disk never sees a half-written file, and an earlier file stays whole until the new one is complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

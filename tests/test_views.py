@@ -179,3 +179,34 @@ def test_notebook_objects_have_html(scrubbed, tmp_path):
         path = obj.to_html(tmp_path / f"{type(obj).__name__}.html")
         assert path.read_text().startswith("<!DOCTYPE html>")
         assert [d["kind"] for d in payloads(path.read_text())] == kinds
+
+
+def test_a_page_write_that_fails_leaves_the_earlier_page_whole(tmp_path, monkeypatch):
+    """Pages are written through a rename (scrub.jsonable.atomic_write): a full disk mid-write keeps the old page."""
+    import scrub.jsonable as jsonable
+    from scrub.views.page import Html, write_page
+
+    target = tmp_path / "run.html"
+    write_page(target, "first", [Html("<p>first</p>")])
+    before = target.read_bytes()
+    real = jsonable.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])  # half of it reaches the disk, then the disk is full
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jsonable.os, "fdopen", lambda fd, *a, **k: Full(real(fd, *a, **k)))
+    with pytest.raises(OSError, match="No space"):
+        write_page(target, "second", [Html("<p>second</p>")])
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run.html"]  # no temporary file left

@@ -196,8 +196,10 @@ def _result(model: HookedTransformer, cf: Counterfactuals, opts: Options, edges:
         warnings.append("EAP with metric 'kl' takes the gradient at the clean run, where KL's gradient is 0: every "
                         "score is 0; use eap-ig or metric 'loss'")
     if len(kept) != len(claim):
-        warnings.append(f"{len(kept) - len(claim)} kept edges lie on no input -> logits path and are left out of the "
-                        f"claim (their sender reads nothing claimed, or reaches no kept output)")
+        off = len(kept) - len(claim)
+        warnings.append(f"{off} kept {'edge lies' if off == 1 else 'edges lie'} on no input -> logits path and "
+                        f"{'is' if off == 1 else 'are'} left out of the claim (the sender reads nothing claimed, or "
+                        f"reaches no kept output)")
     held = run(model, graph, heldout, positions=positions, metric=opts.metric, seed=opts.seed, progress=False)
     ev = ExactEvaluator(model, cf, clean, mask, opts.metric, batch_size=opts.batch_size)
     ranking = sorted(edges, key=lambda e: -abs(scores[e] if scores is not None else (decided[e].effect or 0.0)))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,7 +19,7 @@ import networkx as nx
 from scrub.discovery.curve import Curve
 from scrub.discovery.edges import Edge
 from scrub.experiment.runner import ScrubResult
-from scrub.jsonable import plain
+from scrub.jsonable import atomic_write, plain
 
 Method = Literal["eap", "eap-ig", "acdc", "eap-ig+verify"]
 CSV_COLUMNS = ("edge", "sender", "receiver", "input", "score", "effect", "ci_low", "ci_high", "verdict", "how",
@@ -175,19 +173,6 @@ def _comment(r: EdgeRecord) -> str:
     if r.effect is None or r.ci is None:
         return f"{score}{r.verdict} ({r.how})"
     return f"{score}effect {r.effect:+.4g} [{r.ci[0]:+.4g}, {r.ci[1]:+.4g}] {r.verdict}"
-
-
-def atomic_write(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in its folder and a rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 __all__ = ["Discovery", "EdgeRecord", "Passes", "atomic_write"]

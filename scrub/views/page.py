@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from scrub.jsonable import dumps, plain
+from scrub.jsonable import atomic_write, dumps, plain
 
 
 class ViewKind(str, Enum):
@@ -95,11 +95,11 @@ def page(title: str, parts: Sequence[Part]) -> str:
 
 
 def write_page(path: str | Path, title: str, parts: Sequence[Part]) -> Path:
-    """Write ``page(title, parts)`` to ``path`` (parent folders made) and return the path."""
+    """Write ``page(title, parts)`` to ``path`` (parent folders made; through a rename, so an interrupted write
+    leaves the earlier page whole) and return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page(title, parts), encoding="utf-8")
-    return out
+    return atomic_write(out, page(title, parts))
 
 
 def heading(text: str, level: int = 2) -> Html:
