@@ -173,6 +173,20 @@ def test_bad_components_are_named():
         patch_matrix(model, ref, cor, metric, channels=["in"], progress=False)
 
 
+
+def test_a_pair_that_cannot_connect_is_refused_in_the_api_words():
+    """patch_matrix refuses what `scrub patch` refuses (a receiver computed before every sender), naming the fix as
+    its own arguments; with receivers left out, last-layer senders give their paths to the logits."""
+    from scrub.patching.checks import UnconnectedError
+
+    model = tiny_model(n_layers=2)
+    ref, cor = batches(0)
+    metric = make_metric("loss", ref, cor, torch.arange(2, 6))
+    with pytest.raises(UnconnectedError, match=r"computed before 1\.0.*senders=\['0\.0'\], receivers=\['1\.0'\]"):
+        patch_matrix(model, ref, cor, metric, senders=[Head(1, 0)], receivers=[Head(0, 0)], progress=False)
+    last = patch_matrix(model, ref, cor, metric, senders=[Head(1, 0)], progress=False)
+    assert torch.isfinite(last.to_logits).all()
+
 def test_chunking_does_not_change_the_result():
     from scrub.patching.matrix import matrix_values
     from scrub.patching.paths import pair_run

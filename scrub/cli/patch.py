@@ -59,7 +59,8 @@ def _patch(args: argparse.Namespace, channels, folder: OutputFolder) -> int:
     corrupted = repeated_random_tokens(args.n, args.length, 2, seed=args.seed + 1, vocab_size=cfg.d_vocab,
                                        exclude_common=exclude)  # a fresh random sequence, same shape
     metric = make_metric(args.metric, reference, corrupted, second_repeat_positions(args.length))
-    matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, receivers=receivers, channels=channels)
+    matrix = patch_matrix(model, reference, corrupted, metric, senders=senders, channels=channels,
+                          receivers=receivers if args.receivers is not None else None, include_mlps=args.mlps)
     patch_heatmap(matrix, folder.work / FIGURE, title=f"path patching ({args.model}, {args.metric}, n={args.n})")
     figure = folder.final(FIGURE)
     if args.html is not None:

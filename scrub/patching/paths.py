@@ -45,6 +45,7 @@ from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
 from scrub.errors import ScrubError
 from scrub.metrics import METRIC_KINDS, Metric, MetricKind, make_metric  # noqa: F401 (defined in scrub.metrics; importable here as before)
 from scrub.model.finite import check_weights
+from scrub.patching.checks import API, check_connects
 from scrub.patching.matrix import matrix_values
 
 TREES_PER_CALL = 64  # trees stacked into one evaluate_many call (bounds the stacked q/k/v inputs)
@@ -282,8 +283,10 @@ def patch_matrix(model: HookedTransformer, reference: Tensor, corrupted: Tensor,
     logits; a ``many`` method on [paths, batch, n_pos, d_vocab] is used when present). ``progress``: a tqdm
     bar on stderr (shown on a terminal only)."""
     check_weights(model, "the model")  # else a table of nan
+    named = receivers is not None
     senders = matrix_components(model, senders, include_mlps, "senders")
     receivers = matrix_components(model, receivers, include_mlps, "receivers")
+    check_connects(model, senders, receivers, receivers_given=named, spelling=API)  # else a silently empty table
     channels = head_channels(channels)
     clean = pair_run(model, reference, corrupted)
     values = matrix_values(model, clean, metric, metric.positions, senders, receivers, channels, progress=progress)
