@@ -9,7 +9,7 @@ from the induction heads in ``experiments/_composition.py``, the per-model repor
 ``_report_figures.py``, the results as data in ``_results.py``) and the cross-model report in
 ``experiments/_cross.py``.
 
-    scrub study [--quick] [--json] [--model M ...] [--seed S] [--window W] [--out DIR] [--report-only]
+    scrub study [--quick] [--json] [--model M ...] [--seed S] [--window W] [--out DIR] [--report-only] [--resume]
     python experiments/induction_study.py ...   (the same, without the CLI)
 
 ``--model`` may be given several times (``--model scrub-attn-2l --model scrub-3l-mlp``); without it every
@@ -20,7 +20,9 @@ Default out (``default_out``): experiments/results/ in a source checkout, where 
 and ./scrub-output/study/ from an installed package, which ships no results (quick mode: ``quick/`` in either).
 Every path the results record (``config.out``, figures, hypothesis files) is relative to the output folder or
 the package. ``--report-only`` rewrites the cross-model report from the per-model folders already there,
-without running anything. The cross-model
+without running anything. While a run goes, each model's finished folder is also kept in
+``.<out>.scrub-resume/`` beside the output folder (``experiments/_resume.py``): after a Ctrl-C or a failure,
+the same command with ``--resume`` copies those models in instead of recomputing them. The cross-model
 report also takes in other model folders under ``<out>`` whose results come from a run of the same kind
 (quick or full, same seed), each listed with its command and date. ``--json`` prints one object: the model's
 summary (``results.json``) for one model, ``{"models": [...]}`` for several, with ``cross_report`` (its path).
@@ -35,7 +37,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,10 @@ from experiments._remix import run_remix  # noqa: E402
 from experiments._report import write_report  # noqa: E402
 from experiments._report_figures import write_figures  # noqa: E402
 from experiments._results import StudyResults  # noqa: E402
+from experiments._resume import ResumeStore, open_store, resume_line  # noqa: E402
 from hypotheses._heads import head_roles  # noqa: E402
-from scrub.cli.output import OutputFolder  # noqa: E402
+from scrub.cli.common import UsageError  # noqa: E402
+from scrub.cli.output import OutputFolder, PartlyKept  # noqa: E402
 from scrub.data.batches import all_positions, induction_candidates, natural_batch, repeated_random_tokens  # noqa: E402
 from scrub.model.loading import SHIPPED_NAME, shipped_models  # noqa: E402
 
@@ -264,6 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "induction_study.md")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite <out>/induction_study.md from the per-model folders already in <out>")
+    parser.add_argument("--resume", action="store_true", help="reuse the models a stopped run of the same command "
+                        "finished (kept in .<out>.scrub-resume); an error if none were kept or the flags differ")
 
 
 def config_from(args: argparse.Namespace, model: str = SHIPPED_NAME) -> StudyConfig:
@@ -280,6 +286,13 @@ def compatible(folder: Path, base: StudyConfig, seed: int) -> bool:
     except (OSError, KeyError, ValueError, TypeError):
         return False
     return config.get("quick") == base.quick and config.get("seed") == seed
+
+
+def fingerprint(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """What a kept model must share with a run that resumes it: every size of the run (quick or full, window
+    included), the seed and the models studied (their results record the command naming them all)."""
+    cfg = asdict(replace(config_from(args), model="", out=""))
+    return {**{k: v for k, v in cfg.items() if k not in ("model", "out")}, "models": names}
 
 
 def command_line(cfg: StudyConfig, models: list[str] | None) -> str:
@@ -334,12 +347,32 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
         raise OSError(f"--report-only: no results.json in {', '.join(missing)}; run the study first")
     others = ([f for f in sorted(root.iterdir()) if f not in folders and compatible(f, base, args.seed)]
               if root.is_dir() else [])
-    summaries = []
-    with OutputFolder(root, "study") as staging:  # locked; replaced only when every model and the report are done
-        for name in [] if args.report_only else names:
-            summaries.append(_study_one(args, name, root, staging.work, command, model))
-        cross = write_cross_report(staging.work, [staging.work / f.name for f in folders + others],
-                                   command=command + (" --report-only" if args.report_only else ""))
+    if args.resume and args.report_only:
+        raise UsageError("--resume and --report-only: --report-only runs no model; pass one of them")
+    summaries: list[dict] = []
+    try:
+        with OutputFolder(root, "study") as staging:  # locked; replaced only when every model and the report are done
+            store = open_store(root, fingerprint(args, names), resume=args.resume, report_only=args.report_only)
+            for name in [] if args.report_only else names:
+                if args.resume and model_folder(name) in store.kept:
+                    summaries.append(store.resume(model_folder(name), staging.work))
+                else:
+                    summaries.append(_study_one(args, name, root, staging.work, command, model))
+                    store = store.keep(staging.work / model_folder(name), name, fingerprint(args, names))
+            cross = write_cross_report(staging.work, [staging.work / f.name for f in folders + others],
+                                       command=command + (" --report-only" if args.report_only else ""))
+    except BaseException as stop:  # Ctrl-C, SIGTERM or a failure after some models finished: they are kept
+        found = ResumeStore.read(root)  # read back: a Ctrl-C held off while a model was kept ends that keep
+        kept = found.models(fingerprint(args, names)) if found else []
+        if not kept or args.report_only or isinstance(stop, SystemExit):
+            raise
+        what = f"{len(kept)} of {len(names)} models kept for --resume ({resume_line(args)})"
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: their one line says it
+            raise PartlyKept(what) from stop
+        print(f"scrub study: {what}", file=sys.stderr)  # a failure: its error line follows
+        raise
+    if not args.report_only:
+        store.remove()  # every model is in the output folder now
     cross = root / cross.name
     print(f"wrote {cross}", file=sys.stderr)
     if args.json:

@@ -5,9 +5,10 @@ Owns the error policy: bad input (a ``ScrubError``, an ``OSError`` such as a mis
 own errors) prints one line to stderr and exits 2; numbers are checked before the model loads wherever
 they can be. Anything else is a bug in scrub: its traceback is shown with a line asking to report it, and
 the exit code is 1. Ctrl-C prints "interrupted; nothing written" (output folders are written whole or not at
-all) and exits 130; SIGTERM (``kill``) prints "terminated; nothing written" and exits 143. Progress bars go
-to stderr only, so ``--json`` stdout is exactly one JSON object (non-finite numbers as ``null``). A reader
-that closes the pipe early (``scrub heads | head``) ends the command quietly.
+all) and exits 130; SIGTERM (``kill``) prints "terminated; nothing written" and exits 143; a run that kept
+part of its work for a later one (``scrub study --resume``) says what instead. Progress bars go to stderr
+only, so ``--json`` stdout is exactly one JSON object (non-finite numbers as ``null``). A reader that closes
+the pipe early (``scrub heads | head``) ends the command quietly.
 
 To add a subcommand, write a module with ``arguments(parser)`` and ``command(args) -> int`` and add a
 ``Command`` to ``COMMANDS``.
@@ -24,6 +25,7 @@ import traceback
 
 from scrub.cli import check, discover, heads, patch, run, study
 from scrub.cli.common import Command, UsageError
+from scrub.cli.output import PartlyKept
 from scrub.errors import ScrubError
 
 ISSUES = "https://github.com/scrub-interp/scrub/issues"
@@ -109,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _stdout_closed()
-    except KeyboardInterrupt:  # Ctrl-C: every output folder is written whole or not at all (``OutputFolder``)
-        print(f"scrub {args.command}{where}: interrupted; nothing written", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print(f"scrub {args.command}{where}: terminated; nothing written", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, _Terminated, PartlyKept) as stop:  # Ctrl-C, SIGTERM: every output folder is
+        cause = stop.__cause__ if isinstance(stop, PartlyKept) else stop  # written whole or not at all
+        word, code = ("terminated", 143) if isinstance(cause, _Terminated) else ("interrupted", 130)
+        what = stop.what if isinstance(stop, PartlyKept) else "nothing written"  # (``OutputFolder``)
+        print(f"scrub {args.command}{where}: {word}; {what}", file=sys.stderr)
+        return code
     except (ScrubError, OSError) as err:
         print(f"scrub {args.command}{where}: error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,15 @@ PREVIOUS = ".scrub-previous"  # suffix of the old folder between two renames (wh
 SIGNALS = {signal.SIGINT, signal.SIGTERM}  # held off while the folder is swapped and the sibling removed
 
 
+class PartlyKept(BaseException):
+    """A run stopped (Ctrl-C, SIGTERM: its ``__cause__``) after part of its work was kept for a later run (the
+    study's ``--resume``): ``what`` replaces "nothing written" in the command's one stderr line."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
 class OutputFolder:
     """The --out folder of one command's run: checked, locked, written in a sibling, swapped into place.
 

@@ -26,6 +26,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                                                     "induction_study.md")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite <out>/induction_study.md from the per-model results already in <out>")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the models an interrupted or failed run of the same command finished (kept in "
+                             ".<out>.scrub-resume beside --out) and compute the rest; an error if none were kept "
+                             "or the other flags differ")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -40,7 +44,8 @@ def command(args: argparse.Namespace) -> int:
             f"the study's sequences are at most {seq_len} tokens and need scored positions more than W + 1 tokens in"),
             high=None if seq_len is None else seq_len - 3)
     argv = [flag for flag, on in (("--quick", args.quick), ("--json", args.json),
-                                  ("--report-only", getattr(args, "report_only", False))) if on]
+                                  ("--report-only", getattr(args, "report_only", False)),
+                                  ("--resume", getattr(args, "resume", False))) if on]
     argv += ["--seed", str(args.seed)] + [a for m in (args.model or []) for a in ("--model", str(m))]
     for flag, value in (("--window", args.window), ("--out", args.out)):
         if value is not None:
