@@ -260,3 +260,31 @@ def test_a_folder_stays_locked_while_it_is_swapped(tmp_path):
     assert (out / "a.png").read_bytes() == b"new" and not (out / ".scrub-lock").exists()
     with OutputFolder(out, "heads", ["a.png"]):  # free again
         pass
+
+
+def test_the_command_line_loads_without_torch():
+    """``scrub`` and its CLI load in well under a second without torch (its names load on first use), so the
+    seconds that torch takes to import fall inside the command, where Ctrl-C is reported in one line."""
+    code = ("import sys, scrub, scrub.cli, scrub.model; "
+            "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_torch_loads_prints_one_line(monkeypatch, capsys):
+    """Ctrl-C during the first import of the engine: one line and 130, no traceback."""
+    import importlib.abc
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "scrub.experiment":
+                raise KeyboardInterrupt
+            return None
+
+    for name in [m for m in sys.modules if m == "scrub.experiment" or m.startswith("scrub.experiment.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert main(["heads", "--n", "2"]) == 130
+    err = capsys.readouterr().err
+    assert err == "scrub heads: interrupted; nothing written\n"

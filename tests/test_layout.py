@@ -76,3 +76,21 @@ def test_dependencies_point_down_the_table():
             if dep in rank and dep != me and rank[dep] > rank[me] and not (lazy and dep == "views"):
                 wrong.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not wrong, f"imports against the Architecture table's order: {wrong}"
+
+
+def test_the_lazy_names_are_what_type_checkers_see_and_all_load():
+    """``scrub`` and ``scrub.model`` load their names on first use (scrub.lazy): the EXPORTS table equals the
+    TYPE_CHECKING imports, every name resolves to the object its module defines, and ``dir`` lists them."""
+    import importlib
+
+    for package in ("scrub", "scrub.model"):
+        module = importlib.import_module(package)
+        source = (SCRUB / Path(*package.split(".")[1:]) / "__init__.py").read_text()
+        block = next(node for node in ast.parse(source).body if isinstance(node, ast.If)
+                     and getattr(node.test, "id", None) == "TYPE_CHECKING")
+        seen = {(n.module, a.name) for n in block.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        table = {(home, name) for home, names in module.EXPORTS.items() for name in names}
+        assert seen == table, package
+        for home, name in table:
+            assert getattr(module, name) is getattr(importlib.import_module(home), name)
+            assert name in dir(module) and name in module.__all__

@@ -88,14 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     Under torchrun (``torchrun --nproc-per-node=N -m scrub run ...``) each process runs this; the process
     group a run starts is ended here, and an error line names the rank that hit it. A closed stdout (piping
     into ``head``) ends the command without a message (exit code 141, as for SIGPIPE)."""
-    from scrub.experiment import distributed
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse: --help (0) or a one-line usage error (2)
         return stop.code if isinstance(stop.code, int) else 2
     except BrokenPipeError:  # --help into a closed pipe
         return _stdout_closed()
+    try:  # the first import of torch (scrub and its CLI load without it): seconds in which Ctrl-C may come
+        from scrub.experiment import distributed
+    except KeyboardInterrupt:
+        print(f"scrub {args.command}: interrupted; nothing written", file=sys.stderr)
+        return 130
     handler = {command.name: command.run for command in COMMANDS}[args.command]
     several = distributed.launched()  # torchrun started this process as one of several
     where = f" [rank {os.environ.get('RANK', '?')}]" if several else ""

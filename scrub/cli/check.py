@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from scrub.cli.common import UsageError, check_number, check_seed, quiet_load
-from scrub.model.loading import SHIPPED_NAME
+from scrub.model import SHIPPED_NAME
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:

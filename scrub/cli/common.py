@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from scrub.errors import ScrubError
 from scrub.jsonable import dumps
-from scrub.model.loading import SHIPPED_NAME
+from scrub.model import SHIPPED_NAME
 
 LOCK = ".scrub-lock"  # the file that marks an --out folder in use (``output.OutputFolder``)
 

@@ -27,7 +27,7 @@ from scrub.cli.common import (
     quiet_load,
 )
 from scrub.cli.output import OutputFolder
-from scrub.model.loading import SHIPPED_NAME
+from scrub.model import SHIPPED_NAME
 from scrub.progress import bar as progress_bar
 
 FILES = ("discovered.py", "edges.csv", "curve.png")

@@ -16,7 +16,7 @@ from scrub.cli.common import (
     dump_json,
     quiet_load,
 )
-from scrub.model.loading import SHIPPED_NAME
+from scrub.model import SHIPPED_NAME
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:

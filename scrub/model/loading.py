@@ -22,10 +22,10 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.errors import ScrubError
+from scrub.model import SHIPPED_NAME  # noqa: F401 (defined there, where the command line reads it without torch)
 from scrub.model.finite import check_weights
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_NAME = "scrub-attn-2l"
 SHIPPED_DIR = ASSETS / SHIPPED_NAME
 TOKENIZER_PATH = ASSETS / "tokenizer.json"
 CHECKPOINT_FORMAT = 2
