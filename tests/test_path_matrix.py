@@ -186,6 +186,8 @@ def test_a_pair_that_cannot_connect_is_refused_in_the_api_words():
         patch_matrix(model, ref, cor, metric, senders=[Head(1, 0)], receivers=[Head(0, 0)], progress=False)
     last = patch_matrix(model, ref, cor, metric, senders=[Head(1, 0)], progress=False)
     assert torch.isfinite(last.to_logits).all()
+    none = patch_matrix(model, ref, cor, metric, receivers=[], progress=False)  # the study's, where no head qualifies
+    assert none.effects.shape[1] == 0 and torch.isfinite(none.to_logits).all()
 
 def test_chunking_does_not_change_the_result():
     from scrub.patching.matrix import matrix_values

@@ -41,7 +41,7 @@ def check_connects(model: HookedTransformer, senders: Sequence[Component], recei
     structure = Structure.of(model)
     if any(structure.feeds(s, r) for r in receivers for s in senders if r in structure.receivers):
         return True
-    if not receivers_given:
+    if not receivers_given or not senders or not receivers:  # an empty list asks for no cell: nothing to refuse
         return False
     sender, receiver = senders[0], receivers[0]
     if sender == receiver:
