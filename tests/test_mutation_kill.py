@@ -177,6 +177,21 @@ def test_sampler_agreeing(allow_self):
     assert s.groups(whole) is s.groups(whole) and s.groups(None).count.tolist() == [6]
 
 
+
+def test_seeded_draws_are_stable():
+    """Pinned values: a seed names the same pool and the same uniforms in every version, so that committed
+    results (experiments/results) re-run to the same numbers; a change of the seed derivation must be deliberate."""
+    assert pool_ids(10, 4, 3).tolist() == [1, 3, 4, 6]
+    u = Sampler(torch.zeros(3, 2, dtype=torch.long), seed=1).uniform(("node", "a"), "feature", 1)[:, 0]
+    assert u.tolist() == pytest.approx([0.9190760254859924, 0.36412495374679565, 0.5453998446464539], abs=0)
+
+
+def test_per_position_draws_on_two_positions():
+    toks = torch.tensor([[0, 1], [0, 1], [1, 1], [0, 0]])  # [4, 2]
+    d = Sampler(toks, seed=0).agreeing(feature(TokenMod(2, None)), torch.arange(4), ("node", "x"), "feature")
+    assert d.datum.shape == (4, 2) and d.forced_self.shape == (4, 2)
+    assert bool((toks[d.datum, torch.arange(2)] % 2 == toks % 2).all())
+
 # --- query-key masks --------------------------------------------------------------------------------------
 
 def test_mask_factories():
@@ -200,8 +215,18 @@ def test_mask_matrix_broadcasts_and_copies():
     assert m.matrix(4)[0, 0] and bool(QKMask("one", lambda q, k: torch.tensor(True)).matrix(3).all())
 
 
+def test_mask_matrix_on_a_device():
+    """Positions are built on the device asked for (the meta device stands in for a GPU here)."""
+    for mask in (previous_position(), within(1), all_keys(), no_keys(), QKMask("diag", lambda q, k: k == q)):
+        out = mask.matrix(3, device="meta")
+        assert out.device.type == "meta" and out.shape == (3, 3) and out.dtype == torch.bool
+    elsewhere = QKMask("cpu ones", lambda q, k: torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(MaskError, match="a tensor on cpu for positions on meta: build it from the positions"):
+        elsewhere.matrix(3, device="meta")
+
+
 @pytest.mark.parametrize("fn, needle", [
-    (lambda q, k: 1 / 0, "failed on positions of a sequence of 4"),
+    (lambda q, k: 1 / 0, "failed on positions of a sequence of 4 (query [4, 1], key [1, 4]): ZeroDivisionError"),
     (lambda q, k: [[True]], "a list, not a torch bool tensor"),
     (lambda q, k: (k == q).long(), "an int64 tensor: masks must be bool"),
     (lambda q, k: (k == q).float(), "a float32 tensor: masks must be bool"),
@@ -225,7 +250,7 @@ def test_mask_arguments_refused():
         QKMask("", lambda q, k: k == q)
     with pytest.raises(MaskError, match="name is a non-empty string"):
         QKMask(3, lambda q, k: k == q)
-    with pytest.raises(MaskError, match="fn must be a function"):
+    with pytest.raises(MaskError, match="'x': fn must be a function .* got int"):
         QKMask("x", 3)
 
 
