@@ -303,6 +303,21 @@ def test_treeify_refuses_too_many_copies(model, monkeypatch):
         treeify(claim, Unit.COPY)
 
 
+def test_unroll(model, tokens, monkeypatch):
+    """The node-mode graph unrolled for the naive reference: one copy per path, data in copy mode."""
+    claim = as_claim(chain(), model)
+    for options in (SamplingOptions(), SamplingOptions(independent=True, allow_self=True)):
+        data = assign_data(treeify(claim), tokens, seed=0, options=options, structure=Structure.of(model))
+        tree, copies = tf.unroll(treeify(claim), data)
+        assert copies.options == SamplingOptions(options.independent, options.allow_self, Unit.COPY)
+        assert len(list(tree.walk())) == 9 and set(copies.by_path) == {n.path for n in tree.walk()}
+    monkeypatch.setattr(tf, "MAX_TREE_NODES", 9)
+    tf.unroll(treeify(claim), data)  # exactly the limit
+    monkeypatch.setattr(tf, "MAX_TREE_NODES", 8)
+    with pytest.raises(tf.TreeTooLargeError, match="the claim unrolls into more than 8 path copies"):
+        tf.unroll(treeify(claim), data)
+
+
 def test_assign_refuses(model, tokens):
     claim = as_claim(chain(), model)
     sampler = Sampler(tokens, seed=0)
@@ -382,7 +397,9 @@ def test_independent_draws(model, tokens):
 
 
 def test_self_rates(model, tokens):
-    claim = as_claim(chain(), model)
+    g = chain()
+    g.nodes["0.1"]["feature"] = Feature("token 0", lambda t: t[:, :1])  # 8 rows over 20 tokens: some alone
+    claim = as_claim(g, model)
     data = assign_data(treeify(claim), tokens, seed=0)
     flags = torch.cat([torch.cat([a.forced_self.reshape(-1).float(), a.other_is_self.float()])
                        for a in data.by_path.values()])
@@ -390,7 +407,7 @@ def test_self_rates(model, tokens):
     rates = data.self_draws()
     assert set(rates) == {"logits", "1.0", "0.1", "0.0", "embed"} and rates["embed"] == 0.0
     a = next(a for p, a in data.by_path.items() if p[-1] == "0.1")
-    assert rates["0.1"] == pytest.approx(float(a.forced_self.float().mean()))
+    assert 0 < rates["0.1"] == pytest.approx(float(a.forced_self.float().mean())) and data.self_sample_rate() > 0
     assert tf.Assignments().self_sample_rate() == 0.0
     copy = assign_data(treeify(claim, Unit.COPY), tokens, seed=0, options=SamplingOptions(unit=Unit.COPY))
     assert "logits <- 1.0:in <- 0.1:k" in copy.self_draws()
