@@ -3,8 +3,11 @@ the IOI-shaped claim against one plain forward, and their peak memory against a 
 
 Model: a random-init GPT-2-small-shaped HookedTransformer (12 layers x 12 heads, d_model 768, d_mlp 3072,
 LayerNorm, GELU, learned positions) with a 2,048-token vocabulary; batch 8 x 64 random tokens. Each stage runs
-in its own subprocess so its peak RSS is its own. Usage (see benchmarks/README.md):
+in its own subprocess so its peak RSS is its own. ``--device cuda`` (or ``cuda:N``) puts the model and data on
+a GPU: each timed call is bracketed by ``torch.cuda.synchronize()`` and peak memory is
+``torch.cuda.max_memory_allocated`` above what the model and data hold. Usage (see benchmarks/README.md):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py
+    .venv/bin/python benchmarks/scale.py --device cuda
 """
 
 from __future__ import annotations
@@ -29,6 +32,35 @@ from scrub.experiment.runner import run  # noqa: E402
 STAGES = ("forward", "cache", "full", "ioi")
 
 
+def run_device(name: str) -> torch.device:
+    """The device ``--device`` names; a CUDA device this machine lacks exits with one line."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"scale.py: --device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"scale.py: --device {name} asks for CUDA but torch {torch.__version__} sees no CUDA device "
+                         f"here; run with --device cpu or on a machine with a GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"scale.py: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"scale.py: --device {name}: only cpu and cuda[:N] are measured")
+    return device
+
+
+def synced(fn, device: torch.device):
+    """``fn`` with the GPU's queue drained before and after each call, so wall time covers the kernels."""
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        torch.cuda.synchronize(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return call
+
+
 def gpt2_shaped(n_layers: int = 12) -> HookedTransformer:
     cfg = HookedTransformerConfig(n_layers=n_layers, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=2048,
                                   n_ctx=128, act_fn="gelu", normalization_type="LN",
@@ -38,19 +70,22 @@ def gpt2_shaped(n_layers: int = 12) -> HookedTransformer:
 
 def stage(name: str, args) -> dict:
     torch.set_grad_enabled(False)
-    model = gpt2_shaped(args.layers)
+    device = run_device(args.device)
+    model = gpt2_shaped(args.layers).to(device, print_details=False)  # initialised on the CPU: same weights anywhere
     tokens = torch.randint(0, 2048, (args.n, args.seq), generator=torch.Generator().manual_seed(0))  # [n, seq]
-    base = rss_mb()
+    tokens = tokens.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
     scrub = lambda hypothesis: run(model, hypothesis, tokens, batch_size=args.n, progress=False)  # noqa: E731
-    if name == "forward":
-        seconds = timed(lambda: model(tokens), repeats=args.repeats)
-    elif name == "cache":
-        seconds = timed(lambda: model.run_with_cache(tokens), repeats=args.repeats)
-    elif name == "full":  # the graph is built and validated inside the timed call
-        seconds = timed(lambda: scrub(full_graph(model)), repeats=args.repeats)
-    elif name == "ioi":  # the hypothesis file is loaded and validated inside the timed call
-        seconds = timed(lambda: scrub(ROOT / "hypotheses" / "ioi_shape.py"), repeats=args.repeats)
-    return {"seconds": seconds, "peak_extra_mb": rss_mb() - base}
+    calls = {"forward": lambda: model(tokens), "cache": lambda: model.run_with_cache(tokens),
+             "full": lambda: scrub(full_graph(model)),  # the graph is built and validated inside the timed call
+             "ioi": lambda: scrub(ROOT / "hypotheses" / "ioi_shape.py")}  # the file is loaded and validated inside
+    seconds = timed(synced(calls[name], device), repeats=args.repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else rss_mb()
+    return {"seconds": seconds, "peak_extra_mb": peak - base}
 
 
 def main() -> None:
@@ -60,21 +95,27 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stage", choices=STAGES, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the model and data live")
     args = parser.parse_args()
+    run_device(args.device)  # a missing GPU is one line here, not four failed stages
     if args.stage:
         print(json.dumps(stage(args.stage, args)))
         return
     r = {}
     for name in STAGES:
         cmd = [sys.executable, __file__, "--stage", name, "--layers", str(args.layers), "--n", str(args.n),
-               "--seq", str(args.seq), "--repeats", str(args.repeats)]
+               "--seq", str(args.seq), "--repeats", str(args.repeats), "--device", args.device]
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
         if done.returncode:
             raise RuntimeError(f"stage {name} failed:\n{done.stderr[-2000:]}")
         r[name] = json.loads(done.stdout.strip().splitlines()[-1])
     fwd, cache = r["forward"], r["cache"]
+    where = (f"on {args.device} ({torch.cuda.get_device_name(torch.device(args.device))}), synchronised timing, "
+             f"peak+MB = torch.cuda.max_memory_allocated above the model and data" if args.device != "cpu"
+             else "on the CPU, peak+MB = peak RSS above the model and data")
     print(f"GPT-2-small-shaped random model ({args.layers} x 12, d_model 768, d_mlp 3072, vocab 2048); "
-          f"batch {args.n} x {args.seq}; median of {args.repeats} after a warm-up; OMP_NUM_THREADS=1")
+          f"batch {args.n} x {args.seq}; median of {args.repeats}{' after a warm-up' if args.repeats > 1 else ''}; "
+          f"OMP_NUM_THREADS=1; {where}")
     print("| measurement | seconds | peak+MB | time ratio | memory ratio |\n|---|---:|---:|---|---|")
     print(f"| plain forward `model(tokens)` | {fwd['seconds']:.3f} | {fwd['peak_extra_mb']:.0f} | | |")
     print(f"| `run_with_cache` (every hook) | {cache['seconds']:.3f} | {cache['peak_extra_mb']:.0f} | "

@@ -44,7 +44,7 @@ def _size(n: int) -> str:
 
 
 def _itemsize(cfg, at_least: int = 1) -> int:
-    return max(at_least, torch.empty((), dtype=cfg.dtype).element_size())
+    return max(at_least, torch.empty((), dtype=cfg.dtype, device="meta").element_size())
 
 
 def token_bytes(n: int, seq_len: int, copies: int = 4) -> int:

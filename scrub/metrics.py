@@ -51,7 +51,8 @@ def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
     p_log = clean_logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
     q_log = logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
     p = p_log.exp()  # [batch, seq-1, d_vocab]
-    terms = torch.where(p > 0, p * (p_log - q_log), torch.zeros((), dtype=dtype))  # [batch, seq-1, d_vocab]
+    zero = torch.zeros((), dtype=dtype, device=p.device)  # []
+    terms = torch.where(p > 0, p * (p_log - q_log), zero)  # [batch, seq-1, d_vocab]
     return terms.sum(-1).clamp(min=0)  # [batch, seq-1]
 
 
@@ -226,10 +227,10 @@ def bootstrap_recovered(clean: ExampleLosses, baseline: ExampleLosses, scrubbed:
     """Percentile bootstrap interval of loss recovered, resampling examples with replacement (in chunks of
     about ``BOOTSTRAP_CHUNK`` indices, so memory stays bounded for many examples)."""
     n = _check_resampling(clean.total.shape[0], n_resamples, level)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # a CPU generator: the statistics are on the CPU (score_batch)
     parts = []
     for rows in _chunks(n_resamples, n):
-        idx = torch.randint(0, n, (rows, n), generator=gen)  # [chunk, n]
+        idx = torch.randint(0, n, (rows, n), generator=gen, device="cpu")  # [chunk, n]
         count = clean.count[idx].sum(1)  # [chunk]
         lc, lb, ls = (x.total[idx].sum(1) / count for x in (clean, baseline, scrubbed))  # [chunk] x3
         parts.append(recovered(lc, lb, ls))
@@ -238,7 +239,7 @@ def bootstrap_recovered(clean: ExampleLosses, baseline: ExampleLosses, scrubbed:
     if ratios.numel() == 0:
         return Interval(float("nan"), float("nan"))
     alpha = (1 - level) / 2
-    q = torch.quantile(ratios.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    q = torch.quantile(ratios.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64, device=ratios.device))
     return Interval(float(q[0]), float(q[1]))
 
 
@@ -246,10 +247,10 @@ def bootstrap_mean(values: Tensor, *, n_resamples: int = 1000, level: float = 0.
     """Percentile bootstrap interval of a mean over examples."""
     n = _check_resampling(values.shape[0], n_resamples, level)
     gen = torch.Generator().manual_seed(seed)
-    means = torch.cat([values[torch.randint(0, n, (rows, n), generator=gen)].double().mean(1)
+    means = torch.cat([values[torch.randint(0, n, (rows, n), generator=gen, device="cpu")].double().mean(1)
                        for rows in _chunks(n_resamples, n)])  # [resample]
     alpha = (1 - level) / 2
-    q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64, device=means.device))
     return Interval(float(q[0]), float(q[1]))
 
 

@@ -62,13 +62,13 @@ def repeat_events(stream: Tensor, *, window: int = WINDOW, bos_id: int = BOS_ID)
     docstring). BOS itself is never an event."""
     stream = torch.as_tensor(stream, dtype=torch.long).flatten()  # [n]
     n = len(stream)
-    empty = torch.zeros(0, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long, device=stream.device)  # [0] every tensor here follows the stream
     if n < 3:
-        return RepeatEvents(empty, empty, torch.zeros(0, dtype=torch.bool))
+        return RepeatEvents(empty, empty, torch.zeros(0, dtype=torch.bool, device=stream.device))
     doc = torch.cumsum(stream == bos_id, 0)  # [n] document index
-    order = torch.sort(stream * n + torch.arange(n)).indices  # [n] by token, then position
+    order = torch.sort(stream * n + torch.arange(n, device=stream.device)).indices  # [n] by token, then position
     tok = stream[order]
-    same = torch.zeros(n, dtype=torch.bool)
+    same = torch.zeros(n, dtype=torch.bool, device=stream.device)  # [n]
     same[1:] = tok[1:] == tok[:-1]  # the entry before is an earlier occurrence of the same token
     t = order[same]
     j = torch.roll(order, 1)[same]  # the most recent earlier occurrence
@@ -112,7 +112,7 @@ def stream_coverage(stream: Tensor, rows: Tensor, *, bos_id: int = BOS_ID) -> Te
     found where its tokens (after a leading BOS, which ``scrub.data.batches.natural_batch`` prepends) occur contiguously
     in the stream; rows found nowhere (other text, random tokens) mark nothing."""
     stream = torch.as_tensor(stream, dtype=torch.long).flatten()  # [n]
-    covered = torch.zeros(len(stream), dtype=torch.bool)
+    covered = torch.zeros(len(stream), dtype=torch.bool, device=stream.device)  # [n]
     for row in torch.as_tensor(rows, dtype=torch.long).reshape(-1, rows.shape[-1]).cpu():
         body = row[1:] if len(row) > 1 and int(row[0]) == bos_id else row  # [L]
         size = len(body)
@@ -122,7 +122,8 @@ def stream_coverage(stream: Tensor, rows: Tensor, *, bos_id: int = BOS_ID) -> Te
         for k in range(1, min(size, 8)):  # narrow the candidates token by token (few survive the first ones)
             starts = starts[stream[starts + k] == body[k]]
         if len(starts):  # then compare whole rows
-            starts = starts[(stream[starts[:, None] + torch.arange(size)] == body).all(-1)]
+            span = starts[:, None] + torch.arange(size, device=stream.device)  # [c, L]
+            starts = starts[(stream[span] == body.to(stream.device)).all(-1)]
         for s in starts.tolist():
             covered[s : s + size] = True
     return covered

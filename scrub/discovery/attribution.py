@@ -85,7 +85,7 @@ def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, ma
     alphas = [1.0] if method == "eap" else [k / steps for k in range(1, steps + 1)]
     grad_sets = 1 if method == "eap" else len(cf.draws)  # EAP's gradient does not depend on the draw
     for start in range(0, cf.n, batch_size):
-        ids = torch.arange(start, min(start + batch_size, cf.n))  # [b]
+        ids = torch.arange(start, min(start + batch_size, cf.n), device="cpu")  # [b] like cf's CPU draws and mask
         for g in range(grad_sets):
             grads = _mean_grads(hooked, clean, ids, cf.draws[g].partner[ids], alphas, slots, mask[ids], metric,
                                 total_scored)
@@ -137,7 +137,7 @@ def _contract(structure: Structure, clean: CleanRun, slots: tuple[_Slot, ...], g
     for slot in slots:
         grad = grads[slot.hook]  # [b, seq, r, d_model]
         others = torch.stack([draw.other(r)[ids] for r in slot.receivers], 1)  # [b, r]
-        scattered = torch.zeros((m, *grad.shape[1:]), dtype=grad.dtype)  # [m, seq, r, d_model]
+        scattered = torch.zeros((m, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)  # [m, seq, r, d_model]
         for j in range(len(slot.receivers)):
             scattered[:, :, j].index_add_(0, others[:, j], grad[:, :, j])
         for sender in structure.senders(slot.receivers[0], slot.channel):

@@ -55,7 +55,7 @@ class ExactEvaluator:
     def totals(self, claims: Sequence[frozenset[Edge]]) -> Tensor:
         """Per-example metric sums of every claim, averaged over draws: [n_claims, n] (float64)."""
         if not claims:
-            return torch.zeros(0, self.cf.n, dtype=torch.float64)
+            return torch.zeros(0, self.cf.n, dtype=torch.float64, device="cpu")  # [0, n] like _totals
         roots = [treeify(claim_of(c)) for c in claims]
         parts = []
         for start in range(0, len(roots), TREES_PER_CALL):
@@ -65,9 +65,9 @@ class ExactEvaluator:
 
     def _totals(self, roots: list[TreeNode]) -> Tensor:
         n = self.cf.n
-        out = torch.zeros(len(roots), n, dtype=torch.float64)  # [claims, n]
+        out = torch.zeros(len(roots), n, dtype=torch.float64, device="cpu")  # [claims, n] CPU totals (example_totals)
         for start in range(0, n, self.batch_size):
-            ids = torch.arange(start, min(start + self.batch_size, n))  # [b]
+            ids = torch.arange(start, min(start + self.batch_size, n), device="cpu")  # [b] like the CPU mask and draws
             tokens, clean_logits = self.clean.tokens[ids], self.clean.logits[ids]  # [b, seq], [b, seq, d_vocab]
             mask = self.mask[ids]  # [b, seq-1]
 
@@ -94,8 +94,8 @@ class ExactEvaluator:
 
 def _paired(root: TreeNode, ids: Tensor, n: int) -> Assignments:
     """Every node on the examples ``ids``; its unclaimed inputs read the corrupted partner ``ids + n``."""
-    no = torch.zeros(ids.shape[0], dtype=torch.bool)  # [b]
+    no = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # [b]
     out = Assignments()
     for node in root.walk():
-        out.by_path[node.path] = Assignment(ids, ids + n, torch.zeros(0, dtype=torch.bool), no)
+        out.by_path[node.path] = Assignment(ids, ids + n, torch.zeros(0, dtype=torch.bool, device=ids.device), no)
     return out

@@ -80,17 +80,17 @@ class Interval:
     @classmethod
     def of(cls, counts: Tensor, n_boot: int, seed: int) -> "Interval":
         n = counts.shape[0]
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, n, (n_boot, n), generator=gen)  # [n_boot, n]
-        ones = torch.ones(n_boot, n, dtype=torch.float64)  # [n_boot, n]
-        weights = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, ones)  # [n_boot, n]
+        gen = torch.Generator().manual_seed(seed)  # a CPU generator: the effects' statistics are on the CPU
+        idx = torch.randint(0, n, (n_boot, n), generator=gen, device="cpu")  # [n_boot, n]
+        ones = torch.ones(n_boot, n, dtype=torch.float64, device="cpu")  # [n_boot, n]
+        weights = torch.zeros(n_boot, n, dtype=torch.float64, device="cpu").scatter_add_(1, idx, ones)  # [n_boot, n]
         return cls(weights, counts)
 
     def __call__(self, diffs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-example differences [k, n] -> effects [k], lower [k], upper [k] (token-weighted means)."""
         effect = diffs.sum(1) / self.counts.sum().clamp(min=1)  # [k]
         boot = (self.weights @ diffs.T) / (self.weights @ self.counts).clamp(min=1)[:, None]  # [n_boot, k]
-        q = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)  # [2, k]
+        q = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64, device=boot.device), dim=0)  # [2, k]
         return effect, q[0], q[1]
 
 
@@ -161,7 +161,7 @@ def _skip_group(ev: ExactEvaluator, state: _State, far: list[Edge], interval: In
                 rng: torch.Generator) -> tuple[list[Decision], bool, int, int]:
     """Remove ``far`` together if the joint removal's interval is inside [−τ, τ]; spot-check a sample singly."""
     k = min(len(far), max(1, math.ceil(spot * len(far))))
-    sample = [far[int(i)] for i in torch.randperm(len(far), generator=rng)[:k]]
+    sample = [far[int(i)] for i in torch.randperm(len(far), generator=rng, device="cpu")[:k]]  # a CPU generator
     claims = [frozenset(state.kept - set(far))] + [frozenset(state.kept - {e}) for e in sample]
     totals = ev.totals(claims)  # [1 + k, n]
     effect, low, high = interval(totals - state.base)

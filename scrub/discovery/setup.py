@@ -54,14 +54,14 @@ class Counterfactuals:
 def paired(tokens: Tensor, corrupted: Tensor, structure: Structure) -> Counterfactuals:
     """Every removed input of example i reads corrupted row i."""
     n = tokens.shape[0]
-    partner = torch.arange(n) + n  # [n]
+    partner = torch.arange(n, device="cpu") + n  # [n] dataset ids, CPU bookkeeping like the sampler's draws
     others = {r: partner for r in structure.receivers}
     return Counterfactuals("paired", torch.cat([tokens, corrupted]), n, (Draw(others, partner),), ())
 
 
 def resampled(tokens: Tensor, structure: Structure, seed: int, n_draws: int) -> Counterfactuals:
     """Each receiver's removed inputs read its node's unclaimed draw, ``n_draws`` seeds from ``seed``."""
-    ids = torch.arange(tokens.shape[0])  # [n]
+    ids = torch.arange(tokens.shape[0], device="cpu")  # [n] dataset ids for the CPU sampler
     draws = []
     seeds = tuple(seed + k for k in range(n_draws))
     for s in seeds:

@@ -212,7 +212,7 @@ def norm_linear(model: HookedTransformer, module: torch.nn.Module | None) -> tor
     factor per position, which ``unembed.FactoredUnembed`` applies itself and the scores in ``scores``
     can ignore (it cancels in the copying ratio and only reweights rows of the OV circuit)."""
     d_model, norm = model.cfg.d_model, model.cfg.normalization_type
-    eye = torch.eye(d_model, dtype=torch.float64)
+    eye = torch.eye(d_model, dtype=torch.float64, device=next(model.parameters()).device)  # [d_model, d_model]
     mat = eye - 1.0 / d_model if norm in ("LN", "LNPre") else eye  # centring
     w = getattr(module, "w", None)
     return mat * w.detach().double()[None, :] if w is not None else mat  # [d_model, d_model]

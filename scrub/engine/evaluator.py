@@ -93,7 +93,7 @@ def _inputs(ctx: Context, job: Job) -> tuple[list[Plan], dict[Channel, tuple[Pla
     resampled plan the input, so both trivial masks give exactly the unmasked or unclaimed result."""
     plans, alts = [], {}
     seq = ctx.clean.embed.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool).tril()  # [q, k]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device="cpu").tril()  # [q, k] with mask.matrix(seq): a CPU check
     for channel in ctx.structure.channels(job.node.component):
         plan = group_reads(ctx, job, reads(ctx, job, channel))
         masked = tuple(inp for inp in job.node.inputs if inp.channel == channel and inp.qk_mask is not None)
@@ -148,7 +148,8 @@ def _recompute(ctx: Context, todo: list[_Todo]) -> None:
         xq, xk, xv = (_normed(ctx, item.job, plan, ln1) for plan in item.plans)  # [rows, seq, d_model] x3
         alt = {c: (_normed(ctx, item.job, plan, ln1), mask.matrix(seq, clean.embed.device)[None, None])
                for c, (plan, mask) in item.alts.items()}  # (input, [1, 1, q, k] mask) per masked channel
-        z = heads_z_normed(ctx.model, comp.layer, torch.tensor([comp.head]), xq, xk, xv, pos, alt=alt)
+        head = torch.tensor([comp.head], device=clean.embed.device)  # [1] indexes the model's weights
+        z = heads_z_normed(ctx.model, comp.layer, head, xq, xk, xv, pos, alt=alt)
         ctx.values[item.job.key] = Value(z=z[0])  # [rows, seq, d_head]
     by_rows: dict[int, list[tuple[Job, list[Plan]]]] = {}  # nodes computed on equally many rows stack
     for item in (t for t in todo if not t.alts):
@@ -162,7 +163,8 @@ def _recompute(ctx: Context, todo: list[_Todo]) -> None:
             ln1 = ctx.model.blocks[comp.layer].ln1
             xq, xk, xv = (_stack([_normed(ctx, j, plans[i], ln1) for j, plans in part]) for i in range(3))
             # one depth holds the heads of one layer only
-            heads = torch.tensor([c.head for j, _ in part if isinstance(c := j.node.component, Head)])
+            heads = torch.tensor([c.head for j, _ in part if isinstance(c := j.node.component, Head)],
+                                 device=clean.embed.device)  # [copy] indexes the model's weights
             z = heads_z_normed(ctx.model, comp.layer, heads, xq, xk, xv, pos)  # [copy, rows, seq, d_head]
             for (j, _), zj in zip(part, z, strict=True):
                 ctx.values[j.key] = Value(z=zj)

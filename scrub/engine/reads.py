@@ -83,7 +83,7 @@ def child_rows(ctx: Context, job: Job, child: TreeNode) -> Tensor | None:
         read = job.data[child].read
         rows = None if read is None else read[job.a.datum]  # [rows] or [rows, seq]
         same = (rows is not None and rows.dim() == 1 and job.data[child].datum.shape[0] == rows.shape[0]
-                and torch.equal(rows, torch.arange(rows.shape[0])))
+                and torch.equal(rows, torch.arange(rows.shape[0], device=rows.device)))
         ctx.rows[key] = None if same else rows
     return ctx.rows[key]
 

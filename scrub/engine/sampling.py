@@ -41,19 +41,22 @@ def group_items(codes: Tensor, pool: Tensor, *, per_position: bool) -> Groups:
     n = codes.shape[0]
     if per_position:
         width = codes.shape[1]
-        position = torch.arange(width).expand(n, width)  # [N, seq]
+        position = torch.arange(width, device="cpu").expand(n, width)  # [N, seq]
         keys = torch.stack([position.reshape(-1), codes.reshape(-1)], 1)  # [N*seq, 2]
     else:
         width = 1
         keys = codes.reshape(n, -1)  # [N, k]
-    gid = torch.unique(keys, dim=0, return_inverse=True)[1] if keys.shape[1] else torch.zeros(n, dtype=torch.long)
-    items = (pool[:, None] * width + torch.arange(width)[None, :]).reshape(-1)  # [P*width]
+    # draws are made on the CPU (the sampler's tokens and generators live there), so every device and rank draws
+    # the same data; the indices index device tensors as they are
+    gid = (torch.unique(keys, dim=0, return_inverse=True)[1] if keys.shape[1]
+           else torch.zeros(n, dtype=torch.long, device="cpu"))  # [N*width]
+    items = (pool[:, None] * width + torch.arange(width, device="cpu")[None, :]).reshape(-1)  # [P*width]
     order = torch.sort(gid[items], stable=True).indices  # [P*width]
     members = items[order]  # [P*width] pool items sorted by group
     count = torch.bincount(gid[members], minlength=int(gid.max()) + 1 if gid.numel() else 0)  # [n_groups]
     start = torch.cumsum(count, 0) - count  # [n_groups]
     rank = torch.full_like(gid, -1)  # [N*width]
-    rank[members] = torch.arange(members.shape[0]) - start[gid[members]]
+    rank[members] = torch.arange(members.shape[0], device="cpu") - start[gid[members]]
     return Groups(gid, members, start, count, rank, width)
 
 
@@ -87,9 +90,9 @@ def pool_ids(n: int, size: int | None, seed: int) -> Tensor:
     """The sorted datum ids draws come from: all ``n`` (``size`` None or ≥ n), else ``size`` of them chosen
     by the seed."""
     if size is None or size >= n:
-        return torch.arange(n)
+        return torch.arange(n, device="cpu")  # dataset ids, drawn from on the CPU like every draw
     gen = _generator(seed, ("pool",), "pool")
-    return torch.sort(torch.randperm(n, generator=gen)[:size]).values
+    return torch.sort(torch.randperm(n, generator=gen, device="cpu")[:size]).values  # a CPU generator
 
 
 def _generator(seed: int, path: tuple[str, ...], purpose: str) -> torch.Generator:
@@ -122,7 +125,7 @@ class Sampler:
         """The groups of ``feature`` over the dataset (None: one group, for unclaimed draws)."""
         if feature not in self._groups:
             if feature is None:
-                codes = torch.zeros(self.n, 0, dtype=torch.long)
+                codes = torch.zeros(self.n, 0, dtype=torch.long, device="cpu")  # [N, 0] like self.tokens
             else:
                 codes = feature.codes(self.tokens)  # [N, k] or [N, seq]
             self._groups[feature] = group_items(codes, self.pool,
@@ -133,7 +136,8 @@ class Sampler:
         """[N, width] uniforms of one draw, a pure function of (seed, path, purpose)."""
         key = (path, purpose, width)
         if key not in self._uniforms:
-            self._uniforms[key] = torch.rand(self.n, width, generator=_generator(self.seed, path, purpose))
+            self._uniforms[key] = torch.rand(self.n, width, generator=_generator(self.seed, path, purpose),
+                                             device="cpu")  # [N, width] from a CPU generator: the same on any device
         return self._uniforms[key]
 
     def agreeing(self, feature: Feature | None, data: Tensor, path: tuple[str, ...], purpose: str,
@@ -142,7 +146,7 @@ class Sampler:
         ``by`` [m] picks the uniforms' rows (default: the data themselves)."""
         groups = self.groups(feature)
         w = groups.width
-        items = data[:, None] * w + torch.arange(w)[None, :]  # [m, width]
+        items = data[:, None] * w + torch.arange(w, device="cpu")[None, :]  # [m, width] CPU dataset ids
         u = self.uniform(path, purpose, w)[data if by is None else by]  # [m, width]
         out = draw(groups, items.reshape(-1), u.reshape(-1), allow_self=self.allow_self)
         shape = (data.shape[0], w) if w > 1 else (data.shape[0],)

@@ -220,7 +220,7 @@ def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOp
     if options.independent and structure is None:
         raise ScrubError("independent draws need the model's structure: assign(..., structure=Structure.of(model))")
     out = Assignments(options=options)
-    empty = torch.zeros(0, dtype=torch.bool)
+    empty = torch.zeros(0, dtype=torch.bool, device="cpu")  # draws and their bookkeeping live on the CPU (sampling)
 
     def unclaimed(node: TreeNode, datum: Tensor, by: Tensor | None) -> dict[UnclaimedKey, Tensor] | None:
         if not options.independent or isinstance(node.component, (Embed, Pos)):
@@ -238,7 +238,7 @@ def assign(root: TreeNode, sampler: Sampler, ids: Tensor, *, options: SamplingOp
         for node in root.walk():
             keys = ids if node is root else torch.unique(torch.cat(parents[node.path]))  # [k] parent data
             if node.feature is None:
-                datum, rows, forced = keys, torch.arange(keys.shape[0]), empty
+                datum, rows, forced = keys, torch.arange(keys.shape[0], device="cpu"), empty
             else:
                 d = sampler.agreeing(node.feature, keys, node.path, "feature")  # [k] or [k, seq]
                 datum, rows = torch.unique(d.datum, return_inverse=True)  # [rows], [k] or [k, seq]
@@ -273,22 +273,24 @@ def localize(datas: list[Assignments], ids: Tensor, n: int, *, whole: bool = Fal
     """Number every datum the assignments use: the examples ``ids`` [batch] first, then the others (``whole``:
     keep dataset ids, for a clean run of the whole dataset). Returns the dataset ids of the run's data [m] and
     the assignments with indices into them (and ``read`` tables)."""
-    lookup = torch.full((n,), -1, dtype=torch.long)  # dataset id -> index
+    # dataset ids are CPU bookkeeping, like the draws they number; they index device tensors as they are
+    lookup = torch.full((n,), -1, dtype=torch.long, device="cpu")  # dataset id -> index
     if whole:
-        every = torch.arange(n)  # [n]
+        every = torch.arange(n, device="cpu")  # [n]
     else:
         used = [ids] + [t for data in datas for a in data.by_path.values()
                         for t in (a.datum, a.other, *(a.unclaimed or {}).values())]
         extra = torch.unique(torch.cat(used))
         every = torch.cat([ids, extra[~torch.isin(extra, ids)]])  # [m]
-    lookup[every] = torch.arange(every.shape[0])
+    lookup[every] = torch.arange(every.shape[0], device="cpu")
     out = []
     for data in datas:
         local = Assignments(options=data.options)
         for path, a in data.by_path.items():
             read = None
             if a.keys is not None and a.rows is not None:
-                read = torch.full((every.shape[0], *a.rows.shape[1:]), -1, dtype=torch.long)  # [m] or [m, seq]
+                read = torch.full((every.shape[0], *a.rows.shape[1:]), -1, dtype=torch.long,
+                                  device="cpu")  # [m] or [m, seq]
                 read[lookup[a.keys]] = a.rows
             local.by_path[path] = Assignment(
                 lookup[a.datum], lookup[a.other], a.forced_self, a.other_is_self, read,
@@ -302,7 +304,7 @@ def assign_data(root: TreeNode, tokens: Tensor, *, seed: int, options: SamplingO
     """Draws among the rows of ``tokens`` only (the dataset is this batch), as indices into it: for tests,
     path patching and callers that evaluate one batch alone."""
     sampler = Sampler(tokens, seed=seed, pool_size=options.pool, allow_self=options.allow_self)
-    ids = torch.arange(tokens.shape[0])
+    ids = torch.arange(tokens.shape[0], device="cpu")  # [n] dataset ids for the CPU sampler
     every, (local,) = localize([assign(root, sampler, ids, options=options, structure=structure)], ids, ids.shape[0])
     assert torch.equal(every, ids)  # every datum is a row of the batch
     return local
@@ -322,7 +324,7 @@ def unroll(root: TreeNode, data: Assignments) -> tuple[TreeNode, Assignments]:
             raise TreeTooLargeError(f"the claim unrolls into more than {MAX_TREE_NODES} path copies")
         a = data[node]
         if parent is None:
-            rows = torch.arange(a.datum.shape[0])  # [batch] the root
+            rows = torch.arange(a.datum.shape[0], device=a.datum.device)  # [batch] the root
         else:
             assert a.read is not None  # node mode: every child has a read table
             rows = a.read[parent]  # [batch] or [batch, seq]
@@ -334,7 +336,8 @@ def unroll(root: TreeNode, data: Assignments) -> tuple[TreeNode, Assignments]:
     def copy(node: TreeNode, path: tuple[str, ...], rows: Tensor) -> TreeNode:
         a = data[node]
         datum, other = a.datum[rows], a.other[rows]  # [batch] x2
-        out.by_path[path] = Assignment(datum, other, torch.zeros(0, dtype=torch.bool), other == datum,
+        none = torch.zeros(0, dtype=torch.bool, device=datum.device)  # [0] no feature draws in a copy
+        out.by_path[path] = Assignment(datum, other, none, other == datum,
                                        unclaimed=None if a.unclaimed is None
                                        else {k: v[rows] for k, v in a.unclaimed.items()})
         inputs = tuple(TreeInput(i.channel, visit(i.child, path + (f"{i.child.path[-1]}:{i.channel.value}",), datum),

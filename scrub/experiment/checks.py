@@ -62,7 +62,8 @@ def content_self_rate(tree: TreeNode, data: Tensor, *, seed: int, options: Sampl
     from scrub.engine.treeify import assign
 
     sampler = Sampler(data, seed=seed, pool_size=options.pool, allow_self=options.allow_self)
-    drawn = assign(tree, sampler, torch.arange(data.shape[0]), options=options, structure=structure)
+    ids = torch.arange(data.shape[0], device="cpu")  # [n] dataset ids for the CPU sampler
+    drawn = assign(tree, sampler, ids, options=options, structure=structure)
     return _rate(drawn, group)
 
 
@@ -75,7 +76,7 @@ def _rate(drawn: Assignments, group: Tensor) -> float:
             keys = a.keys.reshape(-1, *([1] * (a.rows.dim() - 1)))  # [k] or [k, 1]
             feature = (group[a.datum[a.rows]] == group[keys]).reshape(-1) | feature  # [draws]
         flags += [feature, group[a.other] == group[a.datum]]  # [rows]: the unclaimed draw
-    every = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+    every = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool, device="cpu")  # CPU draws' flags
     return float(every.float().mean()) if every.numel() else 0.0
 
 

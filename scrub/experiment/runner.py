@@ -282,7 +282,7 @@ def _score_masks(data: Tensor, bounds: list[tuple[int, int]], positions: Positio
 def _scrub_batch(setup: _Setup, i: int, start: int, stop: int) -> _Batch:
     """Scrub one batch, as the write-up does: sample the data of every node, read their clean run, evaluate the
     hypothesis and the baseline on it, and score both against the clean logits."""
-    ids = torch.arange(start, stop)  # [batch] the examples scored in this batch
+    ids = torch.arange(start, stop, device="cpu")  # [batch] the examples scored in this batch: CPU dataset ids (draws)
     drawn = [assign(t, setup.sampler, ids, options=setup.options, structure=setup.structure)
              for t in (setup.tree, setup.base_tree)]
     # common random numbers; indices into the whole dataset's clean run, or into the batch's run of its

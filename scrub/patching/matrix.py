@@ -103,9 +103,12 @@ class _Matrix:
         self.base = float(self.score(self.out.resid(torch.zeros_like(self.out.base)[None]))[0])
         feeds = [[[self.structure.feeds(s, r, c if isinstance(r, Head) else None) for c in channels]
                   for r in receivers] for s in senders]
-        self.feeds = torch.tensor(feeds, dtype=torch.bool).reshape(len(senders), len(receivers), len(channels))
-        self.effects = torch.full(self.feeds.shape, float("nan"), dtype=torch.float64)  # [sender, receiver, channel]
-        self.to_logits = torch.full((len(senders),), float("nan"), dtype=torch.float64)  # [sender]
+        # the table and its bookkeeping are on the CPU: filled from Python floats, returned to the caller
+        self.feeds = torch.tensor(feeds, dtype=torch.bool, device="cpu").reshape(len(senders), len(receivers),
+                                                                              len(channels))
+        self.effects = torch.full(self.feeds.shape, float("nan"), dtype=torch.float64,
+                                  device="cpu")  # [sender, receiver, channel]
+        self.to_logits = torch.full((len(senders),), float("nan"), dtype=torch.float64, device="cpu")  # [sender]
         heads = [j for j, r in enumerate(receivers) if isinstance(r, Head)]
         mlps = [j for j, r in enumerate(receivers) if isinstance(r, Mlp)]
         self.total = int(self.feeds[:, heads].sum()) + int(self.feeds[:, mlps, 0].sum()) + len(senders)
@@ -132,7 +135,7 @@ class _Matrix:
         if not rows:
             return
         n, positions = self.n, self.positions
-        heads = torch.tensor([self.receivers[j].head for j in cols])  # [n_r]
+        heads = torch.tensor([self.receivers[j].head for j in cols], device=positions.device)  # [n_r] indexes weights
         n_r = len(cols)
         ln1 = self.model.blocks[layer].ln1
         seq = int(positions.max()) + 1  # causal attention: later positions change no scored query

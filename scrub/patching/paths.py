@@ -139,12 +139,13 @@ _SENDER: dict = {"__sender__": True}  # trie marker (never mutated)
 
 def patch_assignments(root: TreeNode, senders: frozenset[tuple[str, ...]], n: int) -> Assignments:
     """Sender copies read datum ``n + i`` (corrupted), every other copy datum ``i`` (reference)."""
-    ref, corr = torch.arange(n), torch.arange(n) + n  # [n] x2
-    no = torch.zeros(n, dtype=torch.bool)
+    # data indices are CPU bookkeeping, like the sampler's draws; they index device tensors as they are
+    ref, corr = torch.arange(n, device="cpu"), torch.arange(n, device="cpu") + n  # [n] x2
+    no = torch.zeros(n, dtype=torch.bool, device="cpu")  # [n]
     out = Assignments()
     for node in root.walk():
         d = corr if node.path in senders else ref
-        out.by_path[node.path] = Assignment(d, d, no, torch.ones(n, dtype=torch.bool))
+        out.by_path[node.path] = Assignment(d, d, no, torch.ones(n, dtype=torch.bool, device="cpu"))
     return out
 
 
@@ -195,7 +196,7 @@ def patch_effects(model: HookedTransformer, reference: Tensor, corrupted: Tensor
         datas = [patch_assignments(t, s, n) for t, s in trees]
         values, _ = evaluate_many(model, roots, datas, clean, reduce=metric, positions=positions)
         out += [float(v) for v in values]
-    return torch.tensor(out)  # [n_sets]
+    return torch.tensor(out, device="cpu")  # [n_sets] a table of Python floats, returned to the caller
 
 
 @dataclass(frozen=True)
