@@ -294,6 +294,13 @@ def test_treeify_node_and_copy(model):
         assert empty.path == path and empty.inputs == () and empty.shared == (path[0] == "node")
 
 
+def test_treeify_keeps_positions(model):
+    claim = as_claim(variants()["positions"], model)
+    for unit in (Unit.NODE, Unit.COPY):
+        kept = [i.positions.fn for n in treeify(claim, unit).walk() for i in n.inputs if i.positions is not None]
+        assert kept == [FromPosition(2)]
+
+
 def test_treeify_refuses_too_many_copies(model, monkeypatch):
     claim = as_claim(chain(), model)
     monkeypatch.setattr(tf, "MAX_TREE_NODES", 9)
@@ -311,6 +318,17 @@ def test_unroll(model, tokens, monkeypatch):
         tree, copies = tf.unroll(treeify(claim), data)
         assert copies.options == SamplingOptions(options.independent, options.allow_self, Unit.COPY)
         assert len(list(tree.walk())) == 9 and set(copies.by_path) == {n.path for n in tree.walk()}
+        for n in tree.walk():
+            a = copies.by_path[n.path]
+            assert a.forced_self.dtype == torch.bool and a.forced_self.numel() == 0
+            assert torch.equal(a.other_is_self, a.other == a.datum)
+        assert tree.path == ("logits",) and ("logits", "1.0:in", "0.1:k") in copies.by_path
+        assert [n.feature for n in tree.walk() if n.path[-1] == "0.1:k"] == [claim.node("0.1").feature]
+    per = as_claim(variants()["per-position"], model)
+    tree, copies = tf.unroll(treeify(per), assign_data(treeify(per), tokens, seed=0))
+    node = next(n for n in tree.walk() if n.path == ("logits", "1.0:in", "0.1:k"))
+    assert node.inputs == () and node.feature == per.node("0.1").feature and len(node.pieces) == 6
+    assert [p.path[-1] for p in node.pieces] == [f"@{s}" for s in range(6)]
     monkeypatch.setattr(tf, "MAX_TREE_NODES", 9)
     tf.unroll(treeify(claim), data)  # exactly the limit
     monkeypatch.setattr(tf, "MAX_TREE_NODES", 8)
@@ -318,12 +336,33 @@ def test_unroll(model, tokens, monkeypatch):
         tf.unroll(treeify(claim), data)
 
 
+def test_assign_data_draws_from_the_pool_and_allows_self(model, tokens):
+    """``assign_data`` hands the options' pool and ``allow_self`` to its sampler: every draw is a pool datum
+    (or, for a feature draw, its parent's own), and with ``allow_self`` some draws return the datum itself."""
+    claim = as_claim(chain(), model)
+    for seed in range(3):
+        pool = pool_ids(8, 3, seed)
+        data = assign_data(treeify(claim), tokens, seed=seed, options=SamplingOptions(pool=3))
+        for path, a in data.by_path.items():
+            assert bool(torch.isin(a.other, pool).all()), path
+            if a.keys is not None and path[-1] == "0.1":
+                drawn = a.datum[a.rows]  # [keys]
+                assert bool((torch.isin(drawn, pool) | (drawn == a.keys)).all())
+    same = Feature("constant", lambda t: t[:, :1] * 0)
+    g = chain()
+    g.nodes["0.1"]["feature"] = same
+    selfs = [bool(a.forced_self.any()) for seed in range(4)
+             for p, a in assign_data(treeify(as_claim(g, model)), tokens, seed=seed,
+                                     options=SamplingOptions(allow_self=True)).by_path.items() if p[-1] == "0.1"]
+    assert any(selfs)  # 8 agreeing data: a draw returns itself one time in 8
+
+
 def test_assign_refuses(model, tokens):
     claim = as_claim(chain(), model)
     sampler = Sampler(tokens, seed=0)
-    with pytest.raises(ScrubError, match="build it with treeify"):
+    with pytest.raises(ScrubError, match="built for unit 'node' but the sampling options say 'copy': build it with"):
         assign(treeify(claim, Unit.NODE), sampler, torch.arange(8), options=SamplingOptions(unit=Unit.COPY))
-    with pytest.raises(ScrubError, match="build it with treeify"):
+    with pytest.raises(ScrubError, match="built for unit 'copy' but the sampling options say 'node': build it with"):
         assign(treeify(claim, Unit.COPY), sampler, torch.arange(8))
     with pytest.raises(ScrubError, match="independent draws need the model's structure"):
         assign(treeify(claim), sampler, torch.arange(8), options=SamplingOptions(independent=True))
@@ -457,8 +496,8 @@ OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
 
 
 CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain", "pool"), ("chain", "allow-self"),
-         ("per-position", "node"), ("positions", "copy"), ("q-mask", "independent"), ("k-and-v-masks", "node"),
-         ("k-and-v-masks", "copy")]
+         ("per-position", "node"), ("positions", "node"), ("positions", "copy"), ("q-mask", "independent"),
+         ("k-and-v-masks", "node"), ("k-and-v-masks", "copy")]
 
 
 @pytest.mark.slow
