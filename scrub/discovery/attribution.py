@@ -136,7 +136,7 @@ def _contract(structure: Structure, clean: CleanRun, slots: tuple[_Slot, ...], g
     m = clean.tokens.shape[0]
     for slot in slots:
         grad = grads[slot.hook]  # [b, seq, r, d_model]
-        others = torch.stack([draw.other(r)[ids] for r in slot.receivers], 1)  # [b, r]
+        others = torch.stack([draw.other(r)[ids] for r in slot.receivers], 1).to(grad.device)  # [b, r] draws: CPU
         scattered = torch.zeros((m, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)  # [m, seq, r, d_model]
         for j in range(len(slot.receivers)):
             scattered[:, :, j].index_add_(0, others[:, j], grad[:, :, j])
