@@ -364,7 +364,8 @@ def test_assign_refuses(model, tokens):
         assign(treeify(claim, Unit.NODE), sampler, torch.arange(8), options=SamplingOptions(unit=Unit.COPY))
     with pytest.raises(ScrubError, match="built for unit 'copy' but the sampling options say 'node': build it with"):
         assign(treeify(claim, Unit.COPY), sampler, torch.arange(8))
-    with pytest.raises(ScrubError, match="independent draws need the model's structure"):
+    with pytest.raises(ScrubError, match=r"independent draws need the model's structure: assign\(\.\.\., "
+                                         r"structure=Structure\.of\(model\)\)"):
         assign(treeify(claim), sampler, torch.arange(8), options=SamplingOptions(independent=True))
     g = chain()
     g.nodes["0.1"]["feature"] = feature(TokenMod(2, None))
@@ -396,11 +397,20 @@ def test_assignment_draws(model, tokens):
     copy = treeify(claim, Unit.COPY)
     opts = SamplingOptions(unit=Unit.COPY)
     cdata = assign(copy, Sampler(tokens, seed=7), ids, options=opts)
+    parent_of = {i.child.path: n.path for n in copy.walk() for i in n.inputs}
     for n in copy.walk():
         a = cdata[n]
         assert a.read is None and a.keys is None and a.datum.shape == (3,)
         other = probe.agreeing(None, a.datum, n.path, "unclaimed", by=ids)
-        assert torch.equal(a.other, other.datum)
+        assert torch.equal(a.other, other.datum) and torch.equal(a.other_is_self, other.is_self)
+        parent = cdata.by_path[parent_of[n.path]].datum if n.path in parent_of else ids
+        if n.feature is None:
+            assert torch.equal(a.datum, parent) and a.forced_self.numel() == 0
+        else:  # drawn for the parent's datum with the uniforms of the root example
+            d = probe.agreeing(n.feature, parent, n.path, "feature", by=ids)
+            assert torch.equal(a.datum, d.datum) and torch.equal(a.forced_self, d.forced_self)
+    for n in root.walk():
+        assert n.feature is not None or data[n].forced_self.numel() == 0
 
 
 def test_allow_self_reports_every_self_draw(model, tokens):
@@ -410,6 +420,13 @@ def test_allow_self_reports_every_self_draw(model, tokens):
     node = next(n for n in treeify(claim).walk() if n.path[-1] == "0.1")
     a = data.by_path[node.path]
     assert torch.equal(a.forced_self, a.datum[a.rows] == a.keys)
+    copy = treeify(claim, Unit.COPY)
+    ids = torch.arange(8)
+    for seed in range(3):
+        cdata = assign(copy, Sampler(tokens, seed=seed, allow_self=True), ids,
+                       options=SamplingOptions(allow_self=True, unit=Unit.COPY))
+        a = cdata.by_path[("logits", "1.0:in", "0.1:k")]  # its parent 1.0 is on the batch itself
+        assert torch.equal(a.forced_self, a.datum == ids)
 
 
 def test_independent_draws(model, tokens):
@@ -430,6 +447,18 @@ def test_independent_draws(model, tokens):
         for (c, s), got in a.unclaimed.items():
             assert torch.equal(got, probe.agreeing(None, a.datum, n.path, f"unclaimed:{c.value}:{s}").datum)
             assert torch.equal(data.unclaimed(n, c, s), got)
+    copy = treeify(claim, Unit.COPY)
+    ids = torch.tensor([2, 5, 7])
+    cdata = assign(copy, Sampler(tokens, seed=1), ids, options=SamplingOptions(independent=True, unit=Unit.COPY),
+                   structure=structure)
+    for n in copy.walk():
+        a = cdata[n]
+        if n.path[-1].startswith("embed"):
+            assert a.unclaimed is None
+            continue
+        assert a.unclaimed
+        for (c, s), got in a.unclaimed.items():
+            assert torch.equal(got, probe.agreeing(None, a.datum, n.path, f"unclaimed:{c.value}:{s}", by=ids).datum)
     plain = assign(root, Sampler(tokens, seed=1), torch.arange(8))
     n = next(x for x in root.walk() if x.path[-1] == "1.0")
     assert plain.unclaimed(n, Channel.Q, "embed") is plain[n].other
@@ -450,6 +479,8 @@ def test_self_rates(model, tokens):
     assert tf.Assignments().self_sample_rate() == 0.0
     copy = assign_data(treeify(claim, Unit.COPY), tokens, seed=0, options=SamplingOptions(unit=Unit.COPY))
     assert "logits <- 1.0:in <- 0.1:k" in copy.self_draws()
+    cflags = torch.cat([torch.cat([a.forced_self.float(), a.other_is_self.float()]) for a in copy.by_path.values()])
+    assert copy.self_sample_rate() == pytest.approx(float(cflags.mean()))
 
 
 def test_localize(model, tokens):
@@ -491,13 +522,14 @@ def variants() -> dict[str, nx.DiGraph]:
 
 
 OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
-           "independent": SamplingOptions(independent=True), "pool": SamplingOptions(pool=5),
+           "independent": SamplingOptions(independent=True),
+           "copy-independent": SamplingOptions(independent=True, unit=Unit.COPY), "pool": SamplingOptions(pool=5),
            "allow-self": SamplingOptions(allow_self=True)}
 
 
 CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain", "pool"), ("chain", "allow-self"),
          ("per-position", "node"), ("positions", "node"), ("positions", "copy"), ("q-mask", "independent"),
-         ("k-and-v-masks", "node"), ("k-and-v-masks", "copy")]
+         ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("k-and-v-masks", "copy")]
 
 
 @pytest.mark.slow
