@@ -364,8 +364,8 @@ def test_assign_refuses(model, tokens):
         assign(treeify(claim, Unit.NODE), sampler, torch.arange(8), options=SamplingOptions(unit=Unit.COPY))
     with pytest.raises(ScrubError, match="built for unit 'copy' but the sampling options say 'node': build it with"):
         assign(treeify(claim, Unit.COPY), sampler, torch.arange(8))
-    with pytest.raises(ScrubError, match=r"independent draws need the model's structure: assign\(\.\.\., "
-                                         r"structure=Structure\.of\(model\)\)"):
+    with pytest.raises(ScrubError, match=r"^independent draws need the model's structure: assign\(\.\.\., "
+                                         r"structure=Structure\.of\(model\)\)$"):
         assign(treeify(claim), sampler, torch.arange(8), options=SamplingOptions(independent=True))
     g = chain()
     g.nodes["0.1"]["feature"] = feature(TokenMod(2, None))
@@ -394,9 +394,12 @@ def test_assignment_draws(model, tokens):
         other = probe.agreeing(None, a.datum, ("node", name), "unclaimed")
         assert torch.equal(a.other, other.datum) and torch.equal(a.other_is_self, other.is_self)
         assert a.unclaimed is None
-    copy = treeify(claim, Unit.COPY)
+    g = chain()
+    g.nodes["1.0"]["feature"] = feature(TokenMod(3, 1))  # 0.1's copy then draws for other data than the batch
+    copy = treeify(as_claim(g, model), Unit.COPY)
     opts = SamplingOptions(unit=Unit.COPY)
     cdata = assign(copy, Sampler(tokens, seed=7), ids, options=opts)
+    assert not torch.equal(cdata.by_path[("logits", "1.0:in")].datum, ids)
     parent_of = {i.child.path: n.path for n in copy.walk() for i in n.inputs}
     for n in copy.walk():
         a = cdata[n]
