@@ -17,6 +17,8 @@ from scrub.claims.masks import MaskError, QKMask, all_keys, no_keys, previous_po
 from scrub.claims.sites import Channel, Head, Mlp
 from scrub.claims.structure import Structure
 from scrub.engine import treeify as tf
+from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate, evaluate_many
 from scrub.engine.sampling import Sampler, draw, group_items, pool_ids
 from scrub.engine.treeify import SamplingOptions, Unit, assign, assign_data, localize, treeify
 from scrub.errors import ScrubError
@@ -213,6 +215,13 @@ def test_mask_matrix_broadcasts_and_copies():
     assert out.shape == (4, 4) and out.tolist() == [[i % 2 == 0] * 4 for i in range(4)]
     out[0, 0] = False  # a fresh tensor, not a view of the broadcast
     assert m.matrix(4)[0, 0] and bool(QKMask("one", lambda q, k: torch.tensor(True)).matrix(3).all())
+
+
+def test_take_on_a_device():
+    """``take`` (datum maps into clean tensors) builds its position index on the index's device."""
+    from scrub.engine.reads import take
+    t, index = torch.zeros(4, 3, 2, device="meta"), torch.zeros(2, 3, dtype=torch.long, device="meta")
+    assert take(t, index).device.type == "meta" and take(t, index).shape == (2, 3, 2)
 
 
 def test_mask_matrix_on_a_device():
@@ -590,3 +599,21 @@ def test_full_graph_through_the_reference(model, tokens):
     g = full_graph(model)
     g.nodes["1.0"]["feature"] = Feature("token 0", lambda t: t[:, :1])
     inv.engine_equals_reference(model, g, tokens[:4, :3], seed=3, options=SamplingOptions(independent=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, opt", [("chain", "node"), ("chain", "independent"), ("per-position", "node"),
+                                       ("k-and-v-masks", "copy"), ("positions", "node")])
+def test_logits_at_positions(model, tokens, name, opt):
+    """``evaluate_many(..., positions=)`` (the factored unembedding of ``scrub.run``) gives the full logits at
+    those positions, for a claim, the full claim (read from the clean run) and the empty one."""
+    options, at = OPTIONS[opt], torch.tensor([1, 3, 5])
+    for g in (variants()[name], full_graph(model), empty_graph()):
+        claim = as_claim(g, model)
+        tree = treeify(claim, options.unit)
+        data = assign_data(tree, tokens, seed=4, options=options, structure=Structure.of(model))
+        clean = clean_run(model, tokens)
+        full = evaluate(model, tree, data, clean)[0]  # [batch, seq, d_vocab]
+        (part,), _ = evaluate_many(model, [tree], [data], clean, positions=at)
+        assert part.shape == (8, 3, full.shape[-1])
+        assert torch.allclose(part, full[:, at], atol=inv.ATOL, rtol=inv.RTOL)
