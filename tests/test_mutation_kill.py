@@ -25,7 +25,7 @@ from scrub.errors import ScrubError
 from scrub.testing import invariants as inv
 from scrub.testing.graphs import as_claim
 from scrub.testing.models import MlpKind, ModelSpec, Positions, random_tokens
-from scrub.testing.pieces import FromPosition, KeyMod, TokenMod, feature, qk_mask
+from scrub.testing.pieces import FromPosition, KeyMod, TokenBelow, TokenMod, feature, qk_mask
 
 SPEC = ModelSpec(n_heads=2, mlp=MlpKind.PLAIN, float64=True, seed=3)
 
@@ -530,7 +530,12 @@ def variants() -> dict[str, nx.DiGraph]:
     kmask.edges["embed", "1.1"]["qk_mask"] = qk_mask(KeyMod(2))
     kmask.edges["mlp.0", "1.1"]["qk_mask"] = within(1)
     kmask.nodes["mlp.0"]["feature"] = feature(TokenMod(3, 1))
-    return {"chain": chain(), "per-position": per, "positions": pos, "q-mask": qmask, "k-and-v-masks": kmask}
+    recomputed = chain()  # positions on claims of recomputed children: a head (its z) and an MLP (its output)
+    recomputed.edges["0.1", "1.0"]["positions"] = TokenBelow(10)
+    add_path(recomputed, "embed", "mlp.0", ("1.0", "v"))
+    recomputed.edges["mlp.0", "1.0"]["positions"] = FromPosition(1)
+    return {"chain": chain(), "per-position": per, "positions": pos, "q-mask": qmask, "k-and-v-masks": kmask,
+            "recomputed-positions": recomputed}
 
 
 OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
@@ -541,7 +546,8 @@ OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
 
 CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain", "pool"), ("chain", "allow-self"),
          ("per-position", "node"), ("positions", "node"), ("positions", "copy"), ("q-mask", "independent"),
-         ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("k-and-v-masks", "copy")]
+         ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("recomputed-positions", "node"),
+         ("recomputed-positions", "independent"), ("k-and-v-masks", "copy")]
 
 
 @pytest.mark.slow
