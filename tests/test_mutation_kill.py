@@ -623,3 +623,23 @@ def test_logits_at_positions(model, tokens, name, opt):
         (part,), _ = evaluate_many(model, [tree], [data], clean, positions=at)
         assert part.shape == (8, 3, full.shape[-1])
         assert torch.allclose(part, full[:, at], atol=inv.ATOL, rtol=inv.RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["chain", "recomputed-positions", "k-and-v-masks"])
+def test_trees_evaluated_together_as_alone(model, tokens, name):
+    """``evaluate_many`` stacks several trees' nodes into shared calls; each tree's logits equal its own
+    evaluation, also for two claims that differ only below a node both compute on the same data."""
+    a = variants()[name]
+    b = variants()[name]
+    for g in (a, b):
+        for node in ("0.1", "mlp.0"):
+            if node in g:
+                g.nodes[node]["feature"] = feature(TokenMod(2, 0) if g is a else TokenMod(3, 1))
+    clean = clean_run(model, tokens)
+    trees = [treeify(as_claim(g, model)) for g in (a, b)]
+    datas = [assign_data(t, tokens, seed=1) for t in trees]
+    together, _ = evaluate_many(model, trees, datas, clean)
+    for tree, data, logits in zip(trees, datas, together, strict=True):
+        assert torch.allclose(logits, evaluate(model, tree, data, clean)[0], atol=inv.ATOL, rtol=inv.RTOL)
+    assert not torch.allclose(together[0], together[1], atol=inv.ATOL, rtol=inv.RTOL)
