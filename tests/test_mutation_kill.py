@@ -24,7 +24,7 @@ from scrub.engine.treeify import SamplingOptions, Unit, assign, assign_data, loc
 from scrub.errors import ScrubError
 from scrub.testing import invariants as inv
 from scrub.testing.graphs import as_claim
-from scrub.testing.models import MlpKind, ModelSpec, Positions, random_tokens
+from scrub.testing.models import MlpKind, ModelSpec, Norm, Positions, random_tokens
 from scrub.testing.pieces import FromPosition, KeyMod, TokenBelow, TokenMod, feature, qk_mask
 
 SPEC = ModelSpec(n_heads=2, mlp=MlpKind.PLAIN, float64=True, seed=3)
@@ -592,7 +592,8 @@ def test_scrubbing_a_component(model, tokens, component):
 @pytest.mark.parametrize("spec", [
     ModelSpec(n_heads=2, positions=Positions.ROTARY, rotary_dim=2, n_kv_heads=1, mlp=MlpKind.GATED, float64=True),
     ModelSpec(n_heads=2, positions=Positions.STANDARD, mlp=MlpKind.PLAIN, parallel=True, float64=True),
-], ids=["rotary-gqa", "parallel"])
+    ModelSpec(n_heads=2, norm=Norm.NONE, mlp=MlpKind.PLAIN, float64=True),
+], ids=["rotary-gqa", "parallel", "no-norm"])
 def test_other_architectures(spec, tokens):
     m = spec.build()
     for g in (variants()["k-and-v-masks"], variants()["chain"]):
