@@ -130,6 +130,17 @@ def uniforms_by_call_order(monkeypatch):
     monkeypatch.setattr(sampling.Sampler, "uniform", uniform)
 
 
+
+@pytest.fixture
+def pool_ignored(monkeypatch):
+    """The sampler draws from the whole dataset whatever pool size it is given."""
+    init = sampling.Sampler.__init__
+
+    def broken(self, tokens, *args, pool_size=None, **kwargs):
+        init(self, tokens, *args, pool_size=None, **kwargs)
+
+    monkeypatch.setattr(sampling.Sampler, "__init__", broken)
+
 # --- each contract: holds, and fails on its broken engine ---------------------------------------------------
 
 def fails(fn, *needles: str) -> str:
@@ -167,6 +178,15 @@ def test_draws_agree_with_parents(model, tokens, request):
     request.getfixturevalue("sampler_ignores_features")
     fails(lambda: inv.draws_agree_with_parents(model, claim(), tokens), "disagree with their parent")
 
+
+
+def test_draws_outside_the_pool_are_caught(model, tokens, request):
+    """Each draw is checked on its own (in the pool, or the parent's datum): a check of the whole table passed
+    vacuously where the parent is read on every datum (the mutation run found it)."""
+    options = SamplingOptions(pool=3)
+    inv.draws_agree_with_parents(model, claim(), tokens, options=options)
+    request.getfixturevalue("pool_ignored")
+    fails(lambda: inv.draws_agree_with_parents(model, claim(), tokens, options=options), "outside the pool")
 
 def test_draws_independent_of_batching(model, tokens, request):
     inv.draws_independent_of_batching(model, claim(), tokens, batch_size=3)

@@ -134,7 +134,8 @@ def draws_agree_with_parents(model: HookedTransformer, claim: Claim | nx.DiGraph
                 agree = codes[:, None, :] == codes[pool][None, :, :]  # [n, pool, seq]
             if not bool(ok.all()):
                 raise fail(f"{where}: draws disagree with their parent on feature {feature.name!r}", rep)
-            if not bool(torch.isin(read, pool).all() | torch.isin(read, parent).all()):
+            own = read == (parent if read.dim() == 1 else parent[:, None])  # [rows] or [rows, seq]
+            if not bool((torch.isin(read, pool) | own).all()):  # each draw: from the pool, or the datum itself
                 raise fail(f"{where}: a draw comes from outside the pool", rep)
             _check_self_draws(where, parent, read, agree, pool, options, rep)
 
