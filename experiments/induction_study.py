@@ -350,20 +350,21 @@ def _main(argv: list[str] | None, *, model: HookedTransformer | None) -> int:
     if args.resume and args.report_only:
         raise UsageError("--resume and --report-only: --report-only runs no model; pass one of them")
     summaries: list[dict] = []
+    kind = fingerprint(args, names)  # what a kept model must share with this run
     try:
         with OutputFolder(root, "study") as staging:  # locked; replaced only when every model and the report are done
-            store = open_store(root, fingerprint(args, names), resume=args.resume, report_only=args.report_only)
+            store = open_store(root, kind, resume=args.resume, report_only=args.report_only)
             for name in [] if args.report_only else names:
                 if args.resume and model_folder(name) in store.kept:
                     summaries.append(store.resume(model_folder(name), staging.work))
                 else:
                     summaries.append(_study_one(args, name, root, staging.work, command, model))
-                    store = store.keep(staging.work / model_folder(name), name, fingerprint(args, names))
+                    store = store.keep(staging.work / model_folder(name), name, kind)
             cross = write_cross_report(staging.work, [staging.work / f.name for f in folders + others],
                                        command=command + (" --report-only" if args.report_only else ""))
     except BaseException as stop:  # Ctrl-C, SIGTERM or a failure after some models finished: they are kept
         found = ResumeStore.read(root)  # read back: a Ctrl-C held off while a model was kept ends that keep
-        kept = found.models(fingerprint(args, names)) if found else []
+        kept = found.models(kind) if found else []
         if not kept or args.report_only or isinstance(stop, SystemExit):
             raise
         what = f"{len(kept)} of {len(names)} models kept for --resume ({resume_line(args)})"
