@@ -6,6 +6,7 @@ component's computation whatever the number of paths."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import einops
 import torch
@@ -99,15 +100,20 @@ def _difference(ctx: Context, job: Job, claim: Claimed, other: Tensor) -> Delta:
 def build_input(ctx: Context, comp: Component, plan: Plan) -> Tensor:
     """The input residual a plan describes: [rows, seq, d_model]. A group of most senders is the clean
     residual on its map minus the senders left out; the heads among those, and the recomputed heads, are
-    added d_head-wide in one matmul per layer (z @ W_O)."""
+    added d_head-wide in one matmul per layer (z @ W_O), memoised per layer and terms: every later node that
+    reads the same heads of a layer reuses the sum (``Context.head_sum``)."""
     senders = ctx.structure.residual_senders(comp)
     resid, biases = None, 0  # how many attention-bias sums ``resid`` holds
-    heads: dict[int, list[tuple[Tensor, int]]] = {}  # layer -> (z [rows, seq, d_head], head): summed @ W_O
+    heads: dict[int, list[_HeadTerm]] = {}  # layer -> the z terms summed @ W_O in one matmul
     rest: list[Tensor] = []  # other residual addends [rows, seq, d_model]
 
     def add(term: Tensor) -> None:
         nonlocal resid
         resid = term if resid is None else resid + term
+
+    def clean_z(s: Head, index: Tensor, sign: int) -> _HeadTerm:
+        return _HeadTerm(("clean", s.head, sign, ctx.mkey(index)), s.head,
+                         lambda: sign * take(ctx.clean.z[s.layer][:, :, s.head], index))  # [rows, seq, d_head]
 
     for index, sources in plan.groups:
         left_out = [s for s in senders if s not in sources]
@@ -116,29 +122,45 @@ def build_input(ctx: Context, comp: Component, plan: Plan) -> Tensor:
             biases += 1
             for s in left_out:
                 if isinstance(s, Head):
-                    heads.setdefault(s.layer, []).append((-take(ctx.clean.z[s.layer][:, :, s.head], index), s.head))
+                    heads.setdefault(s.layer, []).append(clean_z(s, index, -1))
                 else:
                     rest.append(-take(ctx.clean.out(s), index))
         else:
             for s in sources:
                 if isinstance(s, Head):
-                    heads.setdefault(s.layer, []).append((take(ctx.clean.z[s.layer][:, :, s.head], index), s.head))
+                    heads.setdefault(s.layer, []).append(clean_z(s, index, 1))
                 else:
                     rest.append(take(ctx.clean.out(s), index))
     for d in plan.deltas:
         if d.z is not None:
             assert d.head is not None  # a z delta always names its head
-            heads.setdefault(d.head.layer, []).append((d.z, d.head.head))
+            heads.setdefault(d.head.layer, []).append(_HeadTerm(("z", d.key), d.head.head, lambda z=d.z: z))
         else:
             assert d.tensor is not None  # a delta is z (with its head) or tensor
             rest.append(d.tensor)
-    for layer, terms in heads.items():  # one matmul per layer
-        z = torch.cat([t for t, _ in terms], -1)  # [rows, seq, n*d_head]
-        w_o = ctx.model.blocks[layer].attn.W_O[[h for _, h in terms]].reshape(z.shape[-1], -1)  # [n*d_head, d_model]
-        add(z @ w_o)  # [rows, seq, d_model]
+    for layer, terms in heads.items():  # one matmul per layer, once per call for equal terms
+        add(ctx.head_sum((layer, tuple(t.key for t in terms)), lambda layer=layer, terms=terms: _heads_out(
+            ctx, layer, terms)))
     for term in rest:
         add(term)
     if biases != 1:
         add((1 - biases) * ctx.clean.bias_before(comp))
     assert resid is not None  # every input has at least one sender (the embedding)
     return resid
+
+
+@dataclass(frozen=True)
+class _HeadTerm:
+    """One head's z entering an input (``make()``: [rows, seq, d_head], built only when the layer's sum is not
+    memoised), and ``key``, equal for equal terms."""
+
+    key: tuple
+    head: int
+    make: Callable[[], Tensor]
+
+
+def _heads_out(ctx: Context, layer: int, terms: list[_HeadTerm]) -> Tensor:
+    """Σ z_h @ W_O[h] over a layer's terms as one matmul: [rows, seq, d_model]."""
+    z = torch.cat([t.make() for t in terms], -1)  # [rows, seq, n*d_head]
+    w_o = ctx.model.blocks[layer].attn.W_O[[t.head for t in terms]].reshape(z.shape[-1], -1)  # [n*d_head, d_model]
+    return z @ w_o  # [rows, seq, d_model]

@@ -6,6 +6,7 @@ into batched work and ``evaluator`` runs it. ``testing/reference.py`` does the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -15,6 +16,8 @@ from scrub.claims.sites import Channel, Component, Pos
 from scrub.claims.structure import Structure
 from scrub.engine.compute import CleanRun
 from scrub.engine.treeify import Assignment, Assignments, TreeInput, TreeNode
+
+HEAD_SUM_BUDGET = 50_000_000  # floats memoised per evaluation as layers' head sums (200 MB in float32)
 
 
 def reads(ctx: Context, job: Job, channel: Channel, drop: tuple[TreeInput, ...] = ()) -> list[Read]:
@@ -141,6 +144,19 @@ class Context:
     normed: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)  # (parent job key, child path) -> the child rows the parent reads
+    head_sums: dict = field(default_factory=dict)  # (layer, term keys) -> Σ z @ W_O [rows, seq, d_model]
+    head_sum_budget: int = HEAD_SUM_BUDGET  # floats the memo of head sums may still hold
+
+    def head_sum(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """A layer's heads summed into the residual, memoised by their terms' keys while the memo stays within its
+        budget (past it, computed each time: the same numbers, only slower)."""
+        hit = self.head_sums.get(key)
+        if hit is None:
+            hit = compute()
+            if hit.numel() <= self.head_sum_budget:
+                self.head_sums[key] = hit
+                self.head_sum_budget -= hit.numel()
+        return hit
 
     def mkey(self, index: Tensor) -> bytes:
         """The shape and bytes of a datum map [rows] or [rows, seq], memoised per tensor object (kept alive
