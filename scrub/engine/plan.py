@@ -6,6 +6,7 @@ component's computation whatever the number of paths."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import einops
@@ -134,13 +135,12 @@ def build_input(ctx: Context, comp: Component, plan: Plan) -> Tensor:
     for d in plan.deltas:
         if d.z is not None:
             assert d.head is not None  # a z delta always names its head
-            heads.setdefault(d.head.layer, []).append(_HeadTerm(("z", d.key), d.head.head, lambda z=d.z: z))
+            heads.setdefault(d.head.layer, []).append(_HeadTerm(("z", d.key), d.head.head, partial(_same, d.z)))
         else:
             assert d.tensor is not None  # a delta is z (with its head) or tensor
             rest.append(d.tensor)
     for layer, terms in heads.items():  # one matmul per layer, once per call for equal terms
-        add(ctx.head_sum((layer, tuple(t.key for t in terms)), lambda layer=layer, terms=terms: _heads_out(
-            ctx, layer, terms)))
+        add(ctx.head_sum((layer, tuple(t.key for t in terms)), partial(_heads_out, ctx, layer, terms)))
     for term in rest:
         add(term)
     if biases != 1:
@@ -157,6 +157,10 @@ class _HeadTerm:
     key: tuple
     head: int
     make: Callable[[], Tensor]
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def _heads_out(ctx: Context, layer: int, terms: list[_HeadTerm]) -> Tensor:
