@@ -13,6 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import scrub
+from scrub.claims.masks import previous_position, within
 from scrub.engine.treeify import SamplingOptions, Unit
 from scrub.errors import ScrubError
 from scrub.patching.paths import every_path_to_logits, make_metric, patch_effects, patch_matrix
@@ -70,6 +71,16 @@ def test_run_creates_every_tensor_on_a_named_device(options, metric):
     tokens = random_tokens(12, 10, seed=1)
     check(offenders(lambda: scrub.run(model, partial_graph(), tokens, batch_size=5, options=options, metric=metric,
                                       n_bootstrap=50, progress=False)))
+
+
+def test_run_with_query_key_masks_creates_every_tensor_on_a_named_device():
+    """A masked head is computed alone, its main and resampled inputs split by the mask: that path too."""
+    model = tiny_model(n_layers=2, n_heads=3)
+    g = partial_graph()
+    g.edges["embed", "0.1"]["qk_mask"] = previous_position()
+    g.edges["0.1", "1.2"]["qk_mask"] = within(1)
+    check(offenders(lambda: scrub.run(model, g, random_tokens(12, 10, seed=1), batch_size=5, n_bootstrap=50,
+                                      progress=False)))
 
 
 @pytest.mark.parametrize("positions", ["candidates", "good_candidates"])

@@ -540,7 +540,33 @@ def variants() -> dict[str, nx.DiGraph]:
     clean_per.nodes["0.0"]["feature"] = feature(TokenMod(2, None))
     return {"chain": chain(), "per-position": per, "clean-per-position": clean_per, "positions": pos,
             "q-mask": qmask, "k-and-v-masks": kmask,
-            "recomputed-positions": recomputed}
+            "recomputed-positions": recomputed, "logits-mix": logits_mix(), "k-clean-elsewhere": k_clean_elsewhere()}
+
+
+def logits_mix() -> nx.DiGraph:
+    """Every kind of claim into the logits: an MLP read clean on its own draw and a recomputed one, a clean and a
+    recomputed head, most restricted to positions (the factored unembedding's every branch)."""
+    g = nx.DiGraph()
+    add_path(g, "embed", "mlp.0", "logits")  # mlp.0 clean on its own draw
+    g.nodes["mlp.0"]["feature"] = feature(TokenMod(3, 1))
+    add_path(g, "embed", ("1.0", "v"), "mlp.1", "logits")  # mlp.1 recomputed: it reads the recomputed 1.0
+    add_path(g, "0.1", "logits")  # 0.1 clean on the root's unclaimed datum
+    add_path(g, "embed", ("1.1", "k"), "logits")  # 1.1 recomputed, unrestricted
+    g.edges["mlp.1", "logits"]["positions"] = FromPosition(2)
+    g.edges["mlp.0", "logits"]["positions"] = TokenBelow(10)
+    g.edges["0.1", "logits"]["positions"] = FromPosition(3)
+    return g
+
+
+def k_clean_elsewhere() -> nx.DiGraph:
+    """1.0's K reads every sender claimed, so the clean input on 1.0's own datum, while its Q and V read the
+    clean input on its unclaimed datum: every channel is clean, on two maps, so 1.0 is recomputed."""
+    g = nx.DiGraph()
+    for child in ("0.0", "0.1"):
+        add_path(g, "embed", (child, "qkv"), ("1.0", "k"), "logits")
+    add_path(g, "embed", "mlp.0", ("1.0", "k"))
+    add_path(g, "embed", ("1.0", "k"))
+    return g
 
 
 OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
@@ -552,7 +578,8 @@ OPTIONS = {"node": SamplingOptions(), "copy": SamplingOptions(unit=Unit.COPY),
 CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain", "pool"), ("chain", "allow-self"),
          ("per-position", "node"), ("positions", "node"), ("positions", "copy"), ("q-mask", "independent"),
          ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("recomputed-positions", "node"),
-         ("recomputed-positions", "independent"), ("clean-per-position", "node"), ("k-and-v-masks", "copy")]
+         ("recomputed-positions", "independent"), ("clean-per-position", "node"), ("k-and-v-masks", "copy"),
+         ("logits-mix", "node"), ("logits-mix", "copy"), ("k-clean-elsewhere", "node")]
 
 
 @pytest.mark.slow
@@ -607,6 +634,15 @@ def test_other_architectures(spec, tokens):
 
 
 @pytest.mark.slow
+def test_full_graph_with_a_key_mask_through_the_reference(model, tokens):
+    """Every input of 1.0 claimed (its plans are the clean input) but its K from the embedding masked to the
+    previous position: the masked pairs read the embedding resampled, so 1.0 is recomputed, not read clean."""
+    g = full_graph(model)
+    g.edges["embed", "1.0"]["qk_mask"] = {"k": previous_position()}
+    inv.engine_equals_reference(model, g, tokens[:4, :4], seed=3)
+
+
+@pytest.mark.slow
 def test_full_graph_through_the_reference(model, tokens):
     g = full_graph(model)
     g.nodes["1.0"]["feature"] = Feature("token 0", lambda t: t[:, :1])
@@ -616,7 +652,8 @@ def test_full_graph_through_the_reference(model, tokens):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, opt", [("chain", "node"), ("chain", "independent"), ("per-position", "node"),
                                        ("clean-per-position", "node"),
-                                       ("k-and-v-masks", "copy"), ("positions", "node")])
+                                       ("k-and-v-masks", "copy"), ("positions", "node"), ("logits-mix", "node"),
+                                       ("logits-mix", "copy")])
 def test_logits_at_positions(model, tokens, name, opt):
     """``evaluate_many(..., positions=)`` (the factored unembedding of ``scrub.run``) gives the full logits at
     those positions, for a claim, the full claim (read from the clean run) and the empty one."""

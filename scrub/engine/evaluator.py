@@ -101,7 +101,7 @@ def _inputs(ctx: Context, job: Job) -> tuple[list[Plan], dict[Channel, tuple[Pla
             alt = group_reads(ctx, job, reads(ctx, job, channel, drop=masked))
             mask = masked[0].qk_mask
             assert mask is not None  # selected above
-            matrix = mask.matrix(seq) & causal  # [q, k] the pairs attention can use
+            matrix = mask.matrix(seq, "cpu") & causal  # [q, k] the pairs attention can use
             if not bool(matrix.any()):
                 plan = alt
             elif alt.key != plan.key and not bool(matrix.eq(causal).all()):
