@@ -6,7 +6,7 @@ into batched work and ``evaluator`` runs it. ``testing/reference.py`` does the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,9 +26,13 @@ def reads(ctx: Context, job: Job, channel: Channel, drop: tuple[TreeInput, ...] 
     of it replaces it with the claimed child's value at the claimed positions. Claims in ``drop`` count as
     unclaimed (the resampled side of a query-key mask); shortformer or rotary positions feed no residual."""
     node, data = job.node, job.data
+    fill_rows(ctx, job)
+    dropped = {id(d) for d in drop}
+    positions_feed = ctx.structure.pos == "standard"  # shortformer or rotary positions are no residual addend
     claimed: dict[Component, list[Claimed]] = {}
     for inp in node.inputs:
-        if inp.channel == channel and feeds_residual(ctx, inp.child.component) and not any(inp is d for d in drop):
+        if (inp.channel == channel and (positions_feed or not isinstance(inp.child.component, Pos))
+                and id(inp) not in dropped):
             mask = (None if inp.positions is None  # the node's own data's tokens [rows, seq] -> [rows, seq, 1]
                     else inp.positions(ctx.clean.tokens[job.a.datum])[..., None])
             claimed.setdefault(inp.child.component, []).append(Claimed(inp, child_value(ctx, job, inp.child), mask))
@@ -37,36 +41,31 @@ def reads(ctx: Context, job: Job, channel: Channel, drop: tuple[TreeInput, ...] 
             for source in ctx.structure.residual_senders(node.component)]
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A claimed child's output entering a node: ``value`` as the node's rows read it, at the positions of
-    ``mask`` [rows, seq, 1] (None: at every position)."""
+    ``mask`` [rows, seq, 1] (None: at every position). A named tuple (immutable, cheap to make: one per
+    claimed input of every evaluated node)."""
 
     inp: TreeInput
     value: Value
     mask: Tensor | None
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):
     """One source's part of a node's input: its clean output on datum map ``on`` (the node's unclaimed datum),
-    replaced by ``claims`` where they apply."""
+    replaced by ``claims`` where they apply (a named tuple, like ``Claimed``)."""
 
     source: Component
     on: Tensor
     claims: tuple[Claimed, ...]
 
 
-def feeds_residual(ctx: Context, comp: Component) -> bool:
-    """Whether a component's output is a residual addend (positions are not, in shortformer or rotary models)."""
-    return not (isinstance(comp, Pos) and ctx.structure.pos != "standard")
-
-
 def child_value(ctx: Context, job: Job, child: TreeNode) -> Value:
     """``child``'s value as ``job``'s rows read it (node mode: through the child's ``read`` table; per position
     for a per-position child, whose position s is read from its row rows[:, s])."""
     value = ctx.values[(job.tree, child.path)]
-    rows = child_rows(ctx, job, child)
+    key = (job.tree, id(job.node), id(child))  # child_rows' memo, looked up here first: one call per claimed input
+    rows = ctx.rows[key] if key in ctx.rows else child_rows(ctx, job, child)
     if rows is None:
         return value
 
@@ -80,8 +79,9 @@ def child_value(ctx: Context, job: Job, child: TreeNode) -> Value:
 
 def child_rows(ctx: Context, job: Job, child: TreeNode) -> Tensor | None:
     """The child's rows ``job``'s rows read: [rows] or [rows, seq], None for the same rows (copy mode, or a child
-    computed on exactly the parent's data), memoised per (parent, child)."""
-    key = (job.key, child.path)
+    computed on exactly the parent's data), memoised per (parent, child) (nodes are identified by object within
+    one evaluation: each tree holds a node once)."""
+    key = (job.tree, id(job.node), id(child))
     if key not in ctx.rows:
         read = job.data[child].read
         rows = None if read is None else read[job.a.datum]  # [rows] or [rows, seq]
@@ -89,6 +89,29 @@ def child_rows(ctx: Context, job: Job, child: TreeNode) -> Tensor | None:
                 and torch.equal(rows, torch.arange(rows.shape[0], device=rows.device)))
         ctx.rows[key] = None if same else rows
     return ctx.rows[key]
+
+
+def fill_rows(ctx: Context, job: Job) -> None:
+    """``child_rows`` of every child of ``job``'s node at once: the children's read tables [m] are stacked and
+    indexed by the node's data in one gather, and tested for the same rows in one comparison (the rest, per
+    position or without a table, one by one). Once per job."""
+    done = (job.tree, id(job.node), "filled")
+    if done in ctx.rows:
+        return
+    ctx.rows[done] = None
+    children = {id(inp.child): (inp.child, job.data[inp.child]) for inp in job.node.inputs}
+    flat = [(i, a) for i, (_, a) in children.items() if a.read is not None and a.read.dim() == 1]
+    if flat:
+        datum = job.a.datum  # [rows]
+        rows = torch.stack([a.read for _, a in flat if a.read is not None])[:, datum]  # [children, rows]
+        n = rows.shape[1]
+        lengths = torch.tensor([a.datum.shape[0] for _, a in flat], device=rows.device)  # [children]
+        same = ((rows == torch.arange(n, device=rows.device)).all(1) & (lengths == n)).tolist()  # [children]
+        for (i, _), r, identical in zip(flat, rows, same, strict=True):
+            ctx.rows[(job.tree, id(job.node), i)] = None if identical else r
+    for child, a in children.values():
+        if a.read is None or a.read.dim() != 1:
+            child_rows(ctx, job, child)  # per position, or without a table
 
 
 def take(t: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
