@@ -6,8 +6,9 @@ metric being the mean over the scored tokens. EAP takes the gradient at the clea
 over ``steps`` points on the straight line from the counterfactual input embedding to the clean one
 (α = k / steps, k = 1..steps, as the EAP-IG release does). Gradients come from one TransformerLens forward
 and backward per step on a copy of the model with split q/k/v inputs (the user's model is not changed);
-sender outputs from the engine's clean run. With ``metric="kl"`` the gradient at the clean run is zero, so
-EAP scores are all zero there (EAP-IG is not affected).
+sender outputs from the engine's clean run, converted to float64 once per batch and contracted with each
+slot's gradient in one matmul (float64: a score is a difference of two large sums). With ``metric="kl"``
+the gradient at the clean run is zero, so EAP scores are all zero there (EAP-IG is not affected).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from scrub.claims.sites import Channel, Component, FwdHook, Logits, Mlp
+from scrub.claims.sites import Channel, Component, FwdHook, Head, Logits, Mlp
 from scrub.claims.structure import Structure
 from scrub.discovery.edges import Edge
 from scrub.discovery.setup import Counterfactuals, Draw
@@ -103,6 +104,7 @@ def _mean_grads(hooked: HookedTransformer, clean: CleanRun, ids: Tensor, partner
     tokens = clean.tokens[ids]  # [b, seq]
     clean_logits = clean.logits[ids]  # [b, seq, d_vocab]
     e_clean, e_from = clean.embed[ids], clean.embed[partner]  # [b, seq, d_model] x2
+    names = [s.hook for s in slots]
     out: dict[str, Tensor] = {}
     for alpha in alphas:
         store: dict[str, Tensor] = {}
@@ -115,35 +117,148 @@ def _mean_grads(hooked: HookedTransformer, clean: CleanRun, ids: Tensor, partner
             store[hook.name] = act
             return act
 
-        hooks: list[FwdHook] = [("hook_embed", embed_hook)] + [(s.hook, capture) for s in slots]
+        hooks: list[FwdHook] = [("hook_embed", embed_hook)] + [(name, capture) for name in names]
         with torch.enable_grad():
             logits = hooked.run_with_hooks(tokens, fwd_hooks=hooks)  # [b, seq, d_vocab]
             values = token_metric(metric, logits, clean_logits, tokens)  # [b, seq-1]
             scalar = (values * mask.to(values.dtype)).sum() / total
-            names = [s.hook for s in slots]
             grads = torch.autograd.grad(scalar, [store[n] for n in names], allow_unused=True)
+        del logits, values, scalar  # the activations go before the next step's forward
         for name, grad in zip(names, grads, strict=True):
             grad = torch.zeros_like(store[name]) if grad is None else grad
             grad = grad if grad.dim() == 4 else grad[:, :, None]  # [b, seq, heads or 1, d_model]
-            out[name] = out.get(name, 0) + grad / len(alphas)
+            step = grad / len(alphas)  # [b, seq, heads or 1, d_model]
+            out[name] = out[name].add_(step) if name in out else step  # in place: the same sums, no new tensor
+        del store, grads
     return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The rows one slot's contraction runs over. ``diff``: every receiver of the slot reads row ``rows[i]`` on
+    example ``ids[i]`` (paired data; a one-receiver slot), so a sender's row is its output on ``rows`` − on
+    ``ids`` against the batch's gradient; otherwise its output on ``rows`` (the examples and their
+    counterfactuals) against the gradient scattered there: + at each receiver's counterfactual, − at the example."""
+
+    diff: bool
+    rows: Tensor  # [k] data row ids
+
+    def same(self, other: _Plan | None) -> bool:
+        return other is not None and other.diff == self.diff and torch.equal(other.rows, self.rows)
+
+
+def _plan(grad: Tensor, ids: Tensor, others: Tensor) -> tuple[_Plan, Tensor]:
+    """One slot's plan and its gradient in float64 as [k * seq * d_model, r], rows in (k, seq, d_model) order
+    like ``_SenderRows`` (``grad`` [b, seq, r, d_model]; ``others`` [b, r]: each receiver's counterfactual)."""
+    b, seq, r, d = grad.shape
+    if bool((others == others[:, :1]).all()):
+        g = torch.empty((b, seq, d, r), dtype=torch.float64, device=grad.device)  # [b, seq, d_model, r]
+        g.copy_(grad.transpose(2, 3))
+        return _Plan(True, others[:, 0]), g.view(b * seq * d, r)
+    rows = torch.unique(torch.cat([ids, others.flatten()]))  # [k] sorted
+    g = torch.zeros((len(rows), seq, d, r), dtype=torch.float64, device=grad.device)  # [k, seq, d_model, r]
+    for j in range(r):
+        g[..., j].index_add_(0, torch.searchsorted(rows, others[:, j].contiguous()), grad[:, :, j].double())
+    g.index_add_(0, torch.searchsorted(rows, ids), -grad.transpose(2, 3).double())
+    return _Plan(False, rows), g.view(-1, r)
+
+
+class _SenderRows:
+    """Sources' outputs on a plan's rows in float64, one row of a [sources, b * seq * d_model] buffer each
+    (about 3/4 of the bytes of the gradients it is contracted with). Converted once and kept while slots
+    share the plan (paired data: every slot); a plan over more rows than the batch's is done in chunks of
+    the sources the buffer holds, converted per slot."""
+
+    def __init__(self, clean: CleanRun, order: tuple[Component, ...], batch: int) -> None:
+        self.clean, self.order = clean, order
+        self.index = {s: i for i, s in enumerate(order)}
+        self.per_row = clean.tokens.shape[1] * clean.embed.shape[-1]  # seq * d_model
+        self.buffer = torch.empty(len(order) * batch * self.per_row, dtype=torch.float64,
+                                  device=clean.embed.device)  # [sources * b * seq * d_model], filled lazily
+        self.plan: _Plan | None = None
+        self.filled = [False] * len(order)
+
+    def chunks(self, plan: _Plan, ids: Tensor, senders: tuple[Component, ...]):
+        """(senders, their rows [c, k * seq * d_model]) in the order of ``senders``, covering them all."""
+        width = len(plan.rows) * self.per_row
+        if self.buffer.numel() < width:  # not reached (k <= b * (receivers + 1) <= b * sources), kept safe
+            self.buffer = torch.empty(width, dtype=torch.float64, device=self.buffer.device)  # [k * seq * d_model]
+        fit = self.buffer.numel() // width  # sources the buffer holds on this plan
+        if not plan.same(self.plan) or fit < len(self.order):
+            self.plan, self.filled = plan, [False] * len(self.order)
+        rows = self.buffer[: fit * width].view(fit, width)  # [fit, k * seq * d_model]
+        if fit >= len(self.order):  # every source has its own row
+            spots = [self.index[s] for s in senders]
+            missing = [p for p in spots if not self.filled[p]]
+            for run in _runs(missing):
+                self._fill(plan, ids, [self.order[p] for p in run], rows[run[0] : run[-1] + 1])
+                for p in run:
+                    self.filled[p] = True
+            for run in _runs(spots):
+                yield [self.order[p] for p in run], rows[run[0] : run[-1] + 1]
+            return
+        for start in range(0, len(senders), fit):
+            part = list(senders[start : start + fit])
+            self._fill(plan, ids, part, rows[: len(part)])
+            yield part, rows[: len(part)]
+
+    def _fill(self, plan: _Plan, ids: Tensor, comps: list[Component], dest: Tensor) -> None:
+        """dest [c, k * seq * d_model] := the outputs of ``comps`` on the plan's rows (− on ``ids`` if diff)."""
+        k, seq, d = len(plan.rows), self.clean.tokens.shape[1], self.clean.embed.shape[-1]
+        at = 0
+        for group in _head_groups(comps):
+            first = group[0]
+            if isinstance(first, Head):  # consecutive heads of one layer: one strided view
+                heads = self.clean.heads[first.layer][:, :, first.head : first.head + len(group)]
+                src = heads.permute(2, 0, 1, 3)  # [c, m, seq, d_model]
+            else:
+                src = self.clean.out(first)[None]  # [1, m, seq, d_model]
+            out = dest[at : at + len(group)].view(len(group), k, seq, d)  # [c, k, seq, d_model]
+            out.copy_(src[:, plan.rows])
+            if plan.diff:
+                out.sub_(src[:, ids])  # in float64: exact differences of float32 outputs
+            at += len(group)
+
+
+def _runs(spots: list[int]) -> list[list[int]]:
+    """``spots`` split into runs of consecutive integers."""
+    runs: list[list[int]] = []
+    for p in spots:
+        if runs and runs[-1][-1] + 1 == p:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def _head_groups(comps: list[Component]) -> list[list[Component]]:
+    """``comps`` split into runs of consecutive heads of one layer and single other components."""
+    groups: list[list[Component]] = []
+    for c in comps:
+        last = groups[-1][-1] if groups else None
+        if (isinstance(c, Head) and isinstance(last, Head) and last.layer == c.layer
+                and last.head + 1 == c.head):
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
 
 
 def _contract(structure: Structure, clean: CleanRun, slots: tuple[_Slot, ...], grads: dict[str, Tensor],
               ids: Tensor, draw: Draw, sums: dict[Edge, float]) -> None:
-    """Add Σ (sender output on the receiver's counterfactual − clean) · gradient to every edge's sum. The
-    counterfactual part is Σ_x output[x] · (gradients of the rows whose counterfactual is x), scattered once."""
-    m = clean.tokens.shape[0]
+    """Add Σ (sender output on the receiver's counterfactual − clean) · gradient to every edge's sum: per slot,
+    one float64 matmul [senders, k * seq * d_model] @ [k * seq * d_model, receivers] (see ``_Plan``)."""
+    device = clean.embed.device
+    order = tuple(dict.fromkeys(s for slot in slots for s in structure.senders(slot.receivers[0], slot.channel)))
+    rows = _SenderRows(clean, order, len(ids))
+    ids_d = ids.to(device)  # [b]
     for slot in slots:
         grad = grads[slot.hook]  # [b, seq, r, d_model]
-        others = torch.stack([draw.other(r)[ids] for r in slot.receivers], 1).to(grad.device)  # [b, r] draws: CPU
-        scattered = torch.zeros((m, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)  # [m, seq, r, d_model]
-        for j in range(len(slot.receivers)):
-            scattered[:, :, j].index_add_(0, others[:, j], grad[:, :, j])
-        for sender in structure.senders(slot.receivers[0], slot.channel):
-            out = clean.out(sender)  # [m, seq, d_model]
-            moved = torch.einsum("xsd,xsrd->r", out.double(), scattered.double())  # [r]
-            stay = torch.einsum("bsd,bsrd->r", out[ids].double(), grad.double())  # [r]
-            for j, receiver in enumerate(slot.receivers):
-                edge = Edge(sender, receiver, slot.channel)
-                sums[edge] = sums.get(edge, 0.0) + float(moved[j] - stay[j])
+        others = torch.stack([draw.other(r)[ids] for r in slot.receivers], 1).to(device)  # [b, r] draws: CPU
+        plan, g = _plan(grad, ids_d, others)  # g [k * seq * d_model, r] float64
+        for senders, block in rows.chunks(plan, ids_d, structure.senders(slot.receivers[0], slot.channel)):
+            scores = (block @ g).tolist()  # [c, r] float64
+            for sender, row in zip(senders, scores, strict=True):
+                for receiver, value in zip(slot.receivers, row, strict=True):
+                    edge = Edge(sender, receiver, slot.channel)
+                    sums[edge] = sums.get(edge, 0.0) + value
