@@ -5,7 +5,7 @@ prints the table. Stages: a plain forward, an engine scrub of the minimal induct
 reference on the same tree, the path-patching matrix (engine), the same matrix with one TransformerLens
 hooked forward per path, the same matrix in auto-circuit (side virtualenv, if present), and a scaling
 study (engine vs naive, random-init 2/4/6-layer models, 1/4/8 claimed paths). Usage (see README.md):
-    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/bench.py [--model DIR] [--n 16] [--length 40]
+    .venv/bin/python benchmarks/bench.py [--model DIR] [--n 16] [--length 40] [--threads 1,all]
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def rss_mb() -> float:
 
 def timed(fn, repeats: int = 1) -> float:
     """Median wall seconds of ``repeats`` calls (after one warm-up call when repeating)."""
+    times = timed_all(fn, repeats)
+    return times[len(times) // 2]
+
+
+def timed_all(fn, repeats: int = 1) -> list[float]:
+    """Wall seconds of ``repeats`` calls, sorted (after one warm-up call when repeating): the spread of a median."""
     if repeats > 1:
         fn()
     times = []
@@ -54,7 +60,21 @@ def timed(fn, repeats: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """The median of sorted ``times`` with the fastest and slowest."""
+    return {"seconds": times[len(times) // 2], "fastest": times[0], "slowest": times[-1]}
+
+
+def thread_counts(spec: str) -> list[int]:
+    """``--threads``: comma-separated counts, ``all`` for every core this process may use; 1 and all by default."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out = [cores if part.strip() == "all" else int(part) for part in spec.split(",") if part.strip()]
+    if not out or any(t < 1 for t in out):
+        raise SystemExit(f"--threads {spec!r}: give thread counts >= 1 or 'all', e.g. --threads 1,all")
+    return list(dict.fromkeys(out))
 
 
 def batch(model: HookedTransformer, n: int, length: int, seed: int = 0):
@@ -118,19 +138,19 @@ def stage(name: str, args) -> dict:
         tree = treeify(claim)
     base = rss_mb()
     if name == "forward":
-        out["seconds"] = timed(lambda: model(ref), repeats=5)
+        out |= spread(timed_all(lambda: model(ref), repeats=5))
     elif name == "scrub":
         def scrub():
             clean = clean_run(model, ref)
             evaluate(model, tree, assign_data(tree, ref, seed=0), clean)
-        out["seconds"] = timed(scrub, repeats=5)
+        out |= spread(timed_all(scrub, repeats=5))
         out["copies"] = sum(1 for _ in tree.walk()) - 1
     elif name == "naive":
         data = assign_data(tree, ref, seed=0)
         out["seconds"] = timed(lambda: naive_logits(model, tree, data, ref))
     elif name == "matrix":
         result = {}
-        out["seconds"] = timed(lambda: result.update(m=patch_matrix(model, ref, cor, metric)), repeats=3)
+        out |= spread(timed_all(lambda: result.update(m=patch_matrix(model, ref, cor, metric)), repeats=3))
         out["effects"] = result["m"].to_dict()
     elif name == "hooked":
         out["seconds"], out["effects"] = hooked_matrix(model, ref, cor, metric)
@@ -178,16 +198,20 @@ def scaling(args) -> list[dict]:
 
 # --- orchestration ------------------------------------------------------------------------------------
 
-def run_stage(name: str, args, extra: list[str] = ()) -> dict:
+def threads_env(threads: int) -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_stage(name: str, args, threads: int = 1, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--model", str(args.model), "--n", str(args.n),
            "--length", str(args.length), "--roles", args.roles, "--scaling-n", str(args.scaling_n), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env=threads_env(threads))
     if done.returncode:
         raise RuntimeError(f"stage {name} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def peer(args, tmp: Path) -> dict | None:
+def peer(args, tmp: Path, threads: int = 1) -> dict | None:
     if not PEER_PYTHON.exists():
         return None
     model = load_model(args.model)
@@ -195,7 +219,7 @@ def peer(args, tmp: Path) -> dict | None:
     torch.save({"reference": ref, "corrupted": cor, "positions": second_repeat_positions(args.length)}, tmp / "data.pt")
     script = ROOT / "benchmarks" / "peers" / "autocircuit_peer.py"
     done = subprocess.run([str(PEER_PYTHON), str(script), str(args.model), str(tmp / "data.pt"), "--matrix"],
-                          capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, env=threads_env(threads))
     if done.returncode:
         raise RuntimeError(f"auto-circuit peer failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -215,6 +239,8 @@ def main() -> None:
     parser.add_argument("--stage", default=None)
     parser.add_argument("--roles", default=None)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip")
+    parser.add_argument("--threads", default="1,all", help="thread counts, comma-separated ('all': every core); each "
+                                                          "stage runs at each, in this one run (default 1,all)")
     args = parser.parse_args()
     if args.stage:
         print(json.dumps(stage(args.stage, args)))
@@ -230,17 +256,21 @@ def main() -> None:
     ind, prev = induction_roles(model)
     args.roles = ",".join(map(str, ind)) + ";" + ",".join(map(str, prev))
     skip = set(args.skip.split(","))
-    r = {name: run_stage(name, args) for name in ("forward", "scrub", "naive", "matrix", "hooked", "scaling")
-         if name not in skip}
-    ac = None if "autocircuit" in skip else peer(args, tmp)
-    report(args, r, ac, ind, prev)
+    for threads in thread_counts(args.threads):
+        r = {name: run_stage(name, args, threads) for name in ("forward", "scrub", "naive", "matrix", "hooked",
+                                                                "scaling") if name not in skip}
+        ac = None if "autocircuit" in skip else peer(args, tmp, threads)
+        report(args, r, ac, ind, prev, threads)
+        print()
 
 
-def report(args, r: dict, ac: dict | None, ind, prev) -> None:
-    print(f"model {args.model}; batch {args.n} x {1 + 2 * args.length} repeated random tokens; torch threads "
-          f"{torch.get_num_threads()}; induction {','.join(map(str, ind))}, previous-token {','.join(map(str, prev))}")
-    print(f"{'measurement':<58} {'seconds':>9} {'peak+MB':>8}  ratio")
-    row = lambda label, x, ratio="": print(f"{label:<58} {x['seconds']:>9.4f} {x['peak_extra_mb']:>8.0f}  {ratio}")  # noqa: E731
+def report(args, r: dict, ac: dict | None, ind, prev, threads: int) -> None:
+    print(f"model {args.model}; batch {args.n} x {1 + 2 * args.length} repeated random tokens; {threads} thread(s) "
+          f"(OMP_NUM_THREADS); induction {','.join(map(str, ind))}, previous-token {','.join(map(str, prev))}")
+    print(f"{'measurement':<58} {'seconds':>9} {'peak+MB':>8}  ratio [fastest-slowest s of the repeats]")
+    def row(label: str, x: dict, ratio: str = "") -> None:
+        between = f" [{x['fastest']:.4f}-{x['slowest']:.4f}]" if "fastest" in x else ""
+        print(f"{label:<58} {x['seconds']:>9.4f} {x['peak_extra_mb']:>8.0f}  {ratio}{between}")
     if "forward" in r:
         row("plain forward (model(tokens))", r["forward"])
     if "scrub" in r:
