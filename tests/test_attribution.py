@@ -115,3 +115,25 @@ def test_resample_eap_ig_with_two_draws_equals_literal_integrated_gradients(arch
     assert not all(torch.equal(cf.draws[0].other(heads[0]), cf.draws[0].other(h)) for h in heads)
     literal = literal_eap_ig(model, cf, mask, "loss", steps=2)
     assert_scores_equal(ours(model, cf, mask, "loss", 2, batch_size), literal, 1e-9)
+
+
+NORMS_AND_MLPS = [
+    dict(pos="rotary", attn_only=False, norm="RMS", gated=True, act_fn="silu"),
+    dict(pos="standard", attn_only=False, norm="LNPre"),
+    dict(pos="standard", attn_only=False, norm="RMSPre", gated=True),
+    dict(pos="standard", attn_only=False, norm=None, scale=0.2),
+    dict(pos="standard", attn_only=False, act_fn="solu_ln"),
+]
+
+
+@pytest.mark.parametrize("arch", NORMS_AND_MLPS, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_eap_ig_through_every_norm_and_mlp_kind_equals_literal_integrated_gradients(arch):
+    """The gradients are taken back through each block's norm and first MLP projection by hand: every kind of
+    norm (with and without weights, centred or not, none) and MLP (gated, a norm inside the activation)."""
+    arch = dict(arch)
+    model = tiny_model(dtype=torch.float64, scale=arch.pop("scale", 0.3), **arch)
+    tokens, corrupted = random_tokens(5, 10, seed=1), random_tokens(5, 10, seed=2)
+    mask = torch.rand(5, 9, generator=torch.Generator().manual_seed(0)) < 0.7  # [5, 9]
+    cf = paired(tokens, corrupted, Structure.of(model))
+    literal = literal_eap_ig(model, cf, mask, "loss", steps=2)
+    assert_scores_equal(ours(model, cf, mask, "loss", 2, 3), literal, 1e-9)

@@ -4,11 +4,14 @@ score(u -> v:c) = Σ over examples and positions of (u's output on v's counterfa
 output) · ∂metric/∂(v's input c), the first-order estimate of metric(edge removed) − metric(clean), the
 metric being the mean over the scored tokens. EAP takes the gradient at the clean run; EAP-IG averages it
 over ``steps`` points on the straight line from the counterfactual input embedding to the clean one
-(α = k / steps, k = 1..steps, as the EAP-IG release does). Gradients come from one TransformerLens forward
-and backward per step on a copy of the model with split q/k/v inputs (the user's model is not changed);
-sender outputs from the engine's clean run, converted to float64 once per batch and contracted with each
-slot's gradient in one matmul (float64: a score is a difference of two large sums). With ``metric="kl"``
-the gradient at the clean run is zero, so EAP scores are all zero there (EAP-IG is not affected).
+(α = k / steps, k = 1..steps, as the EAP-IG release does). Gradients come from one plain forward and
+backward of the user's model per step (TransformerLens hooks, removed after each call), taken from each
+head's q/k/v and each MLP's first projection back to its input through the block's norm by hand, every head
+at once: the gradients at the split-q/k/v model's hook_q_input etc., without its heads x 3 normalised
+copies of the residual. Sender outputs come from the engine's clean run, converted to float64 once per batch
+and contracted with each slot's gradient in one matmul (float64: a score is a difference of two large
+sums). With ``metric="kl"`` the gradient at the clean run is zero, so EAP scores are all zero there (EAP-IG
+is not affected).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformer_lens import HookedTransformer
+from transformer_lens.components import MLP, GatedMLP, LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 from scrub.claims.sites import Channel, Component, FwdHook, Head, Logits, Mlp
 from scrub.claims.structure import Structure
@@ -27,7 +31,6 @@ from scrub.discovery.setup import Counterfactuals, Draw
 from scrub.engine.compute import CleanRun
 from scrub.errors import ScrubError
 from scrub.metrics import MetricName, token_metric
-from scrub.patching.paths import split_qkv_copy
 
 AttributionMethod = Literal["eap", "eap-ig"]
 
@@ -62,13 +65,26 @@ def _slots(structure: Structure) -> tuple[_Slot, ...]:
     return tuple(out)
 
 
+_NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre, nn.Identity)  # the norms ``_norm_backward`` knows
+_MLPS = (MLP, GatedMLP)  # the MLPs whose first projections ``_input_grads`` knows
+
+
 def check_attributable(model: HookedTransformer) -> None:
-    """Attribution reads per-head q/k/v inputs: grouped-query models have shared k/v inputs, refused here."""
+    """Attribution reads per-head q/k/v inputs: grouped-query models have shared k/v inputs, refused here; and
+    it takes gradients back through each block's norm and MLP projection by hand, for the kinds it knows."""
     kv = getattr(model.cfg, "n_key_value_heads", None)
     if kv is not None and kv != model.cfg.n_heads:
         raise ScrubError(f"edge attribution needs one k and v input per head, but this model groups "
                          f"{model.cfg.n_heads} query heads over {kv} key/value heads; use method='acdc' (exact, no "
                          f"attribution)")
+    for layer, block in enumerate(model.blocks):
+        parts = [("ln1", block.ln1, _NORMS)] + ([] if model.cfg.attn_only else
+                                                [("ln2", block.ln2, _NORMS), ("mlp", block.mlp, _MLPS)])
+        for name, module, known in parts:
+            if type(module) not in known:
+                raise ScrubError(f"edge attribution knows the gradients of {', '.join(k.__name__ for k in known)} "
+                                 f"modules, but blocks.{layer}.{name} is a {type(module).__name__}; use "
+                                 f"method='acdc' (exact, no attribution)")
 
 
 def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, mask: Tensor, metric: MetricName,
@@ -78,9 +94,6 @@ def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, ma
     check_attributable(model)
     structure = Structure.of(model)
     slots = _slots(structure)
-    hooked = split_qkv_copy(model)
-    for p in hooked.parameters():
-        p.requires_grad_(False)
     total_scored = float(mask.sum())
     sums: dict[Edge, float] = {}
     alphas = [1.0] if method == "eap" else [k / steps for k in range(1, steps + 1)]
@@ -88,7 +101,7 @@ def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, ma
     for start in range(0, cf.n, batch_size):
         ids = torch.arange(start, min(start + batch_size, cf.n), device="cpu")  # [b] like cf's CPU draws and mask
         for g in range(grad_sets):
-            grads = _mean_grads(hooked, clean, ids, cf.draws[g].partner[ids], alphas, slots, mask[ids], metric,
+            grads = _mean_grads(model, clean, ids, cf.draws[g].partner[ids], alphas, slots, mask[ids], metric,
                                 total_scored)
             for draw in (cf.draws if method == "eap" else cf.draws[g : g + 1]):
                 _contract(structure, clean, slots, grads, ids, draw, sums)
@@ -97,17 +110,25 @@ def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, ma
     return Attribution(scores, forward=forward, backward=grad_sets * len(alphas))
 
 
-def _mean_grads(hooked: HookedTransformer, clean: CleanRun, ids: Tensor, partner: Tensor, alphas: list[float],
+def _mean_grads(model: HookedTransformer, clean: CleanRun, ids: Tensor, partner: Tensor, alphas: list[float],
                 slots: tuple[_Slot, ...], mask: Tensor, metric: MetricName, total: float) -> dict[str, Tensor]:
     """∂metric/∂(every receiver input) on examples ``ids``, averaged over the interpolation points ``alphas``:
-    per hook [b, seq, heads or 1, d_model]. The metric is the sum over scored tokens / ``total`` scored tokens."""
+    per slot hook [b, seq, heads or 1, d_model], the gradient at that hook of the split-q/k/v model. One plain
+    forward and backward of ``model`` per point (hooks only, removed after the call): autograd gives the
+    gradients at the heads' q/k/v (before clip_qkv and rotary) and the MLPs' first projections, and
+    ``_input_grads`` takes them back through the projection and the block's norm by hand, every head at once.
+    The metric is the sum over scored tokens / ``total`` scored tokens."""
     tokens = clean.tokens[ids]  # [b, seq]
     clean_logits = clean.logits[ids]  # [b, seq, d_vocab]
     e_clean, e_from = clean.embed[ids], clean.embed[partner]  # [b, seq, d_model] x2
-    names = [s.hook for s in slots]
+    wanted = _grad_hooks(model, slots)
+    stats = [f"blocks.{layer}.{ln}.hook_{part}" for layer, block in enumerate(model.blocks)
+             for ln in ("ln1", "ln2") if not isinstance(getattr(block, ln, None), (nn.Identity, type(None)))
+             for part in ("normalized", "scale")]
     out: dict[str, Tensor] = {}
     for alpha in alphas:
         store: dict[str, Tensor] = {}
+        seen: dict[str, Tensor] = {}
 
         def embed_hook(act: Tensor, hook, alpha: float = alpha) -> Tensor:
             x = (e_from + alpha * (e_clean - e_from)).detach()  # [b, seq, d_model]
@@ -117,20 +138,85 @@ def _mean_grads(hooked: HookedTransformer, clean: CleanRun, ids: Tensor, partner
             store[hook.name] = act
             return act
 
-        hooks: list[FwdHook] = [("hook_embed", embed_hook)] + [(name, capture) for name in names]
+        def keep(act: Tensor, hook, seen: dict[str, Tensor] = seen) -> Tensor:
+            seen[hook.name] = act.detach()  # ln1 runs on q, k and v inputs: three equal values
+            return act
+
+        hooks: list[FwdHook] = ([("hook_embed", embed_hook)] + [(name, capture) for name in wanted]
+                                + [(name, keep) for name in stats])
         with torch.enable_grad():
-            logits = hooked.run_with_hooks(tokens, fwd_hooks=hooks)  # [b, seq, d_vocab]
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [b, seq, d_vocab]
             values = token_metric(metric, logits, clean_logits, tokens)  # [b, seq-1]
             scalar = (values * mask.to(values.dtype)).sum() / total
+            names = [n for n in wanted if n in store]  # a gated MLP with a norm activation has no hook_pre_linear
             grads = torch.autograd.grad(scalar, [store[n] for n in names], allow_unused=True)
-        del logits, values, scalar  # the activations go before the next step's forward
-        for name, grad in zip(names, grads, strict=True):
-            grad = torch.zeros_like(store[name]) if grad is None else grad
-            grad = grad if grad.dim() == 4 else grad[:, :, None]  # [b, seq, heads or 1, d_model]
-            step = grad / len(alphas)  # [b, seq, heads or 1, d_model]
-            out[name] = out[name].add_(step) if name in out else step  # in place: the same sums, no new tensor
+        del logits, values, scalar  # the activations go before the gradients are taken back to the inputs
+        at = {n: torch.zeros_like(store[n]) if g is None else g for n, g in zip(names, grads, strict=True)}
         del store, grads
+        with torch.no_grad():
+            for slot in slots:
+                step = _input_grads(model, slot, at, seen).div_(len(alphas))  # [b, seq, heads or 1, d_model]
+                out[slot.hook] = out[slot.hook].add_(step) if slot.hook in out else step  # the same sums in place
+        del at, seen
     return out
+
+
+def _grad_hooks(model: HookedTransformer, slots: tuple[_Slot, ...]) -> list[str]:
+    """The hooks of ``model`` whose gradients ``_input_grads`` reads for ``slots``."""
+    names = []
+    for slot in slots:
+        layer, channel = _slot_site(slot)
+        if isinstance(slot.receivers[0], Head):
+            names.append(f"blocks.{layer}.attn.hook_{channel.value}")
+        elif isinstance(slot.receivers[0], Mlp):
+            gated = isinstance(model.blocks[layer].mlp, GatedMLP)
+            names += [f"blocks.{layer}.mlp.hook_pre"] + ([f"blocks.{layer}.mlp.hook_pre_linear"] if gated else [])
+        else:
+            names.append(slot.hook)
+    return names
+
+
+def _slot_site(slot: _Slot) -> tuple[int, Channel]:
+    receiver = slot.receivers[0]
+    return (receiver.layer if isinstance(receiver, (Head, Mlp)) else -1), slot.channel
+
+
+def _input_grads(model: HookedTransformer, slot: _Slot, at: dict[str, Tensor], seen: dict[str, Tensor]) -> Tensor:
+    """One slot's receiver-input gradient [b, seq, heads or 1, d_model] from the gradients ``at`` the hooks of
+    ``_grad_hooks``: heads' q/k/v through W_Q/W_K/W_V (per head), an MLP's hook_pre (and hook_pre_linear)
+    through W_in (W_gate), then back through ln1 / ln2 with the forward's normalised input and scale (``seen``)."""
+    layer, channel = _slot_site(slot)
+    receiver = slot.receivers[0]
+    if isinstance(receiver, Head):
+        w = getattr(model.blocks[layer].attn, f"W_{channel.value.upper()}").detach()  # [heads, d_model, d_head]
+        g = torch.einsum("bshe,hde->bshd", at[f"blocks.{layer}.attn.hook_{channel.value}"], w)  # [b, seq, h, d]
+        return _norm_backward(model.blocks[layer].ln1, g, seen, f"blocks.{layer}.ln1")
+    if isinstance(receiver, Mlp):
+        mlp = model.blocks[layer].mlp
+        first = mlp.W_gate if isinstance(mlp, GatedMLP) else mlp.W_in  # [d_model, d_mlp]: what hook_pre projects
+        g = at[f"blocks.{layer}.mlp.hook_pre"] @ first.detach().T  # [b, seq, d_model]
+        linear = at.get(f"blocks.{layer}.mlp.hook_pre_linear")  # [b, seq, d_mlp] or None
+        g = g if linear is None else g.add_(linear @ mlp.W_in.detach().T)  # [b, seq, d_model]
+        return _norm_backward(model.blocks[layer].ln2, g[:, :, None], seen, f"blocks.{layer}.ln2")
+    return at[slot.hook][:, :, None]  # [b, seq, 1, d_model]
+
+
+def _norm_backward(norm: nn.Module, g: Tensor, seen: dict[str, Tensor], name: str) -> Tensor:
+    """The gradient at a norm's input from ``g`` [b, seq, r, d_model] at its output: with n = the normalised
+    input and s its scale (``seen``, from the forward), ∂/∂x = (g·w − n · mean(g·w · n)) / s, centred for
+    LayerNorm (w = 1 for the Pre norms; the identity without a norm). In place on ``g``."""
+    if isinstance(norm, nn.Identity):
+        return g
+    n, s = seen[f"{name}.hook_normalized"], seen[f"{name}.hook_scale"]  # [b, seq, (r,) d_model], [b, seq, (r,) 1]
+    n, s = (n, s) if n.dim() == 4 else (n[:, :, None], s[:, :, None])  # [b, seq, r or 1, d_model], [..., 1]
+    g = g.to(torch.promote_types(g.dtype, n.dtype))  # half models normalise in float32
+    w = getattr(norm, "w", None)
+    if w is not None:
+        g.mul_(w.detach())
+    g.sub_(n * (g * n).mean(-1, keepdim=True))
+    if isinstance(norm, (LayerNorm, LayerNormPre)):
+        g.sub_(g.mean(-1, keepdim=True))
+    return g.div_(s)
 
 
 @dataclass(frozen=True)
