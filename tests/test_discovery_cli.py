@@ -54,3 +54,44 @@ def test_bad_input_exits_2_with_one_line(checkpoint, capsys, flags, words):
     assert main(["discover", "--model", str(checkpoint), *FLAGS, *flags]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_interrupted_discover_resumes_to_the_files_of_an_uninterrupted_run(checkpoint, tmp_path, capsys,
+                                                                               monkeypatch):
+    from scrub.discovery import journal
+
+    argv = ["discover", "--model", str(checkpoint), "--data", "rrt", *FLAGS, "--method", "acdc"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "found"
+    progress = tmp_path / ".found.scrub-discover-resume.pt"
+    monkeypatch.setattr(journal, "EVERY", 0.0)
+    real, kept = journal.Journal.keep_search, []
+
+    def stop_after_two(self, checkpoint, **kw):
+        real(self, checkpoint, **kw)
+        kept.append(checkpoint.done)
+        if len(kept) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal.Journal, "keep_search", stop_after_two)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; progress kept for --resume" in err and len(err.strip().splitlines()) == 1
+    assert progress.is_file() and not out.exists()  # no half-written output, the progress beside it
+    monkeypatch.setattr(journal.Journal, "keep_search", real)
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    for name in ("discovered.py", "edges.csv"):
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
+    assert not progress.exists()  # removed once the run finished
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--resume"], "--resume needs --out"),
+    (["--resume", "--out", "{tmp}/never"], "no progress of an earlier run is kept"),
+])
+def test_resume_without_progress_exits_2_with_one_line(checkpoint, tmp_path, capsys, flags, words):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    assert main(["discover", "--model", str(checkpoint), *FLAGS, *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1

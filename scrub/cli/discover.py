@@ -5,13 +5,17 @@ Data: the held-out examples are exactly those ``scrub run FILE --data D --n N --
 the discovery examples (``--n-discover``) are disjoint from them (natural text: the next windows of the same
 seeded tiling; RRT: another seed). ``--out DIR`` receives ``discovered.py``, ``edges.csv`` and ``curve.png``,
 written through ``OutputFolder`` (locked before any work, staged in a sibling, renamed into place when
-complete), so an interrupted run leaves no half-written output. ``--html FILE`` also writes the result's
-interactive views as one page (``scrub.views.discovery``), its path checked before any work.
+complete), so an interrupted run leaves no half-written output; its progress (the scores, the search after each
+receiver) is kept in ``.<out>.scrub-discover-resume.pt`` beside the folder, from which ``--resume`` continues
+it to the result the whole run would have had (the file is removed when a run finishes). ``--html FILE``
+also writes the result's interactive views as one page (``scrub.views.discovery``), its path checked before
+any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -26,11 +30,12 @@ from scrub.cli.common import (
     dump_json,
     quiet_load,
 )
-from scrub.cli.output import OutputFolder
+from scrub.cli.output import OutputFolder, PartlyKept
 from scrub.model import SHIPPED_NAME
 from scrub.progress import bar as progress_bar
 
 FILES = ("discovered.py", "edges.csv", "curve.png")
+RESUME = ".scrub-discover-resume.pt"  # the progress file: .<out>.scrub-discover-resume.pt beside --out
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +59,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for discovered.py, edges.csv, curve.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out folder that holds other files (they stay)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted or failed run of the same command from the progress it kept "
+                             "(.<out>.scrub-discover-resume.pt beside --out); needs --out")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_html_argument(parser)
 
@@ -69,6 +77,17 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--threshold must be ≥ 0 (got {args.threshold}): it is an effect size in the metric's units")
     check_data_memory(args.n + 2 * args.n_discover, args.seq_len)
     check_html(args.html)
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out: the progress of a run is kept beside its output folder")
+    if args.resume and not resume_path(args.out).is_file():
+        raise UsageError(f"--resume: no progress of an earlier run is kept for {args.out} ({resume_path(args.out)} "
+                         f"does not exist); run without --resume")
+
+
+def resume_path(out: Path) -> Path:
+    """Where the progress of a run writing ``out`` is kept: beside the folder (the real one, not a link)."""
+    real = Path(os.path.realpath(out))
+    return real.parent / f".{real.name}{RESUME}"
 
 
 def _data(model, args: argparse.Namespace):
@@ -88,6 +107,7 @@ def _commands(args: argparse.Namespace, argv: list[str]) -> str:
     rerun = ["scrub", "run", "discovered.py", "--model", str(args.model), "--data", args.data, "--n", str(args.n),
              "--seq-len", str(args.seq_len), "--seed", str(args.seed), "--metric", args.metric,
              "--positions", args.positions]
+    argv = [a for a in argv if a != "--resume"]  # a resumed run writes what the whole run would have
     return f"{shlex.join(['scrub', 'discover', *argv])}\nRe-run held out: {shlex.join(rerun)}"
 
 
@@ -97,10 +117,22 @@ def command(args: argparse.Namespace) -> int:
     if args.out is None:
         return _discover(args, None)
     with OutputFolder(args.out, "discover", FILES, overwrite=args.overwrite) as folder:
-        return _discover(args, folder)
+        progress = resume_path(args.out)
+        if not args.resume:
+            progress.unlink(missing_ok=True)  # an earlier run's progress: this run starts over
+        try:
+            return _discover(args, folder, progress)
+        except BaseException as stop:  # Ctrl-C, SIGTERM or a failure: the progress stays for --resume
+            if not progress.is_file() or isinstance(stop, SystemExit):
+                raise
+            what = f"progress kept for --resume ({progress})"
+            if not isinstance(stop, Exception):
+                raise PartlyKept(what) from stop
+            print(f"scrub discover: {what}", file=sys.stderr)
+            raise
 
 
-def _discover(args: argparse.Namespace, folder: OutputFolder | None) -> int:
+def _discover(args: argparse.Namespace, folder: OutputFolder | None, resume: Path | None = None) -> int:
     from scrub.discovery import discover
 
     model = quiet_load(args.model)
@@ -117,7 +149,8 @@ def _discover(args: argparse.Namespace, folder: OutputFolder | None) -> int:
         d = discover(model, found, corrupted=corrupted, method=args.method, metric=args.metric,
                      positions=args.positions.replace("-", "_"), threshold=args.threshold, receivers=receivers,
                      seed=args.seed, heldout=held, draws=args.draws, steps=args.steps,
-                     command=_commands(args, sys.argv[2:] if len(sys.argv) > 2 else []), progress=progress)
+                     command=_commands(args, sys.argv[2:] if len(sys.argv) > 2 else []), progress=progress,
+                     resume=resume)
     finally:
         bar.close()
     if folder is not None:

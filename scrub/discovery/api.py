@@ -12,7 +12,8 @@ without exact checks; "acdc" is the exact greedy search without attribution (``s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Callable, Sequence, get_args
 
 import torch
@@ -25,14 +26,17 @@ from scrub.discovery.attribution import Attribution, AttributionMethod, attribut
 from scrub.discovery.curve import faithfulness
 from scrub.discovery.edges import Edge, all_edges, graph_of, parse_receivers, runnable
 from scrub.discovery.exact import ExactEvaluator
+from scrub.discovery.journal import Journal
 from scrub.discovery.result import Discovery, EdgeRecord, Method, Passes
 from scrub.discovery.search import Decision, How, Search, Verdict, greedy
 from scrub.discovery.setup import Counterfactuals, paired, resampled
 from scrub.engine.compute import check_supported, clean_run_batched
 from scrub.errors import ScrubError
+from scrub.experiment.distributed import digest
 from scrub.experiment.inputs import Positions, check_seed, score_mask
 from scrub.experiment.runner import run
 from scrub.metrics import MetricName, check_metric
+from scrub.model.fingerprint import ModelFingerprint
 
 METHODS: tuple[Method, ...] = get_args(Method)
 
@@ -62,7 +66,7 @@ def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | No
              threshold: float = 0.01, receivers: Sequence[str] | None = None, seed: int = 0,
              heldout: Tensor | None = None, draws: int = 3, steps: int = 5, skip: float = 0.1, spot: float = 0.1,
              batch_size: int = 16, n_bootstrap: int = 1000, curve: bool = True, command: str = "",
-             progress: Callable[[int, int], None] | None = None) -> Discovery:
+             progress: Callable[[int, int], None] | None = None, resume: str | Path | None = None) -> Discovery:
     """Discover the edges that matter for ``metric`` at ``positions`` of ``tokens`` [n, seq].
 
     A score is EAP(-IG)'s first-order estimate of metric(edge removed) − metric(clean), an effect the exact
@@ -71,7 +75,10 @@ def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | No
     ``receivers``: search only the inputs of these components (every other edge is kept). ``heldout``: the
     data the found claim is scored on with ``scrub.run`` (default: the second half of ``tokens``, the first
     half being discovery data). ``skip``: edges with |score| < skip x τ are removed after a joint exact
-    check, ``spot`` of them also singly. ``progress(done, total)`` is told how many edges are decided."""
+    check, ``spot`` of them also singly. ``progress(done, total)`` is told how many edges are decided.
+    ``resume``: a file that keeps the run's progress (the scores, and the search after each receiver); if it
+    holds an earlier run's, with the same model, data and arguments, this run continues from it and ends with
+    the result that run would have had. It is removed when the run finishes."""
     opts = Options(method, metric, threshold, seed, draws, steps, skip, spot, batch_size, n_bootstrap)
     _check(model, tokens, corrupted, heldout, opts)
     targets = parse_receivers(receivers, model)
@@ -88,13 +95,27 @@ def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | No
     structure = Structure.of(model)
     cf = (paired(tokens.cpu(), corrupted.cpu(), structure) if corrupted is not None
           else resampled(tokens.cpu(), structure, seed, draws))
+    edges = all_edges(structure)
+    journal = None if resume is None else Journal.open(resume, _fingerprint(model, cf, mask, opts, targets), edges)
     device = next(model.parameters()).device
     clean = clean_run_batched(model, cf.data.to(device), batch_size)
-    edges = all_edges(structure)
-    attribution = _attribution(model, cf, clean, mask, opts)
-    search = _search(model, cf, clean, mask, opts, edges, attribution, targets, progress)
-    return _result(model, cf, opts, edges, attribution, search, heldout, positions, mask, clean,
-                   curve, command, time.perf_counter() - start)
+    attribution = _attribution(model, cf, clean, mask, opts, journal)
+    search = _search(model, cf, clean, mask, opts, edges, attribution, targets, progress, journal)
+    found = _result(model, cf, opts, edges, attribution, search, heldout, positions, mask, clean,
+                    curve, command, time.perf_counter() - start)
+    if journal is not None:
+        journal.remove()
+    return found
+
+
+def _fingerprint(model: HookedTransformer, cf: Counterfactuals, mask: Tensor, opts: Options,
+                 targets: tuple[Component, ...] | None) -> dict[str, str]:
+    """What a resume file must agree on with this run, part by part (digests): what makes its numbers."""
+    weights = ModelFingerprint.of(model)
+    return {"model": digest(sorted(weights.weights.items()), sorted(weights.config.items())),
+            "data": digest(cf.kind, cf.data, cf.seeds, len(cf.draws)), "positions": digest(mask),
+            "options": digest(astuple(opts)),
+            "receivers": digest(None if targets is None else [str(t) for t in targets])}
 
 
 def _check(model: object, tokens: object, corrupted: object, heldout: object, opts: Options) -> None:
@@ -141,17 +162,22 @@ def _check(model: object, tokens: object, corrupted: object, heldout: object, op
         check_attributable(model)
 
 
-def _attribution(model: HookedTransformer, cf: Counterfactuals, clean, mask: Tensor,
-                 opts: Options) -> Attribution | None:
+def _attribution(model: HookedTransformer, cf: Counterfactuals, clean, mask: Tensor, opts: Options,
+                 journal: Journal | None) -> Attribution | None:
     if opts.method == "acdc":
         return None
+    if journal is not None and journal.attribution is not None:
+        return journal.attribution
     kind: AttributionMethod = "eap" if opts.method == "eap" else "eap-ig"
-    return attribute(model, cf, clean, mask, opts.metric, kind, steps=opts.steps, batch_size=opts.batch_size)
+    found = attribute(model, cf, clean, mask, opts.metric, kind, steps=opts.steps, batch_size=opts.batch_size)
+    if journal is not None:
+        journal.keep_attribution(found)
+    return found
 
 
 def _search(model: HookedTransformer, cf: Counterfactuals, clean, mask: Tensor, opts: Options, edges: tuple[Edge, ...],
             attribution: Attribution | None, targets: tuple[Component, ...] | None,
-            progress: Callable[[int, int], None] | None) -> Search | None:
+            progress: Callable[[int, int], None] | None, journal: Journal | None) -> Search | None:
     if opts.method in ("eap", "eap-ig"):
         return None
     ev = ExactEvaluator(model, cf, clean, mask, opts.metric, batch_size=opts.batch_size)
@@ -163,10 +189,14 @@ def _search(model: HookedTransformer, cf: Counterfactuals, clean, mask: Tensor, 
         if progress is not None:
             progress(done[0], total)
 
-    return greedy(ev, edges, opts.threshold, scores=None if attribution is None else attribution.scores,
-                  searched=(lambda r: True) if targets is None else (lambda r: r in targets),
-                  skip=opts.skip if attribution is not None else 0.0, spot=opts.spot, seed=opts.seed,
-                  n_boot=opts.n_bootstrap, progress=tell)
+    found = greedy(ev, edges, opts.threshold, scores=None if attribution is None else attribution.scores,
+                   searched=(lambda r: True) if targets is None else (lambda r: r in targets),
+                   skip=opts.skip if attribution is not None else 0.0, spot=opts.spot, seed=opts.seed,
+                   n_boot=opts.n_bootstrap, progress=tell, resume=None if journal is None else journal.search,
+                   keep=None if journal is None else journal.keep_search)
+    if journal is not None:
+        journal.flush()  # the finished search, in case what follows (held-out run, curve) is stopped
+    return found
 
 
 def _decisions(edges: tuple[Edge, ...], attribution: Attribution | None, search: Search | None,

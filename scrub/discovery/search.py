@@ -110,40 +110,71 @@ class _State:
     base: Tensor
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The search after its first ``done`` receivers (in visiting order): all it needs to go on exactly as if
+    it had not stopped (the claim's per-example sums and the spot-check generator included)."""
+
+    done: int
+    decisions: tuple[Decision, ...]
+    kept: frozenset[Edge]
+    base: Tensor  # [n] per-example metric sums of the claim ``kept``
+    rng: Tensor  # the spot-check generator's state
+    skipped: int
+    spot_checked: int
+    spot_violations: int
+    trees: int
+
+
 def greedy(ev: ExactEvaluator, edges: Sequence[Edge], tau: float, *, scores: dict[Edge, float] | None,
            searched: Callable[[Component], bool], skip: float, spot: float, seed: int,
-           n_boot: int = 1000, progress: Callable[[int], None] | None = None) -> Search:
+           n_boot: int = 1000, progress: Callable[[int], None] | None = None,
+           resume: Checkpoint | None = None, keep: Callable[[Checkpoint], None] | None = None) -> Search:
     """Prune ``edges`` (all of the model's) at threshold ``tau``; only receivers with ``searched(r)`` are
-    searched. ``progress(k)`` is told how many edges were decided."""
+    searched. ``progress(k)`` is told how many edges were decided; ``keep`` is handed a ``Checkpoint`` after
+    each receiver, and ``resume`` (one of those) goes on from there."""
     interval = Interval.of(ev.counts, n_boot, seed)
-    rng = torch.Generator().manual_seed(seed)
-    state = _State(set(edges), ev.totals([frozenset(edges)])[0])
-    decisions: list[Decision] = []
-    skipped = checked = violations = 0
-    receivers = list(dict.fromkeys(e.receiver for e in edges))
-    for receiver in reversed(receivers):
+    at = resume if resume is not None else _start(ev, edges, seed)
+    state, rng = _State(set(at.kept), at.base.clone()), torch.Generator().manual_seed(seed)
+    rng.set_state(at.rng)
+    ev.trees = at.trees
+    decisions = list(at.decisions)
+    skipped, checked, violations = at.skipped, at.spot_checked, at.spot_violations
+    _tell(progress, sum(d.how != How.SEARCH_OFF for d in decisions))
+    order = list(reversed(list(dict.fromkeys(e.receiver for e in edges))))
+    for i in range(at.done, len(order)):
+        receiver = order[i]
         into = [e for e in edges if e.receiver == receiver]
         if not searched(receiver):
             decisions += [Decision(e, Verdict.KEPT, How.SEARCH_OFF, None, None) for e in into]
-            continue
-        if not isinstance(receiver, Logits) and not any(e.sender == receiver for e in state.kept):
+        elif not isinstance(receiver, Logits) and not any(e.sender == receiver for e in state.kept):
             state.kept.difference_update(into)
             decisions += [Decision(e, Verdict.DROPPED, How.UNREACHABLE, 0.0, (0.0, 0.0)) for e in into]
             _tell(progress, len(into))
-            continue
-        order = _order(into, scores)
-        far = [e for e in order if scores is not None and tau > 0 and abs(scores[e]) < skip * tau]
-        rest = [e for e in order if e not in far]
-        if far:
-            done, group_ok, n_checked, n_bad = _skip_group(ev, state, far, interval, tau, spot, rng)
-            if group_ok:
-                decisions += done
-                skipped, checked, violations = skipped + len(far), checked + n_checked, violations + n_bad
-                _tell(progress, len(far))
-            else:
-                rest = _order(far + rest, scores)
-        decisions += _decide(ev, state, rest, interval, tau, progress)
+        else:
+            ordered = _order(into, scores)
+            far = [e for e in ordered if scores is not None and tau > 0 and abs(scores[e]) < skip * tau]
+            rest = [e for e in ordered if e not in far]
+            if far:
+                done, group_ok, n_checked, n_bad = _skip_group(ev, state, far, interval, tau, spot, rng)
+                if group_ok:
+                    decisions += done
+                    skipped, checked, violations = skipped + len(far), checked + n_checked, violations + n_bad
+                    _tell(progress, len(far))
+                else:
+                    rest = _order(far + rest, scores)
+            decisions += _decide(ev, state, rest, interval, tau, progress)
+        if keep is not None:
+            keep(Checkpoint(i + 1, tuple(decisions), frozenset(state.kept), state.base, rng.get_state(), skipped,
+                            checked, violations, ev.trees))
     return Search(tuple(decisions), frozenset(state.kept), ev.trees, skipped, checked, violations)
+
+
+def _start(ev: ExactEvaluator, edges: Sequence[Edge], seed: int) -> Checkpoint:
+    """The search before its first receiver: every edge kept (one exact evaluation of the full claim)."""
+    base = ev.totals([frozenset(edges)])[0]  # [n]
+    return Checkpoint(0, (), frozenset(edges), base, torch.Generator().manual_seed(seed).get_state(), 0, 0, 0,
+                      ev.trees)
 
 
 def _tell(progress: Callable[[int], None] | None, k: int) -> None:
