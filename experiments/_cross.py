@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from experiments._discovery import discovery_cell, discovery_sentence
 from experiments._figures import grouped_intervals
 from experiments._remix import cross_remix_lines, remix_sentence
 from experiments._results import COMPOSES, K_VIA_MLP0, OTHER_EMBEDDING, REFINEMENTS, composers, k_path_summary
@@ -127,6 +128,8 @@ def _side_by_side(results: list[tuple[str, dict]]) -> list[str]:
         line(f"behavioral heads only vs empty, {data} (candidates)",
              lambda r, d=data: _fmt(_row(r, d, "induction_behavioral", "empty")))
     line("context-sensitive heads", lambda r: ", ".join(_sensitive(r)) or "none")
+    line("discovery of each behavioral head's inputs: edges kept, held-out KL recovered (discovered vs the "
+         "mechanism's edges)", lambda r: discovery_cell(r.get("discovery")))
     return L
 
 
@@ -328,8 +331,9 @@ def _conclusion(results: list[tuple[str, dict]]) -> list[str]:
             text += (f"In plain words: in this model the textbook two-head circuit accounts for {short(nat['value'])} "
                      f"of what the heads the behavioral test picks out do on natural text, and for "
                      f"{short(rrt['value'])} of it on repeated random tokens; the rest runs through paths the "
-                     f"mechanistic definition does not name.")
-        L.append(text)
+                     f"mechanistic definition does not name. ")
+        text += discovery_sentence(r.get("discovery"))
+        L.append(text.rstrip())
     return L
 
 

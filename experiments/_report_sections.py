@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from experiments import _report_parts as parts
+from experiments._discovery import discovery_lines
 from experiments._remix import remix_lines
 from experiments._results import OTHER_EMBEDDING, REDWOOD_SOURCE, SENSITIVE_NATS, StudyResults, training_rrt_share
 
@@ -138,6 +139,12 @@ def per_head_and_composition(res: StudyResults) -> list[str]:
     return L
 
 
+def discovery(res: StudyResults) -> list[str]:
+    """9. Circuit discovery: what each behavioral head's inputs read besides the mechanism."""
+    return (["", "## 9. Circuit discovery: what do the behavioral heads read besides the mechanism?", ""]
+            + discovery_lines(res.discovery))
+
+
 def method_notes(res: StudyResults) -> list[str]:
     """How the numbers are made, and what this model's architecture changes."""
     roles, m = res.roles, res.model or {}
@@ -167,4 +174,4 @@ def method_notes(res: StudyResults) -> list[str]:
 
 
 SECTIONS = (header, head_scores, hypotheses, loss_recovered, remix, findings, per_example, context,
-            per_head_and_composition, method_notes)  # the report, in order
+            per_head_and_composition, discovery, method_notes)  # the report, in order

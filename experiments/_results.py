@@ -72,6 +72,7 @@ class StudyResults:
     timings: dict[str, float] | None = None  # seconds per stage of the run
     k_paths: tuple[KPaths, ...] = ()  # natural text and RRT
     remix: dict | None = None  # experiments._remix.run_remix: Redwood's REMIX ladder (JSON-ready)
+    discovery: dict | None = None  # experiments._discovery.run_discovery: each behavioral head's inputs (JSON-ready)
 
     def row(self, data: str, hypothesis: str, baseline: str = "induction_baseline",
             positions: str = "candidates") -> Recovery:
@@ -108,7 +109,7 @@ class StudyResults:
                 "effect_split": [asdict(s) for s in self.splits],
                 "composition": [c.to_dict() for c in self.composition],
                 "k_paths": [k.to_dict() for k in self.k_paths],
-                "remix": self.remix,
+                "remix": self.remix, "discovery": self.discovery,
                 "context_sensitivity": {"window": self.sensitivity.window, "late_start": self.sensitivity.late_start,
                                         "increase": self.sensitivity.increase.tolist(),
                                         "stderr": self.sensitivity.stderr.tolist(),

@@ -54,6 +54,7 @@ from experiments._claims import load_claim, rrt_previous_token, study_claims  # 
 from experiments._composition import composition, k_paths, natural_metric, rrt_metric  # noqa: E402
 from experiments._context import context_sensitivity  # noqa: E402
 from experiments._cross import write_cross_report  # noqa: E402
+from experiments._discovery import run_discovery  # noqa: E402
 from experiments._evaluate import Recovery, effect_split, scrub_many  # noqa: E402
 from experiments._remix import run_remix  # noqa: E402
 from experiments._report import write_report  # noqa: E402
@@ -86,13 +87,16 @@ class StudyConfig:
     n_bootstrap: int = 1000
     n_patch: int = 96  # examples of each composition matrix (natural text and RRT)
     patch_chunk: int = 8  # examples per chunk: the composition intervals are over chunks
+    n_discover: int = 32  # discovery examples per dataset (disjoint from the held-out ones)
+    n_discover_heldout: int = 64  # held-out examples of each discovered claim: the first of the study's batches
     out: str = ""  # this model's folder, relative to the study's output folder (--out): results stay portable
     quick: bool = False
 
     @staticmethod
     def quick_config(**overrides) -> "StudyConfig":
         base = StudyConfig(n_natural=16, seq_len=128, n_rrt=16, rrt_length=32, n_context=8, window=8,
-                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=4, quick=True)
+                           batch_size=16, n_bootstrap=200, n_patch=8, patch_chunk=4, n_discover=8,
+                           n_discover_heldout=8, quick=True)
         return replace(base, **overrides)
 
 
@@ -174,6 +178,16 @@ def patch_pairs(model: HookedTransformer, cfg: StudyConfig) -> dict[str, tuple]:
                          for k in (0, 1)) + (rrt_metric(cfg.rrt_length),)}
 
 
+def discovery_batches(model: HookedTransformer, cfg: StudyConfig, natural, rrt) -> dict[str, tuple]:
+    """(discovery data, held-out data) per dataset: natural text continues the study's seeded tiling (disjoint
+    windows), RRT another seed; held out: the first examples of the study's own batches."""
+    held = cfg.n_discover_heldout
+    more = natural_batch(cfg.n_natural + cfg.n_discover, cfg.seq_len, seed=cfg.seed)[cfg.n_natural :]  # [m, seq]
+    other = repeated_random_tokens(cfg.n_discover, cfg.rrt_length, 2, seed=cfg.seed + 1000,
+                                   vocab_size=model.cfg.d_vocab, exclude_common=model.cfg.d_vocab // 20)  # [m, 1 + 2L]
+    return {"natural": (more, natural[:held]), "rrt": (other, rrt[:held])}
+
+
 def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progress: bool = True,
               out: Path | None = None) -> StudyResults:
     """One model: every hypothesis on natural text and RRT, per-head claims and effects, context sensitivity,
@@ -228,13 +242,17 @@ def run_study(model: HookedTransformer, cfg: StudyConfig, *, command: str, progr
                   for p in dict.fromkeys([roles.previous_for(r), *roles.early(roles.previous_like, r)])]  # prev-like
     kpaths = tuple(k_paths(model, candidates, ref, cor, metric, data=data, chunk=cfg.patch_chunk, step=run.tick)
                    for data, (ref, cor, metric) in pairs.items())
+    run.begin("discovery")
+    run.bar.total += 2 * len(per_head)  # one step per head and dataset
+    found = run_discovery(model, roles, discovery_batches(model, cfg, natural, rrt), seed=cfg.seed,
+                          n_bootstrap=cfg.n_bootstrap, step=run.tick)
     run.stage("figures")
     about = model_info(model, cfg.model)
     about["torch_threads"] = "-".join(str(t) for t in sorted(run.threads))
     results = StudyResults(config=cfg, command=command, roles=roles, scores_rrt=scores_rrt,
                            hypotheses=tuple(infos), rows=tuple(rows), per_head=tuple(heads),
                            sensitivity=sensitivity, elapsed=0.0, figures=(), model=about,
-                           splits=splits, composition=comps, k_paths=kpaths, remix=remix)
+                           splits=splits, composition=comps, k_paths=kpaths, remix=remix, discovery=found)
     if out is None:
         out = default_out(cfg.quick) / (cfg.out or model_folder(cfg.model))
     figures = write_figures(results, out, model)

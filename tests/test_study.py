@@ -16,7 +16,7 @@ from tests.helpers import save_tiny_checkpoint
 
 SECTIONS = ("## 1. Behavioral head scores", "## 2. Hypotheses", "## 3. Loss recovered", "## 4. What the numbers say",
             "## 5. Per-example distribution", "## 6. Context sensitivity", "## 7. Per head",
-            "## 8. Do later components", "## Method notes")
+            "## 8. Do later components", "## 9. Circuit discovery", "## Method notes")
 CROSS = ("## Models side by side", "## Across models", "### 1. ", "### 2. ", "### 3. ", "### 4. ", "## Conclusion")
 
 
@@ -70,6 +70,15 @@ def test_study_quick_per_model_report_and_figures(study, summary, index, name):
         assert (folder / figure).stat().st_size > 0
         assert f"({figure})" in report or figure.startswith(("ladder_", "per_example_", "context_")), figure
     assert json.loads((folder / "results.json").read_text())["rows"] == one["rows"]
+    found = one["discovery"]["heads"]
+    assert {(h["head"], h["data"]) for h in found} == {(h, d) for h in {h["head"] for h in found}
+                                                       for d in ("natural", "rrt")} and found
+    for h in found:  # only the head's own inputs were searched, and the mechanism's edges are among them
+        names = {r["edge"] for r in h["edges"]}
+        assert all(r["edge"].split(" -> ")[1].split(":")[0] == h["head"] for r in h["edges"])
+        assert set(h["mechanism"]) <= names and h["mechanism"]
+        assert {r["edge"] for r in h["edges"] if r["mechanism"]} == set(h["mechanism"])
+        assert all(r["verdict"] in ("kept", "dropped", "uncertain") for r in h["edges"])
     names = {r["hypothesis"] for r in one["rows"]}
     assert {"full", "empty", "induction_baseline", "induction_minimal", "induction_v_only", "induction_q_only",
             "induction_k_only", "induction_refined", "induction_behavioral"} <= names
@@ -166,3 +175,15 @@ def test_quick_study_of_each_shipped_model_takes_under_two_minutes(name, tmp_pat
     start = time.time()
     assert main(["study", "--quick", "--model", name, "--out", str(tmp_path)]) == 0
     assert time.time() - start < 120
+
+
+def test_the_mechanisms_edges_into_a_head_are_its_embedding_into_q_and_v_and_its_previous_token_head_into_k():
+    from experiments._discovery import mechanism_edges
+    from hypotheses._heads import head_roles
+    from scrub.model.loading import load_model
+
+    model = load_model("scrub-attn-2l")
+    roles = head_roles(model)
+    previous = roles.previous_for("1.3")
+    assert mechanism_edges(model, roles, "1.3") == tuple(sorted(
+        ["embed -> 1.3:q", "embed -> 1.3:v", f"{previous} -> 1.3:k"]))
