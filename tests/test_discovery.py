@@ -322,3 +322,28 @@ def test_edges_are_named_as_one_step_paths():
     assert str(Edge(Embed(), Mlp(0), Channel.IN)) == "embed -> mlp.0"
     n_full = sum(len(a.get("via") or "x") for _, _, a in full_graph(model).edges(data=True))
     assert len(names) == n_full
+
+
+def hand_built_model():
+    """A circuit known exactly: attention-only, no norms, shortformer positions. Heads 0.1 and 1.1 write nothing
+    (W_O = 0); heads 0.0 and 1.0 have W_Q = W_K = 0, so they attend uniformly whatever their q and k inputs read.
+    The only edges with an effect are the token embedding and 0.0 into V, and every writer into the logits."""
+    model = tiny_model(dtype=torch.float64, scale=0.6, norm=None, pos="shortformer", n_heads=2)
+    with torch.no_grad():
+        for layer in (0, 1):
+            model.blocks[layer].attn.W_O[1] = 0
+            model.blocks[layer].attn.W_Q[0] = 0
+            model.blocks[layer].attn.W_K[0] = 0
+    return model
+
+
+HAND_BUILT_CIRCUIT = {"embed -> 0.0:v", "embed -> 1.0:v", "0.0 -> 1.0:v", "embed -> logits", "0.0 -> logits",
+                      "1.0 -> logits"}
+
+
+@pytest.mark.parametrize("method", ["acdc", "eap-ig+verify"])
+def test_a_hand_built_circuit_is_recovered_exactly(method):
+    d = discover(hand_built_model(), random_tokens(16, 8, seed=11), method=method, metric="loss", threshold=1e-6,
+                 draws=1, curve=False)
+    assert set(d.claim_edges) == HAND_BUILT_CIRCUIT
+    assert {r.edge for r in d.edges if r.verdict != "dropped"} == HAND_BUILT_CIRCUIT
