@@ -518,6 +518,9 @@ def test_localize(model, tokens):
 def variants() -> dict[str, nx.DiGraph]:
     per = chain()
     per.nodes["0.1"]["feature"] = feature(TokenMod(2, None))
+    two_per = chain()  # two per-position children of 1.0 (K and V), each with its own rows
+    two_per.nodes["0.1"]["feature"] = feature(TokenMod(2, None))
+    two_per.nodes["0.0"]["feature"] = feature(TokenMod(3, None))
     pos = chain()
     pos.edges["embed", "1.0"]["positions"] = FromPosition(2)
     qmask = chain()
@@ -538,7 +541,8 @@ def variants() -> dict[str, nx.DiGraph]:
     add_path(clean_per, "0.0", "logits")
     add_path(clean_per, "embed", ("1.1", "q"), "logits")
     clean_per.nodes["0.0"]["feature"] = feature(TokenMod(2, None))
-    return {"chain": chain(), "per-position": per, "clean-per-position": clean_per, "positions": pos,
+    return {"chain": chain(), "per-position": per, "two-per-position": two_per, "clean-per-position": clean_per,
+            "positions": pos,
             "q-mask": qmask, "k-and-v-masks": kmask,
             "recomputed-positions": recomputed, "logits-mix": logits_mix(), "k-clean-elsewhere": k_clean_elsewhere()}
 
@@ -579,7 +583,8 @@ CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain
          ("per-position", "node"), ("positions", "node"), ("positions", "copy"), ("q-mask", "independent"),
          ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("recomputed-positions", "node"),
          ("recomputed-positions", "independent"), ("clean-per-position", "node"), ("k-and-v-masks", "copy"),
-         ("logits-mix", "node"), ("logits-mix", "copy"), ("k-clean-elsewhere", "node")]
+         ("logits-mix", "node"), ("logits-mix", "copy"), ("k-clean-elsewhere", "node"),
+         ("two-per-position", "node")]
 
 
 @pytest.mark.slow
