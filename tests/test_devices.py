@@ -83,6 +83,20 @@ def test_run_with_query_key_masks_creates_every_tensor_on_a_named_device():
                                       progress=False)))
 
 
+def test_run_with_a_per_position_feature_creates_every_tensor_on_a_named_device():
+    """A per-position draw reads its child per position: rows [rows, seq] gathered with a position index."""
+    from scrub.testing.pieces import TokenMod, feature
+
+    model = tiny_model(n_layers=2, n_heads=3)
+    g = partial_graph()
+    g.nodes["0.1"]["feature"] = feature(TokenMod(2, None))
+    add = g.copy()
+    add.add_edge("0.1", "logits")
+    for graph in (g, add):
+        check(offenders(lambda graph=graph: scrub.run(model, graph, random_tokens(12, 10, seed=1), batch_size=5,
+                                                      n_bootstrap=50, progress=False)))
+
+
 @pytest.mark.parametrize("positions", ["candidates", "good_candidates"])
 def test_run_with_positions_and_a_baseline_creates_every_tensor_on_a_named_device(positions):
     model = tiny_model(n_layers=2, n_heads=3, attn_only=False, pos="standard", d_vocab=2048)
