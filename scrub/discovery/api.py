@@ -4,9 +4,10 @@ loss recovered on held-out data; the faithfulness curve).
 
 Methods (``Method``): "eap" and "eap-ig" score every edge (``attribution``) and keep those with |score| ≥ τ,
 without exact checks; "acdc" is the exact greedy search without attribution (``search``); "eap-ig+verify"
-(the default) orders and skips the greedy search's candidates by EAP-IG scores. Counterfactuals: the
-``corrupted`` batch when given ("paired"), else draws from the examples by the engine's sampler
-("resample", ``draws`` of them, averaged). Every argument is checked before any work (``DiscoveryError``).
+(the default) orders the greedy search's candidates by EAP-IG scores and removes the low-scoring ones in
+jointly checked groups, bisected where a check fails. Counterfactuals: the ``corrupted`` batch when given
+("paired"), else draws from the examples by the engine's sampler ("resample", ``draws`` of them, averaged).
+Every argument is checked before any work (``DiscoveryError``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Options:
 def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | None = None,
              method: Method = "eap-ig+verify", metric: MetricName = "kl", positions: Positions = "all",
              threshold: float = 0.01, receivers: Sequence[str] | None = None, seed: int = 0,
-             heldout: Tensor | None = None, draws: int = 3, steps: int = 5, skip: float = 0.1, spot: float = 0.1,
+             heldout: Tensor | None = None, draws: int = 3, steps: int = 5, skip: float = 0.25, spot: float = 0.1,
              batch_size: int = 16, n_bootstrap: int = 1000, curve: bool = True, command: str = "",
              progress: Callable[[int, int], None] | None = None, resume: str | Path | None = None) -> Discovery:
     """Discover the edges that matter for ``metric`` at ``positions`` of ``tokens`` [n, seq].
@@ -74,8 +75,10 @@ def discover(model: HookedTransformer, tokens: Tensor, *, corrupted: Tensor | No
     scored tokens. ``threshold`` τ: an edge is dropped when its effect's 95% interval lies inside [−τ, τ].
     ``receivers``: search only the inputs of these components (every other edge is kept). ``heldout``: the
     data the found claim is scored on with ``scrub.run`` (default: the second half of ``tokens``, the first
-    half being discovery data). ``skip``: edges with |score| < skip x τ are removed after a joint exact
-    check, ``spot`` of them also singly. ``progress(done, total)`` is told how many edges are decided.
+    half being discovery data). ``skip``: a receiver's edges with |score| < skip x τ are removed together when
+    their joint removal's interval lies inside [−τ, τ], and bisected down to single edges where it does not
+    (0: every edge alone); ``spot``: the chance that such a skipped edge is also checked singly.
+    ``progress(done, total)`` is told how many edges are decided.
     ``resume``: a file that keeps the run's progress (the scores, and the search after each receiver); if it
     holds an earlier run's, with the same model, data and arguments, this run continues from it and ends with
     the result that run would have had. It is removed when the run finishes."""
@@ -156,8 +159,9 @@ def _check(model: object, tokens: object, corrupted: object, heldout: object, op
                              ("n_bootstrap", opts.n_bootstrap, 10)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DiscoveryError(f"{name} must be a whole number ≥ {low}, got {value!r}")
-    if not (0 <= opts.skip <= 1 and 0 < opts.spot <= 1):
-        raise DiscoveryError(f"skip must lie in [0, 1] and spot in (0, 1]; got skip={opts.skip!r}, spot={opts.spot!r}")
+    if not (isinstance(opts.skip, (int, float)) and opts.skip >= 0 and 0 < opts.spot <= 1):
+        raise DiscoveryError(f"skip must be a number ≥ 0 (a multiple of τ; inf groups every edge) and spot lie in "
+                             f"(0, 1]; got skip={opts.skip!r}, spot={opts.spot!r}")
     if opts.method != "acdc":
         check_attributable(model)
 

@@ -12,15 +12,22 @@ Batching: decisions are sequential, so each batched call evaluates a speculative
 (cumulative removals, right while edges are dropped) or a *fan* (single removals from the current claim,
 right while edges are kept); the first decision that breaks the speculation switches the mode and the
 rest is evaluated again. The span of a call starts at 4, doubles while the speculation holds and halves when
-it breaks. Edges whose |score| is below ``skip`` x τ are removed together after one exact
-check of their joint removal (if it fails they are tried one by one), and a random sample of them is
-also checked singly (``Search.spot_checked``, ``spot_violations``). A receiver none of whose outputs is
-kept any more has every input dropped without evaluation (its output reaches nothing: effect exactly 0).
+it breaks (``acdc``; with scores the speculation is off: on the CPU a claim costs about the same alone or in
+a batch, and a broken speculation costs its claims).
+
+Groups (with scores): a receiver's edges with |score| < ``skip`` x τ are tried for removal together. The
+joint removal is accepted when its interval lies inside [−τ, τ]; otherwise the group is bisected (lower
+|score| half first, each half a joint check against the claim as it stands) down to single edges, which get
+the ordinary verdict. When a lower half is removed, the upper half's check is the failed parent's claim,
+already evaluated: it costs no pass. Each check is one call (it is made against the claim the check before
+it left, so checks are not batched). Edges removed in an accepted group of two or more are ``skipped``; each
+is also checked singly with probability ``spot`` (``Search.spot_checked``, ``spot_violations``), in one call
+after the receiver. The remaining edges are decided one by one. A receiver none of whose outputs is kept any
+more has every input dropped without evaluation (its output reaches nothing: effect exactly 0).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Sequence
@@ -45,7 +52,7 @@ class How(str, Enum):
     """How an edge's verdict was reached."""
 
     EXACT = "exact"  # its own exact removal, with an interval
-    SKIPPED = "skipped"  # far below τ by attribution; removed with its group after one joint exact check
+    SKIPPED = "skipped"  # low |score|: removed with its group, whose joint exact removal is inside [−τ, τ]
     SPOT = "spot"  # skipped, and also checked singly at random
     UNREACHABLE = "unreachable"  # its receiver's output reaches nothing kept: effect exactly 0
     SEARCH_OFF = "not searched"  # outside ``receivers``: kept without a decision
@@ -153,17 +160,16 @@ def greedy(ev: ExactEvaluator, edges: Sequence[Edge], tau: float, *, scores: dic
             _tell(progress, len(into))
         else:
             ordered = _order(into, scores)
-            far = [e for e in ordered if scores is not None and tau > 0 and abs(scores[e]) < skip * tau]
-            rest = [e for e in ordered if e not in far]
-            if far:
-                done, group_ok, n_checked, n_bad = _skip_group(ev, state, far, interval, tau, spot, rng)
-                if group_ok:
-                    decisions += done
-                    skipped, checked, violations = skipped + len(far), checked + n_checked, violations + n_bad
-                    _tell(progress, len(far))
-                else:
-                    rest = _order(far + rest, scores)
-            decisions += _decide(ev, state, rest, interval, tau, progress)
+            if scores is None:
+                decisions += _decide(ev, state, ordered, interval, tau, progress)
+            else:
+                group = [e for e in ordered if tau > 0 and abs(scores[e]) < skip * tau]  # a prefix of ``ordered``
+                done, removed = _bisect(ev, state, group, interval, tau, progress)
+                done, n_checked, n_bad = _spot_check(ev, done, removed, interval, tau, spot, rng)
+                skipped += sum(len(g) for g, _, _ in removed)
+                checked, violations = checked + n_checked, violations + n_bad
+                decisions += done
+                decisions += _decide(ev, state, ordered[len(group):], interval, tau, progress, speculate=1)
         if keep is not None:
             keep(Checkpoint(i + 1, tuple(decisions), frozenset(state.kept), state.base, rng.get_state(), skipped,
                             checked, violations, ev.trees))
@@ -188,36 +194,67 @@ def _order(into: list[Edge], scores: dict[Edge, float] | None) -> list[Edge]:
     return sorted(into, key=lambda e: abs(scores[e]))
 
 
-def _skip_group(ev: ExactEvaluator, state: _State, far: list[Edge], interval: Interval, tau: float, spot: float,
-                rng: torch.Generator) -> tuple[list[Decision], bool, int, int]:
-    """Remove ``far`` together if the joint removal's interval is inside [−τ, τ]; spot-check a sample singly."""
-    k = min(len(far), max(1, math.ceil(spot * len(far))))
-    sample = [far[int(i)] for i in torch.randperm(len(far), generator=rng, device="cpu")[:k]]  # a CPU generator
-    claims = [frozenset(state.kept - set(far))] + [frozenset(state.kept - {e}) for e in sample]
-    totals = ev.totals(claims)  # [1 + k, n]
-    effect, low, high = interval(totals - state.base)
-    if verdict(float(low[0]), float(high[0]), tau) != Verdict.DROPPED:
-        return [], False, 0, 0
-    single = {e: i + 1 for i, e in enumerate(sample)}
-    out, bad = [], 0
-    for e in far:
-        if e in single:
-            i = single[e]
-            v = verdict(float(low[i]), float(high[i]), tau)
-            bad += v != Verdict.DROPPED
-            out.append(Decision(e, Verdict.DROPPED, How.SPOT, float(effect[i]), (float(low[i]), float(high[i]))))
+Removed = list[tuple[list[Edge], frozenset[Edge], Tensor]]  # accepted groups: edges, claim before, its sums [n]
+
+
+def _bisect(ev: ExactEvaluator, state: _State, group: list[Edge], interval: Interval, tau: float,
+            progress: Callable[[int], None] | None) -> tuple[list[Decision], Removed]:
+    """Decide ``group`` by joint removals, bisected where one fails (see the module docstring); also returns
+    the accepted groups of two or more edges, each with the claim it was removed from."""
+    seen: dict[frozenset[Edge], Tensor] = {}  # this receiver's evaluated claims -> per-example sums [n]
+    out: list[Decision] = []
+    removed: Removed = []
+    todo = [group] if group else []
+    while todo:
+        part = todo.pop()
+        claim = frozenset(state.kept - set(part))
+        if claim not in seen:
+            seen[claim] = ev.totals([claim])[0]  # [n]
+        effect, low, high = (float(x[0]) for x in interval((seen[claim] - state.base)[None]))
+        v = verdict(low, high, tau)
+        if v == Verdict.DROPPED and len(part) > 1:
+            removed.append((part, frozenset(state.kept), state.base))
+            out += [Decision(e, v, How.SKIPPED, None, None) for e in part]
+        elif v == Verdict.DROPPED or len(part) == 1:
+            out.append(Decision(part[0], v, How.EXACT, effect, (low, high)))
         else:
-            out.append(Decision(e, Verdict.DROPPED, How.SKIPPED, None, None))
-    state.kept.difference_update(far)
-    state.base = totals[0]
-    return out, True, k, bad
+            half = len(part) // 2
+            todo += [part[half:], part[:half]]  # the lower |score| half is tried first
+            continue
+        if v == Verdict.DROPPED:
+            state.kept.difference_update(part)
+            state.base = seen[claim]
+        _tell(progress, len(part))
+    return out, removed
+
+
+def _spot_check(ev: ExactEvaluator, done: list[Decision], removed: Removed, interval: Interval, tau: float,
+                spot: float, rng: torch.Generator) -> tuple[list[Decision], int, int]:
+    """Each skipped edge with probability ``spot``: its single removal from the claim its group left, in one call."""
+    picks = [(torch.rand(len(part), generator=rng) < spot).tolist() for part, _, _ in removed]  # a CPU generator
+    sample = [(e, before, base) for (part, before, base), pick in zip(removed, picks, strict=True)
+              for e, p in zip(part, pick, strict=True) if p]
+    if not sample:
+        return done, 0, 0
+    totals = ev.totals([before - {e} for e, before, _ in sample])  # [k, n]
+    effect, low, high = interval(totals - torch.stack([base for _, _, base in sample]))  # [k] x3
+    checked = {e: i for i, (e, _, _) in enumerate(sample)}
+    out, bad = [], 0
+    for d in done:
+        if d.edge in checked:
+            i = checked[d.edge]
+            bad += verdict(float(low[i]), float(high[i]), tau) != Verdict.DROPPED
+            d = Decision(d.edge, Verdict.DROPPED, How.SPOT, float(effect[i]), (float(low[i]), float(high[i])))
+        out.append(d)
+    return out, len(sample), bad
 
 
 def _decide(ev: ExactEvaluator, state: _State, pending: list[Edge], interval: Interval, tau: float,
-            progress: Callable[[int], None] | None) -> list[Decision]:
-    """ACDC's sequential decisions on ``pending``, evaluated speculatively (chain or fan) in batched calls."""
+            progress: Callable[[int], None] | None, speculate: int = SPECULATION) -> list[Decision]:
+    """ACDC's sequential decisions on ``pending``, evaluated speculatively (chain or fan) in batched calls of at
+    most ``speculate`` claims."""
     out: list[Decision] = []
-    chain, span = True, 4
+    chain, span = True, min(4, speculate)
     while pending:
         head = pending[:span]
         if chain:
@@ -241,6 +278,6 @@ def _decide(ev: ExactEvaluator, state: _State, pending: list[Edge], interval: In
                 chain = False
                 break
         _tell(progress, used)
-        span = min(2 * span, SPECULATION) if used == len(head) else max(2, span // 2)  # grow while right
+        span = min(2 * span, speculate) if used == len(head) else max(min(2, speculate), span // 2)  # grow if right
         pending = pending[used:]
     return out
