@@ -523,6 +523,9 @@ def variants() -> dict[str, nx.DiGraph]:
     two_per.nodes["0.0"]["feature"] = feature(TokenMod(3, None))
     pos = chain()
     pos.edges["embed", "1.0"]["positions"] = FromPosition(2)
+    two_pos = chain()  # two claims into one node (0.0 into V, 0.1 into K), each at its own positions
+    two_pos.edges["0.0", "1.0"]["positions"] = FromPosition(2)
+    two_pos.edges["0.1", "1.0"]["positions"] = TokenBelow(10)
     qmask = chain()
     qmask.edges["embed", "1.0"]["qk_mask"] = previous_position()
     kmask = nx.DiGraph()
@@ -542,7 +545,7 @@ def variants() -> dict[str, nx.DiGraph]:
     add_path(clean_per, "embed", ("1.1", "q"), "logits")
     clean_per.nodes["0.0"]["feature"] = feature(TokenMod(2, None))
     return {"chain": chain(), "per-position": per, "two-per-position": two_per, "clean-per-position": clean_per,
-            "positions": pos,
+            "positions": pos, "two-positions": two_pos,
             "q-mask": qmask, "k-and-v-masks": kmask,
             "recomputed-positions": recomputed, "logits-mix": logits_mix(), "k-clean-elsewhere": k_clean_elsewhere()}
 
@@ -584,7 +587,7 @@ CASES = [("chain", "node"), ("chain", "copy"), ("chain", "independent"), ("chain
          ("chain", "copy-independent"), ("k-and-v-masks", "node"), ("recomputed-positions", "node"),
          ("recomputed-positions", "independent"), ("clean-per-position", "node"), ("k-and-v-masks", "copy"),
          ("logits-mix", "node"), ("logits-mix", "copy"), ("k-clean-elsewhere", "node"),
-         ("two-per-position", "node")]
+         ("two-per-position", "node"), ("two-positions", "node")]
 
 
 @pytest.mark.slow
