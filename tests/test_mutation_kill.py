@@ -547,7 +547,8 @@ def variants() -> dict[str, nx.DiGraph]:
     return {"chain": chain(), "per-position": per, "two-per-position": two_per, "clean-per-position": clean_per,
             "positions": pos, "two-positions": two_pos,
             "q-mask": qmask, "k-and-v-masks": kmask,
-            "recomputed-positions": recomputed, "logits-mix": logits_mix(), "k-clean-elsewhere": k_clean_elsewhere()}
+            "recomputed-positions": recomputed, "logits-mix": logits_mix(), "logits-mlp-clean": logits_mlp_clean(),
+            "k-clean-elsewhere": k_clean_elsewhere()}
 
 
 def logits_mix() -> nx.DiGraph:
@@ -562,6 +563,19 @@ def logits_mix() -> nx.DiGraph:
     g.edges["mlp.1", "logits"]["positions"] = FromPosition(2)
     g.edges["mlp.0", "logits"]["positions"] = TokenBelow(10)
     g.edges["0.1", "logits"]["positions"] = FromPosition(3)
+    return g
+
+
+def logits_mlp_clean() -> nx.DiGraph:
+    """mlp.0 with every input claimed (the layer-0 heads with all theirs), on its own draw: read from the clean
+    run on that draw, into the logits at positions (the factored unembedding's clean non-head term)."""
+    g = nx.DiGraph()
+    for head in ("0.0", "0.1"):
+        add_path(g, "embed", (head, "qkv"), "mlp.0")
+        add_path(g, "pos", (head, "qk"))
+    add_path(g, "embed", "mlp.0", "logits")
+    g.nodes["mlp.0"]["feature"] = feature(TokenMod(3, 1))
+    g.edges["mlp.0", "logits"]["positions"] = TokenBelow(10)
     return g
 
 
@@ -661,7 +675,8 @@ def test_full_graph_through_the_reference(model, tokens):
 @pytest.mark.parametrize("name, opt", [("chain", "node"), ("chain", "independent"), ("per-position", "node"),
                                        ("clean-per-position", "node"),
                                        ("k-and-v-masks", "copy"), ("positions", "node"), ("logits-mix", "node"),
-                                       ("logits-mix", "copy")])
+                                       ("logits-mix", "copy"), ("logits-mlp-clean", "node"),
+                                       ("logits-mlp-clean", "copy")])
 def test_logits_at_positions(model, tokens, name, opt):
     """``evaluate_many(..., positions=)`` (the factored unembedding of ``scrub.run``) gives the full logits at
     those positions, for a claim, the full claim (read from the clean run) and the empty one."""
