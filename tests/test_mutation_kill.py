@@ -568,7 +568,8 @@ def logits_mix() -> nx.DiGraph:
 
 def logits_mlp_clean() -> nx.DiGraph:
     """mlp.0 with every input claimed (the layer-0 heads with all theirs), on its own draw: read from the clean
-    run on that draw, into the logits at positions (the factored unembedding's clean non-head term)."""
+    run on that draw, into the logits at positions (the factored unembedding's clean non-head term); mlp.1
+    recomputed, into the logits unrestricted (a non-head term without a mask)."""
     g = nx.DiGraph()
     for head in ("0.0", "0.1"):
         add_path(g, "embed", (head, "qkv"), "mlp.0")
@@ -576,6 +577,7 @@ def logits_mlp_clean() -> nx.DiGraph:
     add_path(g, "embed", "mlp.0", "logits")
     g.nodes["mlp.0"]["feature"] = feature(TokenMod(3, 1))
     g.edges["mlp.0", "logits"]["positions"] = TokenBelow(10)
+    add_path(g, "embed", "mlp.1", "logits")  # recomputed, at every position (no mask)
     return g
 
 
