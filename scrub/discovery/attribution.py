@@ -108,45 +108,62 @@ def attribute(model: HookedTransformer, cf: Counterfactuals, clean: CleanRun, ma
 def _mean_grads(model: HookedTransformer, clean: CleanRun, ids: Tensor, partner: Tensor, alphas: list[float],
                 slots: tuple[Slot, ...], mask: Tensor, metric: MetricName, total: float) -> Grads:
     """∂metric/∂(every receiver input) on examples ``ids``, averaged over the interpolation points ``alphas``,
-    as ``Grads`` (their parts). One plain forward and backward of ``model`` per point (hooks only, removed
-    after the call); the metric is the sum over scored tokens / ``total`` scored tokens."""
-    tokens = clean.tokens[ids]  # [b, seq]
-    clean_logits = clean.logits[ids]  # [b, seq, d_vocab]
-    e_clean, e_from = clean.embed[ids], clean.embed[partner]  # [b, seq, d_model] x2
-    acc = Grads(model, slots, tokens.shape, len(alphas))
+    as ``Grads`` (their parts); the metric is the sum over scored tokens / ``total`` scored tokens. One plain
+    forward and backward of ``model`` per point, on half the examples at a time (its saved activations, ~1.4
+    run_with_caches of its rows, stay under one of the batch's, for ~2% more time), with the weights' autograd
+    flags off (nothing saved for weight gradients; restored after)."""
+    shortformer = model.cfg.positional_embedding_type == "shortformer"
+    acc = Grads(model, slots, clean.tokens[ids].shape, len(alphas), clean.pos[ids] if shortformer else None)
+    half = -(-len(ids) // 2)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        for step, alpha in enumerate(alphas):
+            for start in range(0, len(ids), half):
+                part = slice(start, start + half)
+                _pass(model, clean, acc, step, alpha, start, ids[part], partner[part], mask[part], metric, total)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return acc
+
+
+def _pass(model: HookedTransformer, clean: CleanRun, acc: Grads, step: int, alpha: float, start: int, ids: Tensor,
+          partner: Tensor, mask: Tensor, metric: MetricName, total: float) -> None:
+    """One forward and backward of ``model`` (hooks only, removed after the call) on examples ``ids`` (the
+    batch's from ``start`` on) at interpolation point ``alpha``, the gradients added to ``acc``."""
+    tokens = clean.tokens[ids]  # [b', seq]
+    clean_logits = clean.logits[ids]  # [b', seq, d_vocab]
+    e_clean, e_from = clean.embed[ids], clean.embed[partner]  # [b', seq, d_model] x2
     wanted = acc.hooks()
     stats = [f"blocks.{layer}.{ln}.hook_{part}" for layer, block in enumerate(model.blocks)
              for ln in ("ln1", "ln2") if not isinstance(getattr(block, ln, None), (nn.Identity, type(None)))
              for part in ("normalized", "scale")]
-    stats += ["hook_pos_embed"] if model.cfg.positional_embedding_type == "shortformer" else []
-    for step, alpha in enumerate(alphas):
-        store: dict[str, Tensor] = {}
-        seen: dict[str, Tensor] = {}
+    store: dict[str, Tensor] = {}
+    seen: dict[str, Tensor] = {}
 
-        def embed_hook(act: Tensor, hook, alpha: float = alpha) -> Tensor:
-            x = (e_from + alpha * (e_clean - e_from)).detach()  # [b, seq, d_model]
-            return x.requires_grad_(True)
+    def embed_hook(act: Tensor, hook) -> Tensor:
+        return (e_from + alpha * (e_clean - e_from)).detach().requires_grad_(True)  # [b', seq, d_model]
 
-        def capture(act: Tensor, hook, store: dict[str, Tensor] = store) -> Tensor:
-            store[hook.name] = act
-            return act
+    def capture(act: Tensor, hook) -> Tensor:
+        store[hook.name] = act
+        return act
 
-        def keep(act: Tensor, hook, seen: dict[str, Tensor] = seen) -> Tensor:
-            seen[hook.name] = act.detach()  # ln1 runs on the q, k and v inputs: three equal values
-            return act
+    def keep(act: Tensor, hook) -> Tensor:
+        seen[hook.name] = act.detach()  # ln1 runs on the q, k and v inputs: three equal values
+        return act
 
-        hooks: list[FwdHook] = ([("hook_embed", embed_hook)] + [(name, capture) for name in wanted]
-                                + [(name, keep) for name in stats if name not in wanted])
-        with torch.enable_grad():
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [b, seq, d_vocab]
-            values = token_metric(metric, logits, clean_logits, tokens)  # [b, seq-1]
-            scalar = (values * mask.to(values.dtype)).sum() / total
-            names = [n for n in wanted if n in store]  # a gated MLP with a norm activation has no hook_pre_linear
-            grads = torch.autograd.grad(scalar, [store[n] for n in names], allow_unused=True)
-        del logits, values, scalar  # the activations go before the gradients are summed
-        at = {n: torch.zeros_like(store[n]) if g is None else g for n, g in zip(names, grads, strict=True)}
-        del grads
-        with torch.no_grad():
-            acc.add(step, at, {n: v.detach() for n, v in store.items()} | seen)
-        del at, store, seen
-    return acc
+    hooks: list[FwdHook] = ([("hook_embed", embed_hook)] + [(name, capture) for name in wanted]
+                            + [(name, keep) for name in stats if name not in wanted])
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [b', seq, d_vocab]
+        values = token_metric(metric, logits, clean_logits, tokens)  # [b', seq-1]
+        scalar = (values * mask.to(values.dtype)).sum() / total
+        names = [n for n in wanted if n in store]  # a gated MLP with a norm activation has no hook_pre_linear
+        grads = torch.autograd.grad(scalar, [store[n] for n in names], allow_unused=True)
+    del logits, values, scalar  # the activations go before the gradients are summed
+    at = {n: torch.zeros_like(store[n]) if g is None else g for n, g in zip(names, grads, strict=True)}
+    del grads
+    with torch.no_grad():
+        acc.add(step, start, len(ids), at, {n: v.detach() for n, v in store.items()} | seen)

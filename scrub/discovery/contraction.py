@@ -18,6 +18,7 @@ from scrub.discovery.setup import Draw
 from scrub.engine.compute import CleanRun
 
 _JOB_BYTES = 1 << 27  # a job's float64 gradients stay under 128 MiB (or one slot)
+_SENDER_BYTES = 1 << 26  # sources' float64 rows are converted 64 MiB at a time (or one source's row)
 _USEFUL = 0.9  # a slot joins a job if ≥ 90% of the joined job's (sender, receiver) products are edges
 
 
@@ -52,58 +53,50 @@ def _scatter(plan: _Plan, grad: Tensor, ids: Tensor, others: Tensor, dest: Tenso
 
 
 class _SenderRows:
-    """Sources' outputs on a plan's rows in float64, one row of a [sources, b * seq * d_model] buffer each.
-    Converted once and kept while jobs share the plan (paired data: every job); a plan over more rows than
-    the batch's is done in chunks of the sources the buffer holds, converted per job."""
+    """Sources' outputs on a plan's rows in float64 against a job's gradients, converted into one reused buffer
+    of ``_SENDER_BYTES`` a tile at a time: a block of data rows for as many sources as fit (a matmul over many
+    sources runs at about twice the speed of one over a few)."""
 
-    def __init__(self, clean: CleanRun, order: tuple[Component, ...], batch: int) -> None:
-        self.clean, self.order = clean, order
-        self.index = {s: i for i, s in enumerate(order)}
+    def __init__(self, clean: CleanRun) -> None:
+        self.clean = clean
         self.per_row = clean.tokens.shape[1] * clean.embed.shape[-1]  # seq * d_model
-        self.buffer = torch.empty(len(order) * batch * self.per_row, dtype=torch.float64,
-                                  device=clean.embed.device)  # [sources * b * seq * d_model], filled lazily
-        self.plan: _Plan | None = None
-        self.filled = [False] * len(order)
+        self.buffer = torch.empty(0, dtype=torch.float64, device=clean.embed.device)
 
-    def chunks(self, plan: _Plan, ids: Tensor, senders: list[Component]):
-        """(senders, their rows [c, k * seq * d_model]) in the order of ``senders``, covering them all."""
-        width = len(plan.rows) * self.per_row
-        if self.buffer.numel() < width:  # not reached (k <= b * (receivers + 1) <= b * sources), kept safe
-            self.buffer = torch.empty(width, dtype=torch.float64, device=self.buffer.device)  # [k * seq * d_model]
-        fit = self.buffer.numel() // width  # sources the buffer holds on this plan
-        if not plan.same(self.plan) or fit < len(self.order):
-            self.plan, self.filled = plan, [False] * len(self.order)
-        rows = self.buffer[: fit * width].view(fit, width)  # [fit, k * seq * d_model]
-        if fit >= len(self.order):  # every source has its own row
-            spots = [self.index[s] for s in senders]
-            missing = [p for p in spots if not self.filled[p]]
-            for run in _runs(missing):
-                self._fill(plan, ids, [self.order[p] for p in run], rows[run[0] : run[-1] + 1])
-                for p in run:
-                    self.filled[p] = True
-            for run in _runs(spots):
-                yield [self.order[p] for p in run], rows[run[0] : run[-1] + 1]
-            return
-        for start in range(0, len(senders), fit):
-            part = list(senders[start : start + fit])
-            self._fill(plan, ids, part, rows[: len(part)])
-            yield part, rows[: len(part)]
+    def scores(self, plan: _Plan, ids: Tensor, senders: list[Component], g: Tensor) -> Tensor:
+        """[senders, receivers] float64: each sender's rows on the plan · each receiver's gradient ``g``
+        [receivers, k * seq * d_model]."""
+        k, per = len(plan.rows), self.per_row
+        block = max(1, min(k, _SENDER_BYTES // (8 * per * len(senders))))  # data rows per tile
+        fit = max(1, _SENDER_BYTES // (8 * per * block))  # senders per tile
+        if self.buffer.numel() < min(fit, len(senders)) * block * per:
+            self.buffer = torch.empty(min(fit, len(senders)) * block * per, dtype=torch.float64,
+                                      device=self.buffer.device)  # [c * block * seq * d_model]
+        out = torch.zeros((len(senders), g.shape[0]), dtype=torch.float64, device=g.device)  # [senders, receivers]
+        for r0 in range(0, k, block):
+            r1 = min(k, r0 + block)
+            cols = g[:, r0 * per : r1 * per]  # [receivers, (r1 - r0) * seq * d_model]
+            for c0 in range(0, len(senders), fit):
+                part = senders[c0 : c0 + fit]
+                tile = self.buffer[: len(part) * (r1 - r0) * per].view(len(part), -1)  # [c, (r1 - r0) * seq * d]
+                self._fill(plan.rows[r0:r1], ids[r0:r1] if plan.diff else None, part, tile)
+                out[c0 : c0 + len(part)].addmm_(tile, cols.T)
+        return out
 
-    def _fill(self, plan: _Plan, ids: Tensor, comps: list[Component], dest: Tensor) -> None:
-        """dest [c, k * seq * d_model] := the outputs of ``comps`` on the plan's rows (− on ``ids`` if diff)."""
-        k, seq, d = len(plan.rows), self.clean.tokens.shape[1], self.clean.embed.shape[-1]
+    def _fill(self, rows: Tensor, minus: Tensor | None, comps: list[Component], dest: Tensor) -> None:
+        """dest [c, m * seq * d_model] := the outputs of ``comps`` on data ``rows`` [m] (− on ``minus``)."""
+        seq, d = self.clean.tokens.shape[1], self.clean.embed.shape[-1]
         at = 0
         for group in _head_groups(comps):
             first = group[0]
             if isinstance(first, Head):  # consecutive heads of one layer: one strided view
                 heads = self.clean.heads[first.layer][:, :, first.head : first.head + len(group)]
-                src = heads.permute(2, 0, 1, 3)  # [c, m, seq, d_model]
+                src = heads.permute(2, 0, 1, 3)  # [c, n, seq, d_model]
             else:
-                src = self.clean.out(first)[None]  # [1, m, seq, d_model]
-            out = dest[at : at + len(group)].view(len(group), k, seq, d)  # [c, k, seq, d_model]
-            out.copy_(_take(src, plan.rows))
-            if plan.diff:
-                out.sub_(_take(src, ids))  # in float64: exact differences of float32 outputs
+                src = self.clean.out(first)[None]  # [1, n, seq, d_model]
+            out = dest[at : at + len(group)].view(len(group), len(rows), seq, d)  # [c, m, seq, d_model]
+            out.copy_(_take(src, rows))
+            if minus is not None:
+                out.sub_(_take(src, minus))  # in float64: exact differences of float32 outputs
             at += len(group)
 
 
@@ -113,17 +106,6 @@ def _take(src: Tensor, rows: Tensor) -> Tensor:
     if torch.equal(rows, torch.arange(start, start + len(rows), device=rows.device)):
         return src[:, start : start + len(rows)]
     return src[:, rows]
-
-
-def _runs(spots: list[int]) -> list[list[int]]:
-    """``spots`` split into runs of consecutive integers."""
-    runs: list[list[int]] = []
-    for p in spots:
-        if runs and runs[-1][-1] + 1 == p:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    return runs
 
 
 def _head_groups(comps: list[Component]) -> list[list[Component]]:
@@ -167,7 +149,7 @@ def contract(structure: Structure, clean: CleanRun, slots: tuple[Slot, ...], gra
     wanted = [structure.senders(slot.receivers[0], slot.channel) for slot in slots]
     order = tuple(dict.fromkeys(s for senders in wanted for s in senders))
     rank = {s: i for i, s in enumerate(order)}
-    rows = _SenderRows(clean, order, len(ids))
+    rows = _SenderRows(clean)
     others = [torch.stack([draw.other(r)[ids] for r in slot.receivers], 1).to(device) for slot in slots]  # [b, r]
     plans = [_plan(ids_d, o) for o in others]
     sets = [frozenset(s) for s in wanted]
@@ -196,14 +178,13 @@ def contract(structure: Structure, clean: CleanRun, slots: tuple[Slot, ...], gra
                 grads.drop(slots[i])
             at += r
         union = sorted(frozenset().union(*(sets[i] for i in job)), key=rank.__getitem__)
-        for senders, block in rows.chunks(plan, ids_d, union):
-            scores = (block @ g.T).tolist()  # [c, receivers] float64
-            for sender, row in zip(senders, scores, strict=True):
-                at = 0
-                for i in job:
-                    slot = slots[i]
-                    if sender in sets[i]:
-                        for receiver, value in zip(slot.receivers, row[at : at + len(slot.receivers)], strict=True):
-                            edge = Edge(sender, receiver, slot.channel)
-                            sums[edge] = sums.get(edge, 0.0) + value
-                    at += len(slot.receivers)
+        scores = rows.scores(plan, ids_d, union, g).tolist()  # [senders, receivers] float64
+        for sender, row in zip(union, scores, strict=True):
+            at = 0
+            for i in job:
+                slot = slots[i]
+                if sender in sets[i]:
+                    for receiver, value in zip(slot.receivers, row[at : at + len(slot.receivers)], strict=True):
+                        edge = Edge(sender, receiver, slot.channel)
+                        sums[edge] = sums.get(edge, 0.0) + value
+                at += len(slot.receivers)

@@ -44,16 +44,30 @@ class Grads:
     """Every slot's receiver-input gradient on one batch, averaged over the interpolation steps (``add`` one
     step at a time), in parts; ``build`` writes one slot's in float64, ``drop`` frees its parts."""
 
-    def __init__(self, model: HookedTransformer, slots: tuple[Slot, ...], shape: torch.Size, steps: int) -> None:
+    def __init__(self, model: HookedTransformer, slots: tuple[Slot, ...], shape: torch.Size, steps: int,
+                 pos: Tensor | None) -> None:
         self.model, self.slots, self.steps = model, slots, steps
         self.b, self.seq = shape
         self.p, self.d = self.b * self.seq, model.cfg.d_model
-        self.work = torch.promote_types(model.cfg.dtype, torch.float32)  # the projections' dtype
+        self.work = torch.promote_types(model.cfg.dtype, torch.float32)  # the projections' dtype (and n's)
+        device = next(model.parameters()).device
+        # every part is allocated here, before the first forward, so that none sits among a step's temporaries
         self.proj: dict[str, Tensor] = {}  # head slot -> Σ_k g_k / (s_k steps) [heads, p, d_head]
         self.gamma: dict[str, Tensor] = {}  # head slot -> γ [p, heads, steps] float64
         self.offset: dict[str, Tensor] = {}  # head slot -> hook value − n·w W: [heads, d_head] or [p, heads, d_head]
-        self.normed: dict[int, list[Tensor]] = {}  # layer -> ln1's normalised input per step [p, d_model]
+        self.normed: dict[int, Tensor] = {}  # layer -> ln1's normalised input at every step [steps, p, d_model]
         self.dense: dict[str, Tensor] = {}  # MLP and logits slot -> mean gradient [p, d_model] float64
+        for slot in slots:
+            if not isinstance(slot.receivers[0], Head):
+                self.dense[slot.hook] = torch.zeros((self.p, self.d), dtype=torch.float64, device=device)
+                continue
+            h, e = len(slot.receivers), model.cfg.d_head
+            self.proj[slot.hook] = torch.zeros((h, self.p, e), dtype=self.work, device=device)
+            if not isinstance(model.blocks[slot.layer].ln1, nn.Identity):
+                self.gamma[slot.hook] = torch.zeros((self.p, h, steps), dtype=torch.float64, device=device)
+                self.offset[slot.hook] = self._offset(slot, pos)
+                if slot.layer not in self.normed:
+                    self.normed[slot.layer] = torch.empty((steps, self.p, self.d), dtype=self.work, device=device)
         self._cache: tuple[int, Tensor] | None = None  # (layer, C n [p, steps, d_model] float64)
 
     def hooks(self) -> list[str]:
@@ -73,50 +87,41 @@ class Grads:
                 names.append(slot.hook)
         return names
 
-    def add(self, step: int, at: dict[str, Tensor], seen: dict[str, Tensor]) -> None:
-        """Add one step's gradients ``at`` the ``hooks`` (``seen``: the forward's hook values)."""
+    def add(self, step: int, start: int, count: int, at: dict[str, Tensor], seen: dict[str, Tensor]) -> None:
+        """Add one step's gradients ``at`` the ``hooks`` on ``count`` of the batch's examples from ``start`` on
+        (``seen``: the forward's hook values)."""
+        rows = slice(start * self.seq, (start + count) * self.seq)  # their positions in p
         for slot in self.slots:
             if isinstance(slot.receivers[0], Head):
-                self._add_heads(step, slot, at, seen)
+                self._add_heads(step, rows, slot, at, seen)
                 continue
             if isinstance(slot.receivers[0], Mlp):
-                g = self._mlp_input_grad(slot.layer, at, seen)  # [p, d_model] float64
+                g = self._mlp_input_grad(slot.layer, at, seen)  # [p', d_model] float64
             else:
-                g = at[slot.hook].reshape(self.p, self.d).to(torch.float64, copy=True)  # [p, d_model]
-            g.div_(self.steps)
-            self.dense[slot.hook] = self.dense[slot.hook].add_(g) if slot.hook in self.dense else g
+                g = at[slot.hook].reshape(-1, self.d).to(torch.float64, copy=True)  # [p', d_model]
+            self.dense[slot.hook][rows].add_(g.div_(self.steps))
 
     def _stats(self, name: str, seen: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """A norm's normalised input [p, d_model] and scale [p] (split-input models: every copy is equal)."""
         n, s = seen[f"{name}.hook_normalized"], seen[f"{name}.hook_scale"]  # [b, seq, (r,) d_model], [..., 1]
         n, s = (n[:, :, 0], s[:, :, 0]) if n.dim() == 4 else (n, s)
-        return n.reshape(self.p, self.d), s.reshape(self.p)
+        return n.reshape(-1, self.d), s.reshape(-1)
 
-    def _add_heads(self, step: int, slot: Slot, at: dict[str, Tensor], seen: dict[str, Tensor]) -> None:
+    def _add_heads(self, step: int, rows: slice, slot: Slot, at: dict[str, Tensor], seen: dict[str, Tensor]) -> None:
         name, norm = f"blocks.{slot.layer}.attn.hook_{slot.channel.value}", self.model.blocks[slot.layer].ln1
-        g = at[name].reshape(self.p, len(slot.receivers), -1)  # [p, heads, d_head]
+        g = at[name].reshape(-1, len(slot.receivers), self.model.cfg.d_head)  # [p', heads, d_head]
         if isinstance(norm, nn.Identity):
-            inv = torch.full((self.p,), 1 / self.steps, dtype=torch.float64, device=g.device)  # [p]
+            inv = torch.full(g.shape[:1], 1 / self.steps, dtype=torch.float64, device=g.device)  # [p']
         else:
-            n, s = self._stats(f"blocks.{slot.layer}.ln1", seen)  # [p, d_model], [p]
-            inv = 1 / (s.double() * self.steps)  # [p]
-            normed = self.normed.setdefault(slot.layer, [])
-            if len(normed) == step:  # the layer's first slot this step
-                normed.append(n)
-            if slot.hook not in self.offset:
-                self.offset[slot.hook] = self._offset(slot, seen)
-            m = seen[name].reshape(g.shape).double().sub_(self.offset[slot.hook])  # [p, heads, d_head]: n·w W
-            if slot.hook not in self.gamma:
-                self.gamma[slot.hook] = torch.zeros((self.p, g.shape[1], self.steps), dtype=torch.float64,
-                                                    device=g.device)  # [p, heads, steps]
-            self.gamma[slot.hook][:, :, step] = m.mul_(g).sum(-1).mul_((inv / self.d)[:, None])  # [p, heads]
-        scaled = g.permute(1, 0, 2) * inv.to(self.work)[None, :, None]  # [heads, p, d_head]
-        if slot.hook in self.proj:
-            self.proj[slot.hook].add_(scaled)
-        else:
-            self.proj[slot.hook] = scaled.contiguous()
+            n, s = self._stats(f"blocks.{slot.layer}.ln1", seen)  # [p', d_model], [p']
+            inv = 1 / (s.double() * self.steps)  # [p']
+            self.normed[slot.layer][step, rows].copy_(n)  # the same for every slot of the layer
+            offset = self.offset[slot.hook]  # [heads, d_head] or [p, heads, d_head]
+            m = seen[name].reshape(g.shape).double().sub_(offset if offset.dim() == 2 else offset[rows])  # n·w W
+            self.gamma[slot.hook][rows, :, step] = m.mul_(g).sum(-1).mul_((inv / self.d)[:, None])  # [p', heads]
+        self.proj[slot.hook][:, rows].add_(g.permute(1, 0, 2) * inv.to(self.work)[None, :, None])  # [heads, p', e]
 
-    def _offset(self, slot: Slot, seen: dict[str, Tensor]) -> Tensor:
+    def _offset(self, slot: Slot, pos: Tensor | None) -> Tensor:
         """A head slot's hook value − n·w W, float64: its projection's bias, the norm's bias through W and, for
         shortformer q and k, the positions through W ([heads, d_head] or [p, heads, d_head])."""
         attn, norm = self.model.blocks[slot.layer].attn, self.model.blocks[slot.layer].ln1
@@ -126,13 +131,13 @@ class Grads:
         bias = getattr(norm, "b", None)
         if bias is not None:
             out = out + torch.einsum("d,hde->he", bias.detach().double(), w)  # [heads, d_head]
-        if "hook_pos_embed" in seen and slot.channel in (Channel.Q, Channel.K):
-            pos = seen["hook_pos_embed"].expand(self.b, self.seq, self.d).reshape(self.p, self.d).double()
-            out = out + torch.einsum("pd,hde->phe", pos, w)  # [p, heads, d_head]
+        if pos is not None and slot.channel in (Channel.Q, Channel.K):
+            flat = pos.expand(self.b, self.seq, self.d).reshape(self.p, self.d).double()  # [p, d_model]
+            out = out + torch.einsum("pd,hde->phe", flat, w)  # [p, heads, d_head]
         return out
 
     def _mlp_input_grad(self, layer: int, at: dict[str, Tensor], seen: dict[str, Tensor]) -> Tensor:
-        """An MLP's input gradient [p, d_model] float64: from ln2's hook_normalized gradient (w·y) through
+        """An MLP's input gradient [p', d_model] float64: from ln2's hook_normalized gradient (w·y) through
         the norm, or (no norm) hook_pre's (and hook_pre_linear's) through the first projection."""
         block = self.model.blocks[layer]
         if isinstance(block.ln2, nn.Identity):
@@ -141,10 +146,10 @@ class Grads:
             y = at[f"blocks.{layer}.mlp.hook_pre"] @ first.detach().T  # [b, seq, d_model]
             linear = at.get(f"blocks.{layer}.mlp.hook_pre_linear")  # [b, seq, d_mlp] or None
             y = y if linear is None else y + linear @ mlp.W_in.detach().T  # [b, seq, d_model]
-            return y.reshape(self.p, self.d).to(torch.float64, copy=True)
+            return y.reshape(-1, self.d).to(torch.float64, copy=True)
         name = f"blocks.{layer}.ln2"
-        n, s = self._stats(name, seen)  # [p, d_model], [p]
-        g = at[f"{name}.hook_normalized"].reshape(self.p, self.d).to(torch.float64, copy=True)  # w·y [p, d_model]
+        n, s = self._stats(name, seen)  # [p', d_model], [p']
+        g = at[f"{name}.hook_normalized"].reshape(-1, self.d).to(torch.float64, copy=True)  # w·y [p', d_model]
         g.sub_(n * (g * n).mean(-1, keepdim=True))
         if _centred(block.ln2):
             g.sub_(g.mean(-1, keepdim=True))
@@ -176,7 +181,8 @@ class Grads:
     def _normed(self, layer: int) -> Tensor:
         """C n of ln1 at every step, [p, steps, d_model] float64, kept for the last layer asked."""
         if self._cache is None or self._cache[0] != layer:
-            n = torch.stack(self.normed[layer], 1).double()  # [p, steps, d_model]
+            n = torch.empty((self.p, self.steps, self.d), dtype=torch.float64, device=self.normed[layer].device)
+            n.copy_(self.normed[layer].transpose(0, 1))  # [p, steps, d_model]
             self._cache = (layer, n.sub_(n.mean(-1, keepdim=True)) if _centred(self.model.blocks[layer].ln1) else n)
         return self._cache[1]
 
