@@ -1,7 +1,7 @@
 """EAP/EAP-IG's contraction: Σ (sender output on the receiver's counterfactual − clean) · gradient for every
 edge, in float64 (a score is a difference of two large sums). Slots that read the same rows are contracted
-together (a layer's q, k and v heads with the MLP before them) in one matmul [senders, k * seq * d_model] @
-[k * seq * d_model, receivers], each slot's gradient built in float64 just before (``Grads.build``)."""
+together (a layer's q, k and v heads with the MLP before them) in matmuls [senders, rows * seq * d_model] @
+[rows * seq * d_model, receivers], each slot's gradient built in float64 just before (``Grads.build``)."""
 
 from __future__ import annotations
 
@@ -141,9 +141,10 @@ def _jobs(slots: tuple[Slot, ...], plans: list[_Plan], senders: list[frozenset[C
 
 def contract(structure: Structure, clean: CleanRun, slots: tuple[Slot, ...], grads: Grads, ids: Tensor,
              draw: Draw, sums: dict[Edge, float], *, last: bool) -> None:
-    """Add Σ (sender output on the receiver's counterfactual − clean) · gradient to every edge's sum, per job
-    one float64 matmul [senders, k * seq * d_model] @ [k * seq * d_model, receivers] (see ``_Plan``);
-    ``last``: no other draw reads ``grads``, so each slot's parts are freed once built."""
+    """Add Σ (sender output on the receiver's counterfactual − clean) · gradient to every edge's sum: per job,
+    its slots' gradients built in float64, then float64 matmuls [senders, rows * seq * d_model] @ [rows * seq *
+    d_model, receivers] over blocks of the plan's rows (see ``_Plan``, ``_SenderRows``); ``last``: no other
+    draw reads ``grads``, so each slot's parts are freed once built."""
     device = clean.embed.device
     ids_d = ids.to(device)  # [b]
     wanted = [structure.senders(slot.receivers[0], slot.channel) for slot in slots]
