@@ -57,6 +57,7 @@ class Grads:
         self.offset: dict[str, Tensor] = {}  # head slot -> hook value − n·w W: [heads, d_head] or [p, heads, d_head]
         self.normed: dict[int, Tensor] = {}  # layer -> ln1's normalised input at every step [steps, p, d_model]
         self.dense: dict[str, Tensor] = {}  # MLP and logits slot -> mean gradient [p, d_model] float64
+        self._first: dict[int, str] = {}  # layer -> its first head slot, which records ln1's n
         for slot in slots:
             if not isinstance(slot.receivers[0], Head):
                 self.dense[slot.hook] = torch.zeros((self.p, self.d), dtype=torch.float64, device=device)
@@ -68,6 +69,7 @@ class Grads:
                 self.offset[slot.hook] = self._offset(slot, pos)
                 if slot.layer not in self.normed:
                     self.normed[slot.layer] = torch.empty((steps, self.p, self.d), dtype=self.work, device=device)
+                    self._first[slot.layer] = slot.hook
         self._cache: tuple[int, Tensor] | None = None  # (layer, C n [p, steps, d_model] float64)
 
     def hooks(self) -> list[str]:
@@ -115,7 +117,8 @@ class Grads:
         else:
             n, s = self._stats(f"blocks.{slot.layer}.ln1", seen)  # [p', d_model], [p']
             inv = 1 / (s.double() * self.steps)  # [p']
-            self.normed[slot.layer][step, rows].copy_(n)  # the same for every slot of the layer
+            if slot.hook == self._first[slot.layer]:  # the same for every head slot of the layer
+                self.normed[slot.layer][step, rows].copy_(n)
             offset = self.offset[slot.hook]  # [heads, d_head] or [p, heads, d_head]
             m = seen[name].reshape(g.shape).double().sub_(offset if offset.dim() == 2 else offset[rows])  # n·w W
             self.gamma[slot.hook][rows, :, step] = m.mul_(g).sum(-1).mul_((inv / self.d)[:, None])  # [p', heads]
