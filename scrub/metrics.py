@@ -11,6 +11,8 @@ Two per-token metrics (``MetricName``): "loss", the next-token cross-entropy aga
 and "kl", KL(clean model's next-token distribution ‖ the evaluated model's) at each prediction position.
 The clean run's KL is 0 by definition, so with "kl" the clean "losses" are zeros and the recovered
 fraction is (KL_baseline − KL_scrubbed) / KL_baseline; every other function here is the same for both.
+``position_metric`` computes either from logits at chosen prediction positions only (their next tokens as
+labels); ``token_metric``, ``token_losses`` and ``token_kl`` are it at every position t < seq-1.
 ``score_batch`` computes either for one batch, and ``token_view`` summarises the per-token differences
 scrubbed − clean, where cancellation inside sequences shows (mean |Δ| ≫ |mean Δ|).
 """
@@ -35,25 +37,44 @@ METRIC_LABELS: dict[str, str] = {"loss": "loss", "kl": "KL"}  # how each metric 
 TOKEN_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # the quantiles of the per-token differences in ``TokenView``
 
 
+def position_losses(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of ``logits`` [batch, n_pos, d_vocab] against ``labels`` [batch, n_pos]: [batch, n_pos]."""
+    logprobs = logits.log_softmax(-1)  # [batch, n_pos, d_vocab]
+    return -logprobs.gather(-1, labels[..., None])[..., 0]  # [batch, n_pos]
+
+
+def position_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(clean ‖ other) of the distributions ``clean_logits``, ``logits`` [batch, n_pos, d_vocab], in nats:
+    [batch, n_pos]. Computed from log-softmaxes in at least float32: exactly 0 where the two logits are equal,
+    never negative (rounding below 0 is clipped), and terms where the clean probability is 0 count 0."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    p_log = clean_logits.to(dtype).log_softmax(-1)  # [batch, n_pos, d_vocab]
+    q_log = logits.to(dtype).log_softmax(-1)  # [batch, n_pos, d_vocab]
+    p = p_log.exp()  # [batch, n_pos, d_vocab]
+    zero = torch.zeros((), dtype=dtype, device=p.device)  # []
+    terms = torch.where(p > 0, p * (p_log - q_log), zero)  # [batch, n_pos, d_vocab]
+    return terms.sum(-1).clamp(min=0)  # [batch, n_pos]
+
+
+def position_metric(metric: MetricName, logits: Tensor, clean_logits: Tensor, labels: Tensor) -> Tensor:
+    """The ``metric`` [batch, n_pos] at chosen prediction positions: ``logits`` and ``clean_logits``
+    [batch, n_pos, d_vocab] there, ``labels`` [batch, n_pos] the next tokens (used by "loss" only)."""
+    if check_metric(metric) == "loss":
+        return position_losses(logits, labels)  # [batch, n_pos]
+    return position_kl(clean_logits, logits)  # [batch, n_pos]
+
+
 def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
     """Next-token cross-entropy against ``tokens`` (the reference labels): [batch, seq-1]."""
-    logprobs = logits[:, :-1].log_softmax(-1)  # [batch, seq-1, d_vocab]
-    return -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+    return position_losses(logits[:, :-1], tokens[:, 1:])  # [batch, seq-1]
 
 
 def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
     """KL(clean ‖ other) of the next-token distributions at each prediction position, in nats: [batch, seq-1].
 
-    Position t predicts token t+1, so the last position is dropped (as in ``token_losses``). Computed from
-    log-softmaxes in at least float32: exactly 0 where the two logits are equal, never negative (rounding
-    below 0 is clipped), and terms where the clean probability is 0 count 0."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    p_log = clean_logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
-    q_log = logits[:, :-1].to(dtype).log_softmax(-1)  # [batch, seq-1, d_vocab]
-    p = p_log.exp()  # [batch, seq-1, d_vocab]
-    zero = torch.zeros((), dtype=dtype, device=p.device)  # []
-    terms = torch.where(p > 0, p * (p_log - q_log), zero)  # [batch, seq-1, d_vocab]
-    return terms.sum(-1).clamp(min=0)  # [batch, seq-1]
+    Position t predicts token t+1, so the last position is dropped (as in ``token_losses``); see
+    ``position_kl``."""
+    return position_kl(clean_logits[:, :-1], logits[:, :-1])  # [batch, seq-1]
 
 
 def token_metric(metric: MetricName, logits: Tensor, clean_logits: Tensor, tokens: Tensor) -> Tensor:

@@ -14,10 +14,11 @@ from scrub.claims.sites import Channel, Embed, Head, Logits, Mlp, Pos
 from scrub.claims.structure import Structure
 from scrub.discovery import all_edges, discover
 from scrub.discovery.attribution import attribute
-from scrub.discovery.edges import Edge
+from scrub.discovery.edges import Edge, claim_of
 from scrub.discovery.exact import ExactEvaluator
 from scrub.discovery.setup import paired, resampled
 from scrub.engine.compute import clean_run
+from scrub.engine.evaluator import evaluate_many
 from scrub.engine.sampling import Sampler
 from scrub.engine.treeify import assign, treeify
 from scrub.patching.paths import PatchPath, edge_paths, make_metric, patch_effects, split_qkv_copy
@@ -213,6 +214,50 @@ def test_paired_exact_effects_equal_edge_patching():
     theirs = patch_effects(model, tokens, corrupted, sets, metric).double()
     assert torch.allclose(ours, theirs, atol=1e-9)
     assert float((ours - ours.mean()).abs().max()) > 1e-3
+
+
+def full_logits_totals(ev: ExactEvaluator, claims: list[frozenset[Edge]]) -> Tensor:
+    """``ExactEvaluator.totals`` by the old reduction: every position unembedded, the metric over all of them,
+    then masked."""
+    roots = [treeify(claim_of(c)) for c in claims]
+    out = torch.zeros(len(claims), ev.cf.n, dtype=torch.float64)  # [claims, n]
+    for start in range(0, ev.cf.n, ev.batch_size):
+        ids = torch.arange(start, min(start + ev.batch_size, ev.cf.n))  # [b]
+        tokens, clean_logits, mask = ev.clean.tokens[ids], ev.clean.logits[ids], ev.mask[ids]
+
+        def reduce(logits, tokens=tokens, clean_logits=clean_logits, mask=mask):  # [b, seq, d_vocab] -> [b]
+            values = scrub.metrics.token_metric(ev.metric, logits, clean_logits, tokens)  # [b, seq-1]
+            return (values.double() * mask.double()).sum(1)
+
+        for datas in ev._assignments(roots, ids):
+            values, _ = evaluate_many(ev.model, roots, datas, ev.clean, reduce=reduce)
+            out[:, ids] += torch.stack(values) / len(ev.cf.draws)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["paired", "resample"])
+@pytest.mark.parametrize("metric", ["loss", "kl"])
+def test_exact_totals_at_the_scored_positions_equal_the_full_logits_reduction(kind, metric):
+    """Unembedding only the columns some example of a batch scores changes no total; a batch that scores
+    nothing totals 0."""
+    model = tiny_model(dtype=torch.float64, scale=0.4, pos="standard", attn_only=False)
+    tokens, corrupted = random_tokens(10, 9, seed=12), random_tokens(10, 9, seed=13)
+    mask = torch.rand(10, 8, generator=torch.Generator().manual_seed(1)) < 0.6  # [10, 8]
+    mask[:, [0, 3, 7]] = False  # columns no example scores
+    mask[8:] = False  # the last batch (rows 8, 9) scores nothing
+    mask[4:8, 5] = False  # a column only the first batch scores
+    assert mask[:4, 5].any() and mask[:8].any(0).sum() < 8
+    structure = Structure.of(model)
+    cf = paired(tokens, corrupted, structure) if kind == "paired" else resampled(tokens, structure, 3, n_draws=2)
+    ev = ExactEvaluator(model, cf, clean_run(model, cf.data), mask, metric, batch_size=4)
+    edges = all_edges(model)
+    pick = torch.Generator().manual_seed(2)
+    claims = [frozenset(edges), frozenset()] + [
+        frozenset(e for e in edges if float(torch.rand(1, generator=pick)) < share) for share in (0.3, 0.6, 0.9)]
+    ours, theirs = ev.totals(claims), full_logits_totals(ev, claims)  # [claims, n] x2
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-10)
+    assert float(theirs[2:, :8].abs().min()) > 1e-6 and float(theirs.abs().max()) > 1e-2  # not between zeros
+    assert torch.equal(ours[:, 8:], torch.zeros(len(claims), 2, dtype=torch.float64))
 
 
 # --- discovery end to end ----------------------------------------------------------------------------------

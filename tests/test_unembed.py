@@ -26,9 +26,16 @@ def test_factored_equals_plain_unembed_of_the_sum():
         other = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64)  # [batch, n_pos, d_model]
         head = Head(1, 2)
         w_o = model.blocks[1].attn.W_O[2]  # [d_head, d_model]
+        # terms 4 + 16 wide, at least d_model = 16: the built residual times Ã
         got = factored.logits(base, "k", [Term(dz=dz, head=head), Term(resid=other)])
         want = unembed(model, base + dz @ w_o + other)
         assert torch.allclose(got, want, atol=1e-10, rtol=1e-10), norm
+        assert "k" not in factored.bases
+        # terms 4 + 4 wide: the cached base plus each term's product through W_O[h] Ã
+        got = factored.logits(base, "k", [Term(dz=dz, head=head), Term(dz=2 * dz, head=Head(0, 1))])
+        want = unembed(model, base + dz @ w_o + 2 * dz @ model.blocks[0].attn.W_O[1])
+        assert torch.allclose(got, want, atol=1e-10, rtol=1e-10), norm
+        assert "k" in factored.bases
         # the base is cached under its key: a different base under a new key gives its own logits
         assert torch.allclose(factored.logits(other, "k2", []), unembed(model, other), atol=1e-10, rtol=1e-10)
 

@@ -5,8 +5,9 @@ A claim here is a set of kept edges; every edge left out reads the counterfactua
 ``Sampler`` of the examples, one per seed), in ``paired`` mode by assignments in which every node's
 unclaimed inputs read the corrupted partner (as ``patching`` does for paths). ``ExactEvaluator.totals``
 returns per-example sums of the metric over the scored tokens, averaged over draws, for many claims in
-shared ``evaluate_many`` calls; it counts the trees it evaluated (each at most one forward pass over the
-examples: the engine recomputes only what differs from the clean run).
+shared ``evaluate_many`` calls, unembedding only the positions some example of a batch scores; it counts the
+trees it evaluated (each at most one forward pass over the examples: the engine recomputes only what differs
+from the clean run).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from scrub.discovery.edges import Edge, claim_of
-from scrub.discovery.setup import Counterfactuals, example_totals
+from scrub.discovery.setup import Counterfactuals, position_totals
 from scrub.engine.compute import CleanRun
 from scrub.engine.evaluator import evaluate_many
 from scrub.engine.sampling import Sampler
@@ -64,19 +65,25 @@ class ExactEvaluator:
         return torch.cat(parts)  # [n_claims, n]
 
     def _totals(self, roots: list[TreeNode]) -> Tensor:
+        """Per batch, unembeds only the positions some example of it scores (none scored: totals stay 0)."""
         n = self.cf.n
-        out = torch.zeros(len(roots), n, dtype=torch.float64, device="cpu")  # [claims, n] CPU totals (example_totals)
+        out = torch.zeros(len(roots), n, dtype=torch.float64, device="cpu")  # [claims, n] CPU totals (position_totals)
         for start in range(0, n, self.batch_size):
             ids = torch.arange(start, min(start + self.batch_size, n), device="cpu")  # [b] like the CPU mask and draws
-            tokens, clean_logits = self.clean.tokens[ids], self.clean.logits[ids]  # [b, seq], [b, seq, d_vocab]
             mask = self.mask[ids]  # [b, seq-1]
+            positions = mask.any(0).nonzero()[:, 0].cpu()  # [n_pos] CPU indices, like the engine's datum maps
+            if positions.numel() == 0:
+                continue
+            labels = self.clean.tokens[ids][:, positions + 1]  # [b, n_pos] the next tokens
+            clean_logits = self.clean.logits[ids][:, positions]  # [b, n_pos, d_vocab]
+            weights = mask[:, positions]  # [b, n_pos]
 
-            def reduce(logits: Tensor, clean_logits: Tensor = clean_logits, tokens: Tensor = tokens,
-                       mask: Tensor = mask) -> Tensor:  # [b, seq, d_vocab] -> [b]
-                return example_totals(self.metric, logits, clean_logits, tokens, mask)
+            def reduce(logits: Tensor, clean_logits: Tensor = clean_logits, labels: Tensor = labels,
+                       weights: Tensor = weights) -> Tensor:  # [b, n_pos, d_vocab] -> [b]
+                return position_totals(self.metric, logits, clean_logits, labels, weights)
 
             for datas in self._assignments(roots, ids):
-                values, _ = evaluate_many(self.model, roots, datas, self.clean, reduce=reduce)
+                values, _ = evaluate_many(self.model, roots, datas, self.clean, reduce=reduce, positions=positions)
                 out[:, ids] += torch.stack(values) / len(self.cf.draws)
         return out
 

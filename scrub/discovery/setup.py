@@ -23,7 +23,7 @@ from torch import Tensor
 from scrub.claims.sites import Component, Logits
 from scrub.claims.structure import Structure
 from scrub.engine.sampling import Sampler
-from scrub.metrics import MetricName, token_metric
+from scrub.metrics import MetricName, position_metric
 
 CounterfactualKind = Literal["paired", "resample"]
 
@@ -71,7 +71,10 @@ def resampled(tokens: Tensor, structure: Structure, seed: int, n_draws: int) -> 
     return Counterfactuals("resample", tokens, tokens.shape[0], tuple(draws), seeds)
 
 
-def example_totals(metric: MetricName, logits: Tensor, clean_logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
-    """Per-example sums of the metric over the scored positions ``mask`` [batch, seq-1]: [batch] (float64)."""
-    values = token_metric(metric, logits, clean_logits, tokens)  # [batch, seq-1]
-    return (values.double() * mask.to(values.device).double()).sum(1).cpu()  # [batch]
+def position_totals(metric: MetricName, logits: Tensor, clean_logits: Tensor, labels: Tensor, weights: Tensor
+                    ) -> Tensor:
+    """Per-example sums of the metric at chosen prediction positions, weighted by ``weights`` [batch, n_pos]
+    (the scored ones): logits, clean logits [batch, n_pos, d_vocab], next tokens ``labels`` [batch, n_pos].
+    Returns [batch] (float64, on the CPU)."""
+    values = position_metric(metric, logits, clean_logits, labels)  # [batch, n_pos]
+    return (values.double() * weights.to(values.device).double()).sum(1).cpu()  # [batch]

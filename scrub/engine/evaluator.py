@@ -194,8 +194,10 @@ def _factored_logits(ctx: Context, job: Job, factored: FactoredUnembed, position
     Every source is read on the root's one unclaimed datum (draws are not independent here)."""
     clean, other = ctx.clean, job.a.other
     base = clean.resid_before(job.node.component)[other][:, positions]  # [batch, n_pos, d_model]
-    order = {id(inp): i for i, inp in enumerate(job.node.inputs)}  # terms in input order
-    claims = sorted((c for r in reads(ctx, job, Channel.IN) for c in r.claims), key=lambda c: order[id(c.inp)])
+    # terms in the senders' order (depth, name), as ``build_input`` sums: not the claim's edge order, which
+    # follows set iteration, so equal claims built differently sum in one order and agree to the last bit
+    claims = sorted((c for r in reads(ctx, job, Channel.IN) for c in r.claims),
+                    key=lambda c: (c.inp.child.component.depth, str(c.inp.child.component)))
     terms = []
     for claim in claims:
         src, value = claim.inp.child.component, claim.value

@@ -72,26 +72,49 @@ class FactoredUnembed:
         return self.head_maps[head]
 
     def logits(self, base: Tensor, base_key, terms: list[Term]) -> Tensor:
-        """Logits [batch, n_pos, d_vocab] of the residual ``base + Σ terms.resid`` (base [batch, n_pos, d_model])."""
-        if base_key not in self.bases:
-            self.bases[base_key] = base @ self.a  # [batch, n_pos, d_vocab]
+        """Logits [batch, n_pos, d_vocab] of the residual ``base + Σ terms.resid`` (base [batch, n_pos, d_model]).
+        Where the terms are together at least d_model wide (a claim near the full graph), the built residual is
+        multiplied by Ã once instead: the terms' products would cost more."""
         batch, n_pos, d_model = base.shape
-        lin = self.bases[base_key].reshape(batch * n_pos, -1)  # [batch*n_pos, d_vocab]
-        resid = base  # [batch, n_pos, d_model]
-        fresh = False  # ``lin`` is still the cached base: the first term allocates, later terms add in place
-        for t in terms:
-            if t.dz is not None:
-                assert t.head is not None  # a dz term always names its head
-                resid = resid + t.dz @ self.w_o(t.head)  # [batch, n_pos, d_model]
-                # [batch*n_pos, d_head], [d_head, d_vocab]
-                x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)
-            else:
-                assert t.resid is not None  # a term is either dz (with its head) or resid
-                resid = resid + t.resid
-                x, m = t.resid.reshape(batch * n_pos, -1), self.a  # [batch*n_pos, d_model], [d_model, d_vocab]
-            lin = lin.addmm_(x, m) if fresh else torch.addmm(lin, x, m)  # [batch*n_pos, d_vocab]
-            fresh = True
+        width = sum(d_model if t.dz is None else t.dz.shape[-1] for t in terms)
+        if width >= d_model:
+            resid = base  # [batch, n_pos, d_model]
+            for t in terms:
+                resid = resid + self.addend(t)  # [batch, n_pos, d_model]
+            lin, fresh = resid @ self.a, True  # [batch, n_pos, d_vocab]
+        else:
+            lin, resid, fresh = self._factored(base, base_key, terms)
         lin = lin.view(batch, n_pos, -1)  # [batch, n_pos, d_vocab]
         centred = resid - resid.mean(-1, keepdim=True)  # [batch, n_pos, d_model]
         scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # [batch, n_pos, 1]
         return (lin.div_(scale) if fresh else lin / scale).add_(self.c)  # [batch, n_pos, d_vocab]
+
+    def addend(self, t: Term) -> Tensor:
+        """The term's addend to the residual: [batch, n_pos, d_model]."""
+        if t.dz is None:
+            assert t.resid is not None  # a term is either dz (with its head) or resid
+            return t.resid
+        assert t.head is not None  # a dz term always names its head
+        return t.dz @ self.w_o(t.head)  # [batch, n_pos, d_model]
+
+    def _factored(self, base: Tensor, base_key, terms: list[Term]) -> tuple[Tensor, Tensor, bool]:
+        """The linear part [batch*n_pos, d_vocab] from the cached base and each term's product, the summed residual
+        [batch, n_pos, d_model], and whether the linear part is a fresh tensor (not the cache)."""
+        batch, n_pos, _ = base.shape
+        if base_key not in self.bases:
+            self.bases[base_key] = base @ self.a  # [batch, n_pos, d_vocab]
+        lin = self.bases[base_key].reshape(batch * n_pos, -1)  # [batch*n_pos, d_vocab]
+        resid = base  # [batch, n_pos, d_model]
+        fresh = False  # ``lin`` is still the cached base: the first term allocates, later terms add in place
+        for t in terms:
+            resid = resid + self.addend(t)  # [batch, n_pos, d_model]
+            if t.dz is not None:
+                assert t.head is not None  # a dz term always names its head
+                # [batch*n_pos, d_head], [d_head, d_vocab]
+                x, m = t.dz.reshape(batch * n_pos, -1), self.head_map(t.head)
+            else:
+                assert t.resid is not None  # a term is either dz (with its head) or resid
+                x, m = t.resid.reshape(batch * n_pos, -1), self.a  # [batch*n_pos, d_model], [d_model, d_vocab]
+            lin = lin.addmm_(x, m) if fresh else torch.addmm(lin, x, m)  # [batch*n_pos, d_vocab]
+            fresh = True
+        return lin, resid, fresh
