@@ -231,7 +231,8 @@ def _bisect(ev: ExactEvaluator, state: _State, group: list[Edge], interval: Inte
 def _spot_check(ev: ExactEvaluator, done: list[Decision], removed: Removed, interval: Interval, tau: float,
                 spot: float, rng: torch.Generator) -> tuple[list[Decision], int, int]:
     """Each skipped edge with probability ``spot``: its single removal from the claim its group left, in one call."""
-    picks = [(torch.rand(len(part), generator=rng) < spot).tolist() for part, _, _ in removed]  # a CPU generator
+    # a CPU generator: the draws are addressable whatever the model's device
+    picks = [(torch.rand(len(part), generator=rng, device="cpu") < spot).tolist() for part, _, _ in removed]
     sample = [(e, before, base) for (part, before, base), pick in zip(removed, picks, strict=True)
               for e, p in zip(part, pick, strict=True) if p]
     if not sample:
