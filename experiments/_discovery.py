@@ -24,10 +24,11 @@ from scrub.claims.structure import Structure
 from scrub.data.batches import induction_candidates
 from scrub.discovery import discover
 from scrub.discovery.edges import Edge, all_edges, graph_of, runnable
+from scrub.discovery.result import Method
 from scrub.experiment.runner import run
 
 THRESHOLD = 0.01  # τ: KL nats per scored token
-METHOD = "eap-ig+verify"
+METHOD: Method = "eap-ig+verify"
 SHOWN = 8  # edges the mechanism does not name, largest first, in the report
 
 
@@ -122,7 +123,7 @@ def discovery_lines(found: dict | None) -> list[str]:
 def discovery_sentence(found: dict | None, data: str = "natural") -> str:
     """The cross-model report's sentence: which paths the behavioral heads read besides the mechanism."""
     heads = [h for h in (found or {}).get("heads", []) if h["data"] == data]
-    if not heads:
+    if found is None or not heads:
         return ""
     parts = []
     for h in heads:
