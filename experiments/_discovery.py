@@ -12,7 +12,6 @@ resampled with the rest of the model kept, so 0 is "the head reads nothing" and 
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import networkx as nx
@@ -56,7 +55,6 @@ def _recovered(model: HookedTransformer, claim: nx.DiGraph, baseline: nx.DiGraph
 def discover_head(model: HookedTransformer, roles, head: str, found: Tensor, held: Tensor, data: str, *, seed: int,
                   n_bootstrap: int) -> dict:
     """One head on one dataset: the discovered edges into it, the mechanism's, and both held out (JSON-ready)."""
-    start = time.time()
     d = discover(model, found, heldout=held, receivers=[head], metric="kl", positions=induction_candidates,
                  threshold=THRESHOLD, method=METHOD, seed=seed, draws=3, n_bootstrap=n_bootstrap, curve=False)
     named = set(mechanism_edges(model, roles, head))
@@ -71,7 +69,7 @@ def discover_head(model: HookedTransformer, roles, head: str, found: Tensor, hel
             "discovered": _recovered(model, d.graph, baseline, held, seed, n_bootstrap),
             "mechanism_recovered": _recovered(model, mechanism, baseline, held, seed, n_bootstrap),
             "passes": {"forward": d.passes.forward, "backward": d.passes.backward}, "skipped": d.skipped,
-            "n_discover": int(found.shape[0]), "seconds": time.time() - start}
+            "n_discover": int(found.shape[0])}
 
 
 def run_discovery(model: HookedTransformer, roles, batches: dict[str, tuple[Tensor, Tensor]], *, seed: int,
