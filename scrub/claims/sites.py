@@ -31,6 +31,7 @@ class Channel(str, Enum):
 
 
 HEAD_CHANNELS = (Channel.Q, Channel.K, Channel.V)
+CHANNEL_NAMES = {c.value: c for c in Channel}  # "q" -> Channel.Q: a dict lookup, not Enum's (validation: ~30k calls)
 
 
 @dataclass(frozen=True, order=True)
@@ -148,10 +149,10 @@ def parse_channel(value: str | Channel) -> Channel:
     if not isinstance(value, str):
         raise SiteError(f"unknown input channel {value!r} ({type(value).__name__}): heads take 'q', 'k' or 'v', "
                         f"written as a string such as via='k' or via='qk'")
-    try:
-        return Channel(value.strip().lower())
-    except ValueError:
-        raise SiteError(f"unknown input channel {value!r}: heads take 'q', 'k' or 'v'") from None
+    channel = CHANNEL_NAMES.get(value.strip().lower())
+    if channel is None:
+        raise SiteError(f"unknown input channel {value!r}: heads take 'q', 'k' or 'v'")
+    return channel
 
 
 def all_heads(cfg: HookedTransformerConfig) -> list[Head]:
