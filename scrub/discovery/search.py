@@ -142,16 +142,19 @@ def greedy(ev: ExactEvaluator, edges: Sequence[Edge], tau: float, *, scores: dic
     each receiver, and ``resume`` (one of those) goes on from there."""
     interval = Interval.of(ev.counts, n_boot, seed)
     at = resume if resume is not None else _start(ev, edges, seed)
-    state, rng = _State(set(at.kept), at.base.clone()), torch.Generator().manual_seed(seed)
-    rng.set_state(at.rng)
+    state, rng = _State(set(at.kept), at.base.clone()), torch.Generator()
+    rng.set_state(at.rng)  # seeded in ``_start``, or where the stopped run left it
     ev.trees = at.trees
     decisions = list(at.decisions)
     skipped, checked, violations = at.skipped, at.spot_checked, at.spot_violations
     _tell(progress, sum(d.how != How.SEARCH_OFF for d in decisions))
-    order = list(reversed(list(dict.fromkeys(e.receiver for e in edges))))
+    by_receiver: dict[Component, list[Edge]] = {}  # each receiver's edges, receivers in computation order
+    for e in edges:
+        by_receiver.setdefault(e.receiver, []).append(e)
+    order = list(reversed(by_receiver))
     for i in range(at.done, len(order)):
         receiver = order[i]
-        into = [e for e in edges if e.receiver == receiver]
+        into = by_receiver[receiver]
         if not searched(receiver):
             decisions += [Decision(e, Verdict.KEPT, How.SEARCH_OFF, None, None) for e in into]
         elif not isinstance(receiver, Logits) and not any(e.sender == receiver for e in state.kept):
