@@ -93,6 +93,12 @@ def _edge(r: dict) -> str:
     return f"`{r['edge']}` {effect}"
 
 
+def _kept(h: dict) -> tuple[list[dict], list[dict]]:
+    """One head's kept edges, and those of them the mechanism does not name, largest |effect| first."""
+    kept = [r for r in h["edges"] if r["verdict"] != "dropped"]
+    return kept, sorted((r for r in kept if not r["mechanism"]), key=lambda r: -abs(r["effect"] or 0.0))
+
+
 def discovery_lines(found: dict | None) -> list[str]:
     """The report's section: one paragraph and one table row per head and dataset."""
     if not found or not found.get("heads"):
@@ -106,10 +112,9 @@ def discovery_lines(found: dict | None) -> list[str]:
          "| head | data | edges into the head kept | the mechanism's edges | kept that the mechanism does not name "
          "(largest first) | held out: discovered | held out: mechanism |", "|---|---|---|---|---|---|---|"]
     for h in found["heads"]:
-        kept = [r for r in h["edges"] if r["verdict"] != "dropped"]
+        kept, extra = _kept(h)
         mech = [r for r in h["edges"] if r["mechanism"]]
         mech_text = "; ".join(f"{_edge(r)} {r['verdict']}" for r in mech) or "none"
-        extra = sorted((r for r in kept if not r["mechanism"]), key=lambda r: -abs(r["effect"] or 0.0))
         more = f"; and {len(extra) - SHOWN} more" if len(extra) > SHOWN else ""
         extra_text = "; ".join(_edge(r) for r in extra[:SHOWN]) + more or "none"
         dis, mec = h["discovered"], h["mechanism_recovered"]
@@ -125,8 +130,7 @@ def discovery_sentence(found: dict | None, data: str = "natural") -> str:
         return ""
     parts = []
     for h in heads:
-        kept = [r for r in h["edges"] if r["verdict"] != "dropped"]
-        extra = sorted((r for r in kept if not r["mechanism"]), key=lambda r: -abs(r["effect"] or 0.0))
+        kept, extra = _kept(h)
         named = ", ".join(f"`{r['edge']}` {r['effect']:+.3f}" for r in extra[:3] if r["effect"] is not None)
         parts.append(f"{h['head']} keeps {len(kept)} of {len(h['edges'])} input edges, {len(extra)} of them not the "
                      f"mechanism's ({named or 'none'}), held-out KL recovered {h['discovered']['value']:.2f} against "
@@ -138,6 +142,6 @@ def discovery_sentence(found: dict | None, data: str = "natural") -> str:
 def discovery_cell(found: dict | None) -> str:
     """The side-by-side table's cell: per head and dataset, edges kept and held-out KL recovered."""
     heads = (found or {}).get("heads", [])
-    return "; ".join(f"{h['head']} {h['data']}: {sum(r['verdict'] != 'dropped' for r in h['edges'])}/{len(h['edges'])}"
-                     f" kept, {h['discovered']['value']:.2f} vs {h['mechanism_recovered']['value']:.2f}"
+    return "; ".join(f"{h['head']} {h['data']}: {len(_kept(h)[0])}/{len(h['edges'])} kept, "
+                     f"{h['discovered']['value']:.2f} vs {h['mechanism_recovered']['value']:.2f}"
                      for h in heads) or "—"
