@@ -32,14 +32,19 @@ def dumps(value: Any, **options: Any) -> str:
     return json.dumps(plain(value), allow_nan=False, **options)
 
 
-def atomic_write(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in its folder and a rename: a reader, a Ctrl-C or a
-    full disk never sees a half-written file, and an earlier file stays whole until the new one is complete."""
+def atomic_write(path: str | Path, content: str | bytes) -> Path:
+    """Write ``content`` (text, or bytes) to ``path`` through a temporary file in its folder and a rename: a
+    reader, a Ctrl-C or a full disk never sees a half-written file, and an earlier file stays whole until the
+    new one is complete. The temporary file is ``.<name>.<random>.tmp``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        if isinstance(content, bytes):
+            with os.fdopen(fd, "wb") as binary:
+                binary.write(content)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as text:
+                text.write(content)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

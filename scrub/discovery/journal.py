@@ -4,11 +4,13 @@ it was (``discover(..., resume=path)``, ``scrub discover --resume``) and ends wi
 The file holds the run's fingerprint (the model's weights and config, the data, the scored positions, the
 options and the searched receivers, each as a digest), the attribution scores once they are computed and the
 greedy search's ``Checkpoint`` after each receiver (at most every ``EVERY`` seconds, and after the last).
-Each write goes to a temporary sibling renamed over the file in one step: the file is always whole.
+Each write goes through ``scrub.jsonable.atomic_write`` (a temporary sibling renamed over the file): the file
+is always whole.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from scrub.discovery.attribution import Attribution
 from scrub.discovery.edges import Edge
 from scrub.discovery.search import Checkpoint, Decision, How, Verdict
 from scrub.errors import ScrubError
+from scrub.jsonable import atomic_write
 
 FORMAT = 1  # of the file
 EVERY = 5.0  # seconds between two writes of the search's progress at most
@@ -52,7 +55,7 @@ class Journal:
             raise ResumeError(f"resume file {path} is a directory; name a file (it is created if missing)")
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             raise ResumeError(f"resume file {path}: its folder {path.parent} does not exist or cannot be written")
-        for stale in path.parent.glob(f".{path.name}.partial-*"):  # a killed write
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed write's temporary file (atomic_write)
             stale.unlink(missing_ok=True)
         journal = cls(path, dict(fingerprint), tuple(edges))
         if not path.exists():
@@ -94,9 +97,9 @@ class Journal:
         content: dict[str, Any] = {"format": FORMAT, "fingerprint": self.fingerprint,
                                    "attribution": _attribution_dict(self.attribution, number),
                                    "search": _checkpoint_dict(self.search, number)}
-        temp = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
-        torch.save(content, temp)
-        os.replace(temp, self.path)  # one step: the file is the old one or the new one, never half of either
+        buffer = io.BytesIO()
+        torch.save(content, buffer)
+        atomic_write(self.path, buffer.getvalue())  # the file is the old one or the new one, never half of either
         self._written = time.monotonic()
 
 
