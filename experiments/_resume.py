@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from scrub.cli.common import UsageError
-from scrub.cli.output import SIGNALS
+from scrub.cli.output import SIGNALS, beside
 
 SUFFIX = ".scrub-resume"  # the store: .<out>.scrub-resume beside the output folder
 MANIFEST = "manifest.json"
@@ -36,8 +36,7 @@ FLAGS = {"quick": "--quick", "seed": "--seed", "window": "--window", "models": "
 
 def store_path(root: Path) -> Path:
     """Where the store of output folder ``root`` lies (beside the folder itself, not a link to it)."""
-    real = Path(os.path.realpath(root))
-    return real.parent / f".{real.name}{SUFFIX}"
+    return beside(root, SUFFIX)
 
 
 @contextmanager

@@ -15,7 +15,6 @@ any work.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from scrub.cli.common import (
     dump_json,
     quiet_load,
 )
-from scrub.cli.output import OutputFolder, PartlyKept
+from scrub.cli.output import OutputFolder, PartlyKept, beside
 from scrub.model import SHIPPED_NAME
 from scrub.progress import bar as progress_bar
 
@@ -86,8 +85,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def resume_path(out: Path) -> Path:
     """Where the progress of a run writing ``out`` is kept: beside the folder (the real one, not a link)."""
-    real = Path(os.path.realpath(out))
-    return real.parent / f".{real.name}{RESUME}"
+    return beside(out, RESUME)
 
 
 def _data(model, args: argparse.Namespace):

@@ -20,6 +20,13 @@ PREVIOUS = ".scrub-previous"  # suffix of the old folder between two renames (wh
 SIGNALS = {signal.SIGINT, signal.SIGTERM}  # held off while the folder is swapped and the sibling removed
 
 
+def beside(folder: Path | str, suffix: str) -> Path:
+    """The hidden sibling ``.<name><suffix>`` of ``folder`` (of the real folder, not of a link to it): where a
+    run keeps what belongs to the folder but must survive its replacement (staging copies, resume state)."""
+    real = Path(os.path.realpath(folder))
+    return real.parent / f".{real.name}{suffix}"
+
+
 class PartlyKept(BaseException):
     """A run stopped (Ctrl-C, SIGTERM: its ``__cause__``) after part of its work was kept for a later run (the
     study's ``--resume``): ``what`` replaces "nothing written" in the command's one stderr line."""
@@ -51,7 +58,7 @@ class OutputFolder:
                  overwrite: bool = False, files: Iterable[Path | str | None] = ()):
         self.path, self.command, self.overwrite = Path(path), command, overwrite
         self._real = Path(os.path.realpath(self.path))  # what is swapped: never ".", "..", or a symlink to it
-        self.work = self._real.parent / f".{self._real.name}{PARTIAL}-{os.getpid()}"
+        self.work = beside(self._real, f"{PARTIAL}-{os.getpid()}")
         self.files = tuple(Path(f) for f in files if f is not None)
         inside = [self._inside(f) for f in self.files]
         self.names = None if names is None else frozenset(names) | {r.parts[0] for r in inside if r is not None}
@@ -185,7 +192,7 @@ class OutputFolder:
             if _exchange(self.work, self._real):
                 old = self.work
             else:
-                old = self._real.parent / f".{self._real.name}{PREVIOUS}-{os.getpid()}"
+                old = beside(self._real, f"{PREVIOUS}-{os.getpid()}")
                 os.rename(self._real, old)
                 try:
                     os.rename(self.work, self._real)
